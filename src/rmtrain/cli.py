@@ -1,0 +1,53 @@
+"""`rmtrain` command line: parse, build the typed config, hand over to orchestration.
+
+User-fixable problems (`RmtrainError`) print one line naming the fix and exit 2, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from rmtrain.config import TrainConfig, add_config_arguments, config_from_args
+from rmtrain.errors import RmtrainError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rmtrain", description="Train, evaluate and serve pairwise reward models."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser(
+        "train",
+        help="train a reward model on preference pairs",
+        description="Train a pairwise (Bradley-Terry) reward model. Flags override --config.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    train.add_argument("--config", help="YAML file of options (keys as below, unknown = error)")
+    add_config_arguments(train, TrainConfig)
+    train.set_defaults(func=_cmd_train)
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from rmtrain.train import run_train
+
+    run_train(config_from_args(args, TrainConfig))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except RmtrainError as exc:
+        print(f"rmtrain: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Typed training configuration: one dataclass is the single source of every option.
+
+The same field metadata builds the CLI (`rmtrain train --help`), validates YAML files (unknown
+keys are errors) and is saved beside the model as `rmtrain_config.yaml`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rmtrain.errors import RmtrainError
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    """A dataclass field whose help text feeds the CLI."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    """Everything `rmtrain train` can be told. Flags override YAML, YAML overrides defaults."""
+
+    model: str = _opt(
+        "Qwen/Qwen3-0.6B",
+        "Hub name, local model folder, or a .gguf file (dequantized on load); "
+        "'builtin:tiny-qwen3' is the offline demo model.",
+    )
+    dataset: str = _opt(
+        "lvwerra/stack-exchange-paired",
+        "Hub name or local .json/.jsonl/.parquet/.csv file; 'builtin:demo' is the offline demo "
+        "set.",
+    )
+    dataset_split: str = _opt("train", "Split to read from a hub data set.")
+    output: str = _opt("./outputs/reward_model", "Output folder for model, config and metrics.")
+    lr: float = _opt(5e-6, "Peak learning rate (AdamW).")
+    epochs: float = _opt(1.0, "Number of training epochs.")
+    batch: int = _opt(2, "Preference pairs per device per step.")
+    eval_batch: int | None = _opt(None, "Pairs per evaluation batch (default: 4 x --batch).")
+    grad_accum: int = _opt(1, "Gradient accumulation steps.")
+    max_length: int = _opt(512, "Maximum tokens of prompt + response (longer pairs are cut).")
+    min_prompt_length: int | None = _opt(
+        None, "Prompt tokens kept before the response is cut (default: max_length // 4)."
+    )
+    frac: float = _opt(0.01, "Fraction of the data set to use, sampled deterministically.")
+    test_size: float = _opt(0.2, "Held-out fraction (split by prompt, deterministic).")
+    max_steps: int = _opt(-1, "Stop after this many optimizer steps (-1: run all epochs).")
+    seed: int = _opt(42, "Seed for sampling, splitting, initialisation and shuffling.")
+    logging_steps: int = _opt(100, "Log loss to console / MLflow / W&B every N steps.")
+    eval_steps: int | None = _opt(None, "Evaluate every N steps (default: only at the end).")
+    report_to: list[str] = _opt(
+        ["mlflow", "wandb"], "Trackers: any of mlflow, wandb, or none.", nargs="+"
+    )
+    warmup_ratio: float = _opt(0.0, "Share of steps with linear learning-rate warmup.")
+    weight_decay: float = _opt(0.0, "AdamW weight decay.")
+    max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 turns clipping off).")
+    center_rewards_coef: float = _opt(
+        0.0, "Weight of the reward-centering term mean((r_c + r_r)^2); 0 turns it off."
+    )
+    margin_column: str = _opt("margin", "Optional per-row margin column used when present.")
+    chat_template: str = _opt(
+        "auto", "Text layout: 'auto' (chat template when the tokenizer has one) or 'plain'."
+    )
+    pad_token: str | None = _opt(None, "Pad token to use when the tokenizer has none.")
+    dtype: str = _opt("auto", "Weights dtype: auto (fp32 on CPU, bf16 on capable GPUs), float32, ...")
+    trust_remote_code: bool = _opt(False, "Allow model code from the hub (off for safety).")
+    overwrite: bool = _opt(False, "Replace an existing model in --output.")
+    run_name: str | None = _opt(None, "Run name for MLflow / W&B.")
+
+    def __post_init__(self) -> None:
+        _check_ranges(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    problems = []
+    if not 0 < cfg.frac <= 1:
+        problems.append(f"--frac must be in (0, 1], got {cfg.frac}")
+    if not 0 < cfg.test_size < 1:
+        problems.append(f"--test-size must be in (0, 1), got {cfg.test_size}")
+    if cfg.batch < 1 or cfg.grad_accum < 1:
+        problems.append("--batch and --grad-accum must be at least 1")
+    if cfg.max_length < 8:
+        problems.append(f"--max-length must be at least 8, got {cfg.max_length}")
+    if cfg.chat_template not in ("auto", "plain"):
+        problems.append(f"--chat-template must be 'auto' or 'plain', got {cfg.chat_template!r}")
+    bad = set(cfg.report_to) - {"mlflow", "wandb", "none"}
+    if bad:
+        problems.append(f"--report-to accepts mlflow, wandb, none; got {sorted(bad)}")
+    if problems:
+        raise RmtrainError("; ".join(problems))
+
+
+def _base_type(tp: Any) -> Any:
+    """`int | None` -> int; `list[str]` -> str (argparse uses nargs for lists)."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
+        return _base_type(args[0])
+    if origin is list:
+        return args[0]
+    return tp
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
+    """Add one flag per dataclass field; defaults are SUPPRESSed so only given flags override."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        base = _base_type(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"{f.metadata['help']} (default: {default})"
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if base is bool:
+            kwargs.update(nargs="?", const=True, type=_parse_bool)
+        else:
+            kwargs["type"] = base
+            if "nargs" in f.metadata:
+                kwargs["nargs"] = f.metadata["nargs"]
+        parser.add_argument(flag, **kwargs)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise RmtrainError(f"config file {p} does not exist; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RmtrainError(f"config file {p} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise RmtrainError(f"config file {p} must hold a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def build_config(overrides: dict[str, Any], cls: type = TrainConfig) -> Any:
+    """Build a config from a mapping, rejecting unknown keys with the list of valid ones."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise RmtrainError(
+            f"unknown config keys {unknown}; valid keys are: {', '.join(sorted(names))}"
+        )
+    values = dict(overrides)
+    if isinstance(values.get("report_to"), str):
+        values["report_to"] = [values["report_to"]]
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise RmtrainError(f"bad config value: {exc}") from None
+
+
+def config_from_args(args: argparse.Namespace, cls: type = TrainConfig) -> Any:
+    """YAML from --config (if any), then the flags given on the command line."""
+    values: dict[str, Any] = {}
+    config_path = getattr(args, "config", None)
+    if config_path:
+        values.update(load_yaml(config_path))
+    values.update({k: v for k, v in vars(args).items() if k not in ("config", "command", "func")})
+    return build_config(values, cls)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))

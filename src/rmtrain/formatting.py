@@ -1,0 +1,193 @@
+"""The one format-and-tokenize path shared by training, evaluation, scoring and serving.
+
+A text is laid out as `[prompt][body][tail]`: the prompt (chat-templated up to the assistant
+turn, or plain), the response body, and the tail the template closes the turn with (or eos).
+The reward is read at the last tail token. Over-long pairs are cut, never dropped silently:
+the prompt loses its oldest tokens down to a floor, then the response body loses its end; the
+tail always stays so the reward token is the same one the model sees at full length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+Text = str | list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of one prompt + response, split where truncation needs it."""
+
+    prompt: list[int]
+    body: list[int]
+    tail: list[int]
+
+
+@dataclass(frozen=True)
+class FittedPair:
+    """A pair cut to the length budget: the prompt is shared by both responses."""
+
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+    truncated: bool
+
+
+def uses_chat_template(tokenizer: Any, mode: str = "auto") -> bool:
+    return mode == "auto" and bool(getattr(tokenizer, "chat_template", None))
+
+
+def _as_messages(text: Text, role: str) -> list[dict[str, str]]:
+    return [{"role": role, "content": text}] if isinstance(text, str) else list(text)
+
+
+def _plain(text: Text) -> str:
+    if isinstance(text, str):
+        return text
+    return "\n\n".join(f"{m['role']}: {m['content']}" for m in text)
+
+
+def render(tokenizer: Any, prompt: Text, response: Text, chat: bool) -> tuple[str, str, str]:
+    """(prompt_text, body_text, tail_text) for one prompt and response."""
+    if not chat:
+        head = _plain(prompt)
+        return (head + "\n\n" if head else ""), _plain(response), ""
+    prompt_msgs = _as_messages(prompt, "user") if prompt else []
+    reply = _as_messages(response, "assistant")
+    full = tokenizer.apply_chat_template(prompt_msgs + reply, tokenize=False)
+    head = (
+        tokenizer.apply_chat_template(prompt_msgs, tokenize=False, add_generation_prompt=True)
+        if prompt_msgs
+        else ""
+    )
+    if not full.startswith(head):
+        n = 0
+        while n < min(len(head), len(full)) and head[n] == full[n]:
+            n += 1
+        head = full[:n]
+    content = reply[-1]["content"]
+    end = full.rfind(content) + len(content) if content else -1
+    if content and end - len(content) >= len(head):
+        return head, full[len(head) : end], full[end:]
+    return head, full[len(head) :], ""
+
+
+def _tokenize_many(tokenizer: Any, texts: list[str], special: bool) -> list[list[int]]:
+    """Batched tokenisation with de-duplication (tails and shared prompts repeat a lot)."""
+    unique = list(dict.fromkeys(texts))
+    if not unique:
+        return []
+    ids = tokenizer(unique, add_special_tokens=special)["input_ids"]
+    table = dict(zip(unique, ids, strict=True))
+    return [list(table[t]) for t in texts]
+
+
+def encode_batch(
+    tokenizer: Any, prompts: Sequence[Text], responses: Sequence[Text], chat: bool
+) -> list[Encoded]:
+    """Encode prompt/response texts in one batched call per part."""
+    parts = [render(tokenizer, p, r, chat) for p, r in zip(prompts, responses, strict=True)]
+    head_ids = _tokenize_many(tokenizer, [p[0] for p in parts], special=not chat)
+    body_ids = _tokenize_many(tokenizer, [p[1] for p in parts], special=False)
+    tail_ids = _tokenize_many(tokenizer, [p[2] for p in parts], special=False)
+    eos = tokenizer.eos_token_id
+    out = []
+    for h, b, t in zip(head_ids, body_ids, tail_ids, strict=True):
+        if not t:
+            t = [eos] if eos is not None else b[-1:]
+            b = b if eos is not None else b[:-1]
+        out.append(Encoded(h, b, t))
+    return out
+
+
+def default_prompt_floor(max_length: int) -> int:
+    return max_length // 4
+
+
+def _cut(
+    prompt: list[int], responses: Sequence[Encoded], max_length: int, prompt_floor: int | None
+) -> tuple[list[int], list[list[int]], bool] | None:
+    """Shared cutting rule; None when even the tails alone cannot fit."""
+    floor = default_prompt_floor(max_length) if prompt_floor is None else prompt_floor
+    need = max(len(r.body) + len(r.tail) for r in responses)
+    if len(prompt) + need <= max_length:
+        return prompt, [r.body + r.tail for r in responses], False
+    longest_tail = max(len(r.tail) for r in responses)
+    if longest_tail + 1 > max_length:
+        return None
+    keep = min(len(prompt), max(max_length - need, min(floor, len(prompt))))
+    keep = min(keep, max_length - longest_tail - 1)
+    budget = max_length - keep
+    cut = [r.body[: budget - len(r.tail)] + r.tail for r in responses]
+    return prompt[len(prompt) - keep :], cut, True
+
+
+def fit_pair(
+    prompt: list[int],
+    chosen: Encoded,
+    rejected: Encoded,
+    max_length: int,
+    prompt_floor: int | None = None,
+) -> FittedPair | str:
+    """Cut a pair so prompt + each response fits `max_length`, or say why it cannot be used.
+
+    The prompt keeps its most recent tokens (at least `prompt_floor` of them when it has that
+    many), then the response bodies are cut from the end; tails stay. Returns the reason
+    ('too_long' or 'identical_after_truncation') when no usable pair remains.
+    """
+    result = _cut(prompt, (chosen, rejected), max_length, prompt_floor)
+    if result is None:
+        return "too_long"
+    kept, (c, r), truncated = result
+    if truncated and c == r:
+        return "identical_after_truncation"
+    return FittedPair(kept, c, r, truncated)
+
+
+def fit_single(
+    encoded: Encoded, max_length: int, prompt_floor: int | None = None
+) -> tuple[list[int], bool] | None:
+    """Scoring one response: the same cutting rule as `fit_pair`, as one token sequence."""
+    result = _cut(encoded.prompt, (encoded,), max_length, prompt_floor)
+    if result is None:
+        return None
+    kept, (ids,), truncated = result
+    return kept + ids, truncated
+
+
+def encode_pairs(
+    tokenizer: Any,
+    pairs: Sequence[Any],
+    max_length: int,
+    chat: bool,
+    prompt_floor: int | None = None,
+) -> tuple[list[dict[str, Any]], int, dict[str, int]]:
+    """Tokenise and fit pairs once: (features, truncated count, dropped counts by reason).
+
+    Each feature keeps `pair_index`, the position of its pair in `pairs`, so that metrics can
+    find the pair's prompt group whatever order batches come in.
+    """
+    prompts = [p.prompt for p in pairs]
+    chosen = encode_batch(tokenizer, prompts, [p.chosen for p in pairs], chat)
+    rejected = encode_batch(tokenizer, prompts, [p.rejected for p in pairs], chat)
+    features: list[dict[str, Any]] = []
+    truncated = 0
+    dropped: dict[str, int] = {}
+    for i, (pair, c, r) in enumerate(zip(pairs, chosen, rejected, strict=True)):
+        fitted = fit_pair(c.prompt, c, r, max_length, prompt_floor)
+        if isinstance(fitted, str):
+            dropped[fitted] = dropped.get(fitted, 0) + 1
+            continue
+        truncated += fitted.truncated
+        features.append(
+            {
+                "prompt_ids": fitted.prompt,
+                "chosen_ids": fitted.chosen,
+                "rejected_ids": fitted.rejected,
+                "margin": pair.margin,
+                "pair_index": i,
+            }
+        )
+    return features, truncated, dropped

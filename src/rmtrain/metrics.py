@@ -1,0 +1,50 @@
+"""Evaluation metrics over a whole eval set: pure functions of per-pair rewards.
+
+- `win_rate`: share of pairs whose chosen reward is strictly higher (ties count as losses).
+- `kendall_tau`: for each prompt, the rank agreement between the rewards and the known
+  preference order, tau = (concordant - discordant) / comparisons, where each preference pair
+  of that prompt is one comparison (ties in reward count as neither); then averaged over prompts.
+  When a prompt's pairs cover every pair of a strict ranking of its answers, this equals
+  Kendall's tau between the rewards and that ranking (`scipy.stats.kendalltau`, no ties).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def win_rate(chosen: np.ndarray, rejected: np.ndarray) -> float:
+    chosen, rejected = np.asarray(chosen, float), np.asarray(rejected, float)
+    return float(np.mean(chosen > rejected)) if chosen.size else float("nan")
+
+
+def kendall_tau(chosen: np.ndarray, rejected: np.ndarray, groups: Sequence[str]) -> float:
+    """Per-prompt Kendall's tau between rewards and preferences, averaged over prompts."""
+    sign = np.sign(np.asarray(chosen, float) - np.asarray(rejected, float))
+    per_group: dict[str, list[float]] = defaultdict(list)
+    for g, s in zip(groups, sign, strict=True):
+        per_group[g].append(float(s))
+    if not per_group:
+        return float("nan")
+    return float(np.mean([np.mean(v) for v in per_group.values()]))
+
+
+def reward_metrics(
+    chosen: np.ndarray, rejected: np.ndarray, groups: Sequence[str]
+) -> dict[str, float]:
+    """Every metric the trainer and evaluator report, exact over the given pairs."""
+    chosen, rejected = np.asarray(chosen, float), np.asarray(rejected, float)
+    both = np.concatenate([chosen, rejected])
+    return {
+        "win_rate": win_rate(chosen, rejected),
+        "kendall_tau": kendall_tau(chosen, rejected, groups),
+        "reward_mean": float(both.mean()),
+        "reward_std": float(both.std()),
+        "chosen_reward_mean": float(chosen.mean()),
+        "rejected_reward_mean": float(rejected.mean()),
+        "margin_mean": float((chosen - rejected).mean()),
+        "num_pairs": int(chosen.size),
+    }

@@ -1,0 +1,205 @@
+"""Reward model = a causal LM backbone + a scalar value head, stored as a standard HF
+`*ForSequenceClassification` checkpoint (num_labels=1).
+
+rmtrain never uses the stock head's pooling (it reads the last token whose id differs from the
+pad id, wrong when pad == eos or with left padding). It runs the backbone, applies the value head
+to every position (the per-token values), and reads the reward at the last position the
+attention mask marks real.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rmtrain.errors import RmtrainError
+
+PAD_CANDIDATES = ("<|endoftext|>", "<pad>", "<|pad|>", "<|finetune_right_pad_id|>", "<unk>")
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """'auto': bf16 on GPUs that support it, fp32 everywhere else (CPU bf16 is many times slower)."""
+    if name == "auto":
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if name not in table:
+        raise RmtrainError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
+    return table[name]
+
+
+def _split_gguf(model_id: str) -> tuple[str, dict[str, Any]]:
+    """A `.gguf` file path -> (its folder, {'gguf_file': name}) for `from_pretrained`."""
+    if model_id.endswith(".gguf"):
+        path = Path(model_id).expanduser()
+        if not path.is_file():
+            raise RmtrainError(f"model file {model_id} does not exist; pass an existing .gguf file")
+        return str(path.parent), {"gguf_file": path.name}
+    return model_id, {}
+
+
+def _hub_error(model_id: str, exc: Exception) -> RmtrainError:
+    if Path(model_id).expanduser().exists():
+        return RmtrainError(f"cannot load model from {model_id}: {exc}")
+    looks_local = model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
+    if looks_local:
+        return RmtrainError(
+            f"model path {model_id} does not exist; pass a model folder, a .gguf file or a hub name"
+        )
+    return RmtrainError(
+        f"model {model_id!r} is not a local folder and could not be fetched from the Hugging Face "
+        f"Hub (offline, or not a model). Pass a local folder or .gguf file, or connect and unset "
+        f"HF_HUB_OFFLINE. [{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}]"
+    )
+
+
+def choose_pad_token(tokenizer: Any, requested: str | None = None) -> None:
+    """Give the tokenizer a pad token distinct from eos, so that the saved checkpoint's stock
+    head (which pools at the last token != pad_token_id) agrees with rmtrain's mask pooling."""
+    if requested is not None:
+        if tokenizer.convert_tokens_to_ids(requested) in (None, tokenizer.unk_token_id) and (
+            requested != tokenizer.unk_token
+        ):
+            raise RmtrainError(f"--pad-token {requested!r} is not in the tokenizer's vocabulary")
+        tokenizer.pad_token = requested
+        return
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    if pad is not None and pad != eos:
+        return
+    vocab = tokenizer.get_vocab()
+    for candidate in (tokenizer.unk_token, *PAD_CANDIDATES):
+        if candidate and candidate in vocab and vocab[candidate] != eos:
+            tokenizer.pad_token = candidate
+            return
+    if pad is None:
+        raise RmtrainError(
+            "the tokenizer has no pad token and no spare special token to use as one; pass "
+            "--pad-token TOKEN with a token from its vocabulary"
+        )
+
+
+def load_tokenizer(model_id: str, pad_token: str | None = None, trust_remote_code: bool = False):
+    """The model's tokenizer with a usable pad token and right padding."""
+    from transformers import AutoTokenizer
+
+    if model_id.startswith("builtin:"):
+        from rmtrain.builtin import builtin_tokenizer
+
+        tokenizer = builtin_tokenizer(model_id)
+    else:
+        path, extra = _split_gguf(model_id)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                path, trust_remote_code=trust_remote_code, **extra
+            )
+        except (OSError, ValueError) as exc:
+            raise _hub_error(model_id, exc) from None
+    choose_pad_token(tokenizer, pad_token)
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_reward_model(
+    model_id: str,
+    pad_token_id: int,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+    seed: int = 0,
+):
+    """A `*ForSequenceClassification` model with one label; the value head is new if absent."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)  # the new value head's initialisation is part of the run's seed
+    if model_id.startswith("builtin:"):
+        from rmtrain.builtin import builtin_model
+
+        model = builtin_model(model_id, pad_token_id).to(dtype)
+    else:
+        path, extra = _split_gguf(model_id)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path,
+                num_labels=1,
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=None if extra else _prefers_safetensors(path),
+                **extra,
+            )
+        except (OSError, ValueError) as exc:
+            raise _hub_error(model_id, exc) from None
+    model.config.pad_token_id = pad_token_id
+    model.config.use_cache = False
+    return model
+
+
+def _prefers_safetensors(path: str) -> bool | None:
+    """Local folders load only from safetensors when they have them (no pickle execution)."""
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        return any(f.suffix == ".safetensors" for f in folder.iterdir()) or None
+    return None
+
+
+def value_head(model: Any) -> torch.nn.Module:
+    for name in ("score", "classifier", "v_head"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Module):
+            return head
+    raise RmtrainError(f"{type(model).__name__} has no scalar head (score/classifier)")
+
+
+def backbone(model: Any) -> torch.nn.Module:
+    return getattr(model, model.base_model_prefix)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions count real tokens only, so left and right padding give the same positions."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def token_values(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The value head applied at every position: [batch, seq] (the seed's per-token values).
+
+    `attention_mask` may be 2-D (padding) or a 4-D additive mask (packed / prefix-shared rows).
+    """
+    if attention_mask is not None and position_ids is None and attention_mask.dim() == 2:
+        position_ids = position_ids_from_mask(attention_mask)
+    out = backbone(model)(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,  # with the cache on, transformers skips packed-mask handling
+    )
+    head = value_head(model)
+    hidden = out.last_hidden_state.to(next(head.parameters()).dtype)
+    return head(hidden).squeeze(-1).float()
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token per row, from the mask alone (any padding side)."""
+    seq = attention_mask.shape[-1]
+    positions = torch.arange(seq, device=attention_mask.device)
+    return (positions * attention_mask.long()).argmax(-1)
+
+
+def sequence_rewards(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """One reward per row: the value at the last real token."""
+    values = token_values(model, input_ids, attention_mask)
+    index = last_token_index(attention_mask)
+    return values.gather(1, index.unsqueeze(1)).squeeze(1)
+
+
+def hf_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")

@@ -1,0 +1,175 @@
+"""`rmtrain train`: the recipe, read top to bottom.
+
+config -> tokenizer -> data (read, sample, split, tokenise once, cut, count) -> model ->
+PairwiseRewardTrainer -> final evaluation -> atomic save of model, tokenizer, config, metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainingArguments, set_seed
+
+from rmtrain.collate import PairCollator
+from rmtrain.config import TrainConfig, save_config
+from rmtrain.data import DataCounts, Pair, load_rows, read_pairs, split_by_group
+from rmtrain.errors import RmtrainError
+from rmtrain.formatting import default_prompt_floor, encode_pairs, uses_chat_template
+from rmtrain.model import load_reward_model, load_tokenizer, resolve_dtype
+from rmtrain.publish import check_output_dir, publish, staging_dir
+from rmtrain.tracking import finish_tracking, start_tracking
+from rmtrain.trainer import PairwiseRewardTrainer, make_compute_metrics
+
+
+@dataclass
+class PreparedData:
+    train: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+    test_pairs: list[Pair]
+    counts: DataCounts
+
+
+def prepare_data(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
+    """Read, sample, split by prompt, tokenise once and cut to length; count every row."""
+    rows = load_rows(cfg.dataset, cfg.dataset_split)
+    pairs, counts = read_pairs(rows, cfg.frac, cfg.seed, cfg.margin_column)
+    if not pairs:
+        raise RmtrainError(
+            f"no usable pairs in {cfg.dataset}: {counts.rows_read} rows read, malformed "
+            f"{dict(counts.malformed)}; check the columns and values"
+        )
+    train_pairs, test_pairs = split_by_group(pairs, cfg.test_size, cfg.seed)
+    chat = uses_chat_template(tokenizer, cfg.chat_template)
+    encoded = {}
+    for name, part in (("train", train_pairs), ("test", test_pairs)):
+        feats, truncated, dropped = encode_pairs(
+            tokenizer, part, cfg.max_length, chat, cfg.min_prompt_length
+        )
+        counts.truncated += truncated
+        counts.dropped.update(dropped)
+        encoded[name] = feats
+    counts.train_pairs, counts.test_pairs = len(encoded["train"]), len(encoded["test"])
+    if not encoded["train"] or not encoded["test"]:
+        raise RmtrainError(
+            f"too few pairs to train and evaluate ({counts.train_pairs} train, "
+            f"{counts.test_pairs} test); raise --frac or --max-length, or use more data"
+        )
+    return PreparedData(encoded["train"], encoded["test"], test_pairs, counts)
+
+
+def training_arguments(cfg: TrainConfig, output: Path, report_to: list[str]) -> TrainingArguments:
+    on_gpu = torch.cuda.is_available()
+    mixed_bf16 = cfg.dtype == "auto" and on_gpu and torch.cuda.is_bf16_supported()
+    return TrainingArguments(
+        output_dir=str(output / "trainer"),
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch,
+        per_device_eval_batch_size=cfg.eval_batch or 4 * cfg.batch,
+        gradient_accumulation_steps=cfg.grad_accum,
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if cfg.eval_steps else "no",
+        eval_steps=cfg.eval_steps,
+        save_strategy="no",
+        report_to=report_to,
+        run_name=cfg.run_name,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=mixed_bf16,
+        use_cpu=not on_gpu,
+        remove_unused_columns=False,
+        label_names=["pair_index"],
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def _print_counts(counts: DataCounts) -> None:
+    c = counts.to_dict()
+    print(
+        f"[rmtrain] data: {c['rows_read']} rows read, {c['malformed_total']} malformed "
+        f"{c['malformed']}, {c['truncated']} truncated, {c['dropped_total']} dropped "
+        f"{c['dropped']}, {c['train_pairs']} train / {c['test_pairs']} test pairs",
+        flush=True,
+    )
+
+
+def _save(trainer: Any, tokenizer: Any, cfg: TrainConfig, result: dict[str, Any], output: Path):
+    stage = staging_dir(output)
+    model = trainer.model
+    model.config.reward_mean = result["metrics"]["reward_mean"]
+    model.config.reward_std = result["metrics"]["reward_std"]
+    model.config.rmtrain = {
+        "max_length": cfg.max_length,
+        "chat_template": cfg.chat_template,
+        "prompt_floor": cfg.min_prompt_length or default_prompt_floor(cfg.max_length),
+        "base_model": cfg.model,
+    }
+    trainer.save_model(str(stage))
+    tokenizer.save_pretrained(str(stage))
+    save_config(cfg, stage / "rmtrain_config.yaml")
+    (stage / "metrics.json").write_text(json.dumps(result, indent=2))
+    publish(stage, output)
+
+
+def run_train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train, evaluate and save; returns {'metrics': ..., 'data': ...} as in metrics.json."""
+    output = Path(cfg.output).expanduser()
+    check_output_dir(output, cfg.overwrite)
+    set_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model, cfg.pad_token, cfg.trust_remote_code)
+    data = prepare_data(cfg, tokenizer)
+    _print_counts(data.counts)
+    model = load_reward_model(
+        cfg.model, tokenizer.pad_token_id, resolve_dtype_for_weights(cfg.dtype),
+        cfg.trust_remote_code, cfg.seed,
+    )
+    run_name = cfg.run_name or f"rmtrain-{time.strftime('%Y%m%d-%H%M%S')}"
+    report_to = start_tracking(cfg.report_to, output, run_name, cfg.to_dict())
+    failed = True
+    result: dict[str, Any] = {"metrics": {}, "data": data.counts.to_dict()}
+    try:
+        trainer = PairwiseRewardTrainer(
+            model=model,
+            args=training_arguments(cfg, output, report_to),
+            train_dataset=data.train,
+            eval_dataset=data.test,
+            data_collator=PairCollator(tokenizer.pad_token_id),
+            compute_metrics=make_compute_metrics([p.group for p in data.test_pairs]),
+            center_rewards_coef=cfg.center_rewards_coef,
+        )
+        train_out = trainer.train()
+        raw = trainer.evaluate()
+        metrics = {k.removeprefix("eval_"): v for k, v in raw.items()}
+        metrics["train_loss"] = train_out.training_loss
+        metrics["train_steps"] = train_out.global_step
+        result["metrics"] = metrics
+        _save(trainer, tokenizer, cfg, result, output)
+        failed = False
+    finally:
+        finish_tracking(report_to, result["metrics"], result["data"], failed)
+    print(f"[rmtrain] held-out metrics: {json.dumps(_headline(result['metrics']))}", flush=True)
+    print(f"[rmtrain] saved model, tokenizer, rmtrain_config.yaml, metrics.json to {output}")
+    return result
+
+
+def resolve_dtype_for_weights(name: str) -> torch.dtype:
+    """'auto' keeps fp32 master weights; on bf16 GPUs the Trainer adds bf16 autocast."""
+    return torch.float32 if name == "auto" else resolve_dtype(name)
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    keys = ("win_rate", "kendall_tau", "loss", "margin_mean", "reward_mean", "reward_std",
+            "num_pairs")
+    return {k: round(metrics[k], 4) if isinstance(metrics[k], float) else metrics[k]
+            for k in keys if k in metrics}
