@@ -1,9 +1,9 @@
 """Embedded offline defaults: a tiny Qwen3 with the real Qwen3 tokenizer, and a generated
 preference set with a learnable signal. They let `make demo` and the tests run with no network.
 
-The demo data: questions about a topic; the chosen answer is on topic, specific and polite, the
-rejected one is evasive, off topic or rude. Lengths are drawn from the same range for both, so
-"prefer the longer answer" is near chance and a model must learn the content to win.
+The demo data: questions about a topic; the chosen answer is on topic, specific and polite; the
+rejected one is evasive or rude (half the rows), or polite and specific but about another topic
+(the other half: only a model that relates the answer to the prompt ranks those right).
 """
 
 from __future__ import annotations
@@ -58,7 +58,12 @@ def demo_rows(n: int = 600, seed: int = 0) -> list[dict[str, Any]]:
         a, b = rng.sample(TOPICS[t], 2)
         other = rng.choice([x for x in topics if x != t])
         good = " ".join(rng.choice(GOOD).format(a=a, b=b, t=t) for _ in range(rng.randint(1, 2)))
-        bad = " ".join(rng.choice(BAD).format(o=other) for _ in range(rng.randint(1, 3)))
+        if rng.random() < 0.5:  # evasive or rude
+            bad = " ".join(rng.choice(BAD).format(o=other) for _ in range(rng.randint(1, 3)))
+        else:  # polite and specific, but about another topic: needs the prompt to judge
+            x, y = rng.sample(TOPICS[other], 2)
+            n = rng.randint(1, 2)
+            bad = " ".join(rng.choice(GOOD).format(a=x, b=y, t=other) for _ in range(n))
         prompt = rng.choice(QUESTIONS).format(t=t)
         rows.append({"prompt": prompt, "chosen": good, "rejected": bad})
     return rows
@@ -84,7 +89,9 @@ def builtin_tokenizer(name: str):
     from transformers import AutoTokenizer
 
     if name != "builtin:tiny-qwen3":
-        raise RmtrainError(f"unknown builtin model {name!r}; the one available is builtin:tiny-qwen3")
+        raise RmtrainError(
+            f"unknown builtin model {name!r}; the one available is builtin:tiny-qwen3"
+        )
     return AutoTokenizer.from_pretrained(str(qwen3_tokenizer_dir()))
 
 

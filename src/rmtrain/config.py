@@ -71,7 +71,9 @@ class TrainConfig:
         "auto", "Text layout: 'auto' (chat template when the tokenizer has one) or 'plain'."
     )
     pad_token: str | None = _opt(None, "Pad token to use when the tokenizer has none.")
-    dtype: str = _opt("auto", "Weights dtype: auto (fp32 on CPU, bf16 on capable GPUs), float32, ...")
+    dtype: str = _opt(
+        "auto", "Weights dtype: auto (fp32 on CPU, bf16 on capable GPUs), float32, ..."
+    )
     trust_remote_code: bool = _opt(False, "Allow model code from the hub (off for safety).")
     overwrite: bool = _opt(False, "Replace an existing model in --output.")
     run_name: str | None = _opt(None, "Run name for MLflow / W&B.")
@@ -142,7 +144,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfi
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise RmtrainError(f"config file {p} does not exist; pass an existing YAML file to --config")
+        raise RmtrainError(
+            f"config file {p} does not exist; pass an existing YAML file to --config"
+        )
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:

@@ -188,7 +188,9 @@ def _is_messages(value: Any) -> bool:
         isinstance(value, list)
         and len(value) > 0
         and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
             for m in value
         )
     )
@@ -244,7 +246,9 @@ def split_common_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
     if cut >= 0:
         cut += len(HH_ASSISTANT)
     else:
-        cut = max(head.rfind(" "), head.rfind("\n")) + 1 if n < min(len(chosen), len(rejected)) else n
+        cut = (
+            max(head.rfind(" "), head.rfind("\n")) + 1 if n < min(len(chosen), len(rejected)) else n
+        )
     return chosen[:cut], chosen[cut:], rejected[cut:]
 
 
@@ -325,9 +329,7 @@ def read_pairs(
     return pairs, counts
 
 
-def split_by_group(
-    pairs: list[Pair], test_size: float, seed: int
-) -> tuple[list[Pair], list[Pair]]:
+def split_by_group(pairs: list[Pair], test_size: float, seed: int) -> tuple[list[Pair], list[Pair]]:
     """Deterministic split where all pairs of one prompt land on the same side (no leakage)."""
     groups = sorted({p.group for p in pairs})
     random.Random(seed).shuffle(groups)

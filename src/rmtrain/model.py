@@ -21,13 +21,20 @@ PAD_CANDIDATES = ("<|endoftext|>", "<pad>", "<|pad|>", "<|finetune_right_pad_id|
 
 
 def resolve_dtype(name: str) -> torch.dtype:
-    """'auto': bf16 on GPUs that support it, fp32 everywhere else (CPU bf16 is many times slower)."""
+    """'auto': bf16 on GPUs that support it, else fp32 (bf16 on CPUs without bf16 units is
+    many times slower)."""
     if name == "auto":
         if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if name not in table:
         raise RmtrainError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
     return table[name]

@@ -49,9 +49,7 @@ def publish(stage: Path, output: Path) -> None:
     names = [n for n in names if n != MARKER] + ([MARKER] if MARKER in names else [])
     for name in names:
         target = output / name
-        if target.is_dir() and not (stage / name).is_dir():
-            shutil.rmtree(target)
-        elif (stage / name).is_dir() and target.exists():
-            shutil.rmtree(target)
+        if target.is_dir() or ((stage / name).is_dir() and target.exists()):
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
         os.replace(stage / name, target)
     stage.rmdir()

@@ -131,8 +131,11 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     data = prepare_data(cfg, tokenizer)
     _print_counts(data.counts)
     model = load_reward_model(
-        cfg.model, tokenizer.pad_token_id, resolve_dtype_for_weights(cfg.dtype),
-        cfg.trust_remote_code, cfg.seed,
+        cfg.model,
+        tokenizer.pad_token_id,
+        resolve_dtype_for_weights(cfg.dtype),
+        cfg.trust_remote_code,
+        cfg.seed,
     )
     run_name = cfg.run_name or f"rmtrain-{time.strftime('%Y%m%d-%H%M%S')}"
     report_to = start_tracking(cfg.report_to, output, run_name, cfg.to_dict())
@@ -169,7 +172,17 @@ def resolve_dtype_for_weights(name: str) -> torch.dtype:
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    keys = ("win_rate", "kendall_tau", "loss", "margin_mean", "reward_mean", "reward_std",
-            "num_pairs")
-    return {k: round(metrics[k], 4) if isinstance(metrics[k], float) else metrics[k]
-            for k in keys if k in metrics}
+    keys = (
+        "win_rate",
+        "kendall_tau",
+        "loss",
+        "margin_mean",
+        "reward_mean",
+        "reward_std",
+        "num_pairs",
+    )
+    return {
+        k: round(metrics[k], 4) if isinstance(metrics[k], float) else metrics[k]
+        for k in keys
+        if k in metrics
+    }

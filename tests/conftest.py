@@ -1,0 +1,65 @@
+"""Shared fixtures: the real Qwen3 tokenizer and tiny random models built in the test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    from rmtrain.model import load_tokenizer
+
+    return load_tokenizer("builtin:tiny-qwen3")
+
+
+def tiny_qwen3(tokenizer, seed: int = 0, **overrides):
+    from transformers import Qwen3ForSequenceClassification
+
+    from rmtrain.builtin import tiny_qwen3_config
+
+    torch.manual_seed(seed)
+    config = tiny_qwen3_config(len(tokenizer), tokenizer.pad_token_id, **overrides)
+    return Qwen3ForSequenceClassification(config).eval()
+
+
+def tiny_llama(vocab_size: int, pad_token_id: int, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        num_labels=1,
+        pad_token_id=pad_token_id,
+        use_cache=False,
+    )
+    return LlamaForSequenceClassification(config).eval()
+
+
+@pytest.fixture
+def qwen_model(qwen_tokenizer):
+    return tiny_qwen3(qwen_tokenizer)
+
+
+def shared_data_or_skip() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data samples not found at {SHARED_DATA} (only on dev machines)")
+    return SHARED_DATA

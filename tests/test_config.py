@@ -1,0 +1,91 @@
+import dataclasses
+
+import pytest
+
+from rmtrain.cli import build_parser, main
+from rmtrain.config import TrainConfig, config_from_args
+from rmtrain.errors import RmtrainError
+
+
+def parse(argv):
+    return config_from_args(build_parser().parse_args(["train", *argv]), TrainConfig)
+
+
+def test_defaults_are_the_seed_recipe():
+    cfg = parse([])
+    assert (cfg.model, cfg.dataset, cfg.output) == (
+        "Qwen/Qwen3-0.6B",
+        "lvwerra/stack-exchange-paired",
+        "./outputs/reward_model",
+    )
+    assert (cfg.lr, cfg.epochs, cfg.batch, cfg.max_length, cfg.frac, cfg.test_size) == (
+        5e-6,
+        1.0,
+        2,
+        512,
+        0.01,
+        0.2,
+    )
+    assert cfg.logging_steps == 100 and cfg.report_to == ["mlflow", "wandb"]
+
+
+def test_flags_override_yaml(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 1.0e-4\nbatch: 8\nreport-to: none\n")
+    cfg = parse(["--config", str(path), "--batch", "4", "--max-steps", "3"])
+    assert (cfg.lr, cfg.batch, cfg.max_steps, cfg.report_to) == (1e-4, 4, 3, ["none"])
+
+
+def test_unknown_yaml_key_is_an_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 1.0e-4\n")
+    with pytest.raises(RmtrainError, match="unknown config keys \\['learning_rate'\\]"):
+        parse(["--config", str(path)])
+
+
+def test_bad_values_are_reported():
+    with pytest.raises(RmtrainError, match="--frac"):
+        parse(["--frac", "2"])
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in text
+
+
+def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            "--model",
+            "builtin:tiny-qwen3",
+            "--dataset",
+            str(tmp_path / "no.jsonl"),
+            "--output",
+            str(tmp_path / "out"),
+            "--report-to",
+            "none",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("rmtrain: error: data file") and err.count("\n") == 1
+
+
+def test_hub_model_offline_is_a_clear_error(tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            "--model",
+            "someone/not-here",
+            "--output",
+            str(tmp_path / "o"),
+            "--report-to",
+            "none",
+        ]
+    )
+    assert code == 2
+    assert "HF_HUB_OFFLINE" in capsys.readouterr().err
