@@ -29,7 +29,34 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML file of options (keys as below, unknown = error)")
     add_config_arguments(train, TrainConfig)
     train.set_defaults(func=_cmd_train)
+    _add_prepare(sub)
     return parser
+
+
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    prepare = sub.add_parser("prepare", help="build preference data sets from raw sources")
+    kinds = prepare.add_subparsers(dest="source", required=True)
+    se = kinds.add_parser(
+        "stackexchange",
+        help="Stack Exchange dump (Posts.xml or site .7z) -> stack-exchange-paired pairs",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    se.add_argument("--input", required=True, help="Posts.xml or a site .7z dump")
+    se.add_argument("--output", required=True, help="pairs file: .jsonl or .parquet")
+    se.add_argument("--max-pairs-per-question", type=int, default=10, help="cap per question")
+    se.add_argument("--seed", type=int, default=0, help="seed for sampling capped pairs")
+    se.set_defaults(func=_cmd_prepare_se)
+
+
+def _cmd_prepare_se(args: argparse.Namespace) -> int:
+    from rmtrain.prepare import prepare_stackexchange
+
+    counts = prepare_stackexchange(args.input, args.output, args.max_pairs_per_question, args.seed)
+    print(
+        f"[rmtrain] {counts.questions} questions, {counts.answers} answers read; "
+        f"{counts.pairs} pairs from {counts.questions_with_pairs} questions -> {args.output}"
+    )
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

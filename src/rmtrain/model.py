@@ -139,9 +139,20 @@ def load_reward_model(
             )
         except (OSError, ValueError) as exc:
             raise _hub_error(model_id, exc) from None
+        if extra:
+            _drop_gguf_quantizer(model)
     model.config.pad_token_id = pad_token_id
     model.config.use_cache = False
     return model
+
+
+def _drop_gguf_quantizer(model: Any) -> None:
+    """GGUF weights arrive dequantized to plain tensors, but transformers still marks the model
+    quantized, which blocks training and would save a GGUF config. Make it an ordinary model."""
+    model.is_quantized = False
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def _prefers_safetensors(path: str) -> bool | None:
