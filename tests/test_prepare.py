@@ -43,7 +43,10 @@ def test_pairs_from_a_tiny_dump(tmp_path):
 
 
 def test_html_to_markdown():
-    html = '<p>See <a href="http://x.org">this</a>:</p><pre><code>a = 1\n</code></pre><ul><li>one</li></ul>'
+    html = (
+        '<p>See <a href="http://x.org">this</a>:</p>'
+        "<pre><code>a = 1\n</code></pre><ul><li>one</li></ul>"
+    )
     assert html_to_markdown(html) == "See [this](http://x.org):\n\n```\na = 1\n```\n\n- one"
 
 

@@ -58,3 +58,121 @@ class PairCollator:
 def tokens_computed(batch: dict[str, torch.Tensor]) -> int:
     """Token positions the model computes for this batch (padding included)."""
     return int(batch["input_ids"].numel())
+
+
+def _pack_rows(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Greedy first-fit of units (in order) into rows of at most `budget` tokens.
+
+    A unit longer than the budget gets a row of its own; `budget <= 0` means one unit per row.
+    """
+    rows: list[list[int]] = []
+    used: list[int] = []
+    for i, n in enumerate(lengths):
+        for r, u in enumerate(used):
+            if budget > 0 and u + n <= budget:
+                rows[r].append(i)
+                used[r] += n
+                break
+        else:
+            rows.append([i])
+            used.append(n)
+    return rows
+
+
+@dataclass
+class PackedCollator:
+    """Pairs packed into rows with a block mask; no pad tokens inside rows.
+
+    `prefix_sharing`: each pair is one segment `[prompt][chosen][rejected]`; rejected tokens
+    attend to the prompt and themselves, never to chosen, and their position ids continue from
+    the end of the prompt, so the prompt is computed once per pair.
+    `padding_free`: prompt+chosen and prompt+rejected are two separate causal segments.
+
+    Segments share rows up to `row_budget` tokens (attention confined to each segment); rows are
+    padded to the longest row only. Outputs a boolean 4-D mask [rows, 1, L, L] (True = attend),
+    position ids, and the (row, column) of each pair's chosen and rejected reward token.
+    """
+
+    pad_id: int
+    mode: str = "prefix_sharing"
+    row_budget: int = 0
+
+    def _units(self, f: dict[str, Any]) -> list[tuple[list[int], list[int], list[int]]]:
+        """(token ids, branch per token, position per token) of each segment of one pair."""
+        p, c, r = f["prompt_ids"], f["chosen_ids"], f["rejected_ids"]
+        np_, nc, nr = len(p), len(c), len(r)
+        if self.mode == "prefix_sharing":
+            ids = p + c + r
+            branch = [0] * np_ + [1] * nc + [2] * nr
+            pos = list(range(np_ + nc)) + list(range(np_, np_ + nr))
+            return [(ids, branch, pos)]
+        return [
+            (p + c, [0] * np_ + [1] * nc, list(range(np_ + nc))),
+            (p + r, [0] * np_ + [2] * nr, list(range(np_ + nr))),
+        ]
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        units = [u for f in features for u in self._units(f)]
+        rows = _pack_rows([len(u[0]) for u in units], self.row_budget)
+        width = max(sum(len(units[i][0]) for i in row) for row in rows)
+        shape = (len(rows), width)
+        ids = torch.full(shape, self.pad_id, dtype=torch.long)
+        seg = torch.full(shape, -1, dtype=torch.long)
+        branch = torch.zeros(shape, dtype=torch.long)
+        pos = torch.zeros(shape, dtype=torch.long)
+        ends: dict[tuple[int, int], tuple[int, int]] = {}  # (unit, branch) -> (row, col)
+        for r, row in enumerate(rows):
+            start = 0
+            for u in row:
+                tok, br, ps = units[u]
+                sl = slice(start, start + len(tok))
+                ids[r, sl], seg[r, sl] = torch.tensor(tok), u
+                branch[r, sl], pos[r, sl] = torch.tensor(br), torch.tensor(ps)
+                for b in (1, 2):
+                    cols = [start + k for k, x in enumerate(br) if x == b]
+                    if cols:
+                        ends[(u, b)] = (r, cols[-1])
+                start += len(tok)
+        per_pair = 1 if self.mode == "prefix_sharing" else 2
+        chosen = [ends[(i * per_pair, 1)] for i in range(len(features))]
+        rejected = [ends[(i * per_pair + per_pair - 1, 2)] for i in range(len(features))]
+        return {
+            "input_ids": ids,
+            "attention_mask": block_mask(seg, branch),
+            "position_ids": pos,
+            "chosen_index": torch.tensor(chosen, dtype=torch.long),
+            "rejected_index": torch.tensor(rejected, dtype=torch.long),
+            "margin": torch.tensor([float(f.get("margin", 0.0)) for f in features]),
+            "pair_index": torch.tensor([int(f["pair_index"]) for f in features]),
+        }
+
+
+def block_mask(seg: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """Boolean [rows, 1, L, L]: same segment, causal, and a response never sees the other one.
+
+    Pad positions (segment -1) attend only to themselves so no softmax row is empty.
+    """
+    n = seg.shape[-1]
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    same = seg.unsqueeze(-1) == seg.unsqueeze(-2)
+    real = (seg >= 0).unsqueeze(-1) & (seg >= 0).unsqueeze(-2)
+    bi, bj = branch.unsqueeze(-1), branch.unsqueeze(-2)
+    visible = (bj == 0) | (bj == bi)
+    mask = same & real & causal & visible
+    mask |= torch.eye(n, dtype=torch.bool).unsqueeze(0) & (seg < 0).unsqueeze(-1)
+    return mask.unsqueeze(1)
+
+
+def make_collator(mode: str, pad_id: int, row_budget: int = 0) -> Any:
+    """The collator for a `--packing` mode: none | padding_free | prefix_sharing."""
+    if mode == "none":
+        return PairCollator(pad_id)
+    if mode in ("padding_free", "prefix_sharing"):
+        return PackedCollator(pad_id, mode, row_budget)
+    raise ValueError(f"unknown packing mode {mode!r}")
+
+
+def pair_tokens(feature: dict[str, Any], mode: str) -> int:
+    """Tokens one pair costs in a mode (what length-grouping and packing budgets count)."""
+    p, c, r = (len(feature[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
+    return p + c + r if mode == "prefix_sharing" else 2 * p + c + r

@@ -51,6 +51,15 @@ class TrainConfig:
     min_prompt_length: int | None = _opt(
         None, "Prompt tokens kept before the response is cut (default: max_length // 4)."
     )
+    packing: str = _opt(
+        "prefix_sharing",
+        "Batch layout: prefix_sharing ([prompt][chosen][rejected], prompt computed once), "
+        "padding_free (sequences packed, no pad tokens) or none (padded double batch).",
+    )
+    row_budget: int | None = _opt(
+        None, "Tokens per packed row (default: 2 x max_length; 0 = one pair per row)."
+    )
+    group_by_length: bool = _opt(True, "Batch pairs of similar length together (less padding).")
     frac: float = _opt(0.01, "Fraction of the data set to use, sampled deterministically.")
     test_size: float = _opt(0.2, "Held-out fraction (split by prompt, deterministic).")
     max_steps: int = _opt(-1, "Stop after this many optimizer steps (-1: run all epochs).")
@@ -97,6 +106,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
         problems.append(f"--max-length must be at least 8, got {cfg.max_length}")
     if cfg.chat_template not in ("auto", "plain"):
         problems.append(f"--chat-template must be 'auto' or 'plain', got {cfg.chat_template!r}")
+    if cfg.packing not in ("none", "padding_free", "prefix_sharing"):
+        problems.append(f"--packing must be none, padding_free or prefix_sharing: {cfg.packing!r}")
     bad = set(cfg.report_to) - {"mlflow", "wandb", "none"}
     if bad:
         problems.append(f"--report-to accepts mlflow, wandb, none; got {sorted(bad)}")

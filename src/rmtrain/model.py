@@ -192,6 +192,8 @@ def token_values(
     """
     if attention_mask is not None and position_ids is None and attention_mask.dim() == 2:
         position_ids = position_ids_from_mask(attention_mask)
+    if attention_mask is not None and attention_mask.dim() == 4:
+        attention_mask = _mask_for_attention(model, attention_mask)
     out = backbone(model)(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -201,6 +203,17 @@ def token_values(
     head = value_head(model)
     hidden = out.last_hidden_state.to(next(head.parameters()).dtype)
     return head(hidden).squeeze(-1).float()
+
+
+def _mask_for_attention(model: Any, mask: torch.Tensor) -> torch.Tensor:
+    """Boolean 4-D masks go to SDPA as they are; eager attention adds the mask, so it gets an
+    additive float mask (0 = attend, dtype minimum = blocked)."""
+    if mask.dtype != torch.bool or model.config._attn_implementation == "sdpa":
+        return mask
+    dtype = next(value_head(model).parameters()).dtype
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+        ~mask, torch.finfo(dtype).min
+    )
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

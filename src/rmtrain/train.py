@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments, set_seed
 
-from rmtrain.collate import PairCollator
+from rmtrain.collate import make_collator, pair_tokens
 from rmtrain.config import TrainConfig, save_config
 from rmtrain.data import DataCounts, Pair, load_rows, read_pairs, split_by_group
 from rmtrain.errors import RmtrainError
@@ -52,7 +52,11 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
         )
         counts.truncated += truncated
         counts.dropped.update(dropped)
+        for f in feats:
+            f["length"] = pair_tokens(f, cfg.packing)
         encoded[name] = feats
+    # Evaluation order does not matter (metrics follow pair_index): longest first packs tightly.
+    encoded["test"].sort(key=lambda f: -f["length"])
     counts.train_pairs, counts.test_pairs = len(encoded["train"]), len(encoded["test"])
     if not encoded["train"] or not encoded["test"]:
         raise RmtrainError(
@@ -90,6 +94,7 @@ def training_arguments(cfg: TrainConfig, output: Path, report_to: list[str]) -> 
         remove_unused_columns=False,
         label_names=["pair_index"],
         dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         disable_tqdm=False,
     )
 
@@ -147,7 +152,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
             args=training_arguments(cfg, output, report_to),
             train_dataset=data.train,
             eval_dataset=data.test,
-            data_collator=PairCollator(tokenizer.pad_token_id),
+            data_collator=make_collator(cfg.packing, tokenizer.pad_token_id, row_budget(cfg)),
             compute_metrics=make_compute_metrics([p.group for p in data.test_pairs]),
             center_rewards_coef=cfg.center_rewards_coef,
         )
@@ -164,6 +169,10 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
     print(f"[rmtrain] held-out metrics: {json.dumps(_headline(result['metrics']))}", flush=True)
     print(f"[rmtrain] saved model, tokenizer, rmtrain_config.yaml, metrics.json to {output}")
     return result
+
+
+def row_budget(cfg: TrainConfig) -> int:
+    return 2 * cfg.max_length if cfg.row_budget is None else cfg.row_budget
 
 
 def resolve_dtype_for_weights(name: str) -> torch.dtype:

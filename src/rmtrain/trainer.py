@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import SequentialSampler
 from transformers import EvalPrediction, Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from rmtrain.losses import pairwise_loss
 from rmtrain.metrics import reward_metrics
@@ -21,8 +23,15 @@ from rmtrain.model import last_token_index, token_values
 
 
 def pair_rewards(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen, rejected) rewards of a padded double batch in one forward pass."""
+    """(chosen, rejected) rewards of a collated batch in one forward pass.
+
+    Packed batches (`PackedCollator`) carry the (row, column) of each reward token; padded
+    double batches (`PairCollator`) are read at the last real token of each row.
+    """
     values = token_values(model, batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+    if "chosen_index" in batch:
+        c, r = batch["chosen_index"], batch["rejected_index"]
+        return values[c[:, 0], c[:, 1]], values[r[:, 0], r[:, 1]]
     index = last_token_index(batch["attention_mask"])
     rewards = values.gather(1, index.unsqueeze(1)).squeeze(1)
     half = rewards.shape[0] // 2
@@ -48,6 +57,22 @@ class PairwiseRewardTrainer(Trainer):
         if return_outputs:
             return loss, {"chosen": chosen, "rejected": rejected}
         return loss
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        """Length grouping from each feature's token count (the features carry no input_ids)."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(dataset)
+        return LengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            lengths=[int(f["length"]) for f in dataset],
+        )
+
+    def _get_eval_sampler(self, eval_dataset: Any) -> Any:
+        """Keep the given order (rmtrain sorts eval pairs by length); ranks shard it as usual."""
+        if self.args.world_size <= 1:
+            return SequentialSampler(eval_dataset)
+        return None
 
     def prediction_step(
         self,
