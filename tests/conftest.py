@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -63,3 +64,43 @@ def shared_data_or_skip() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data samples not found at {SHARED_DATA} (only on dev machines)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    from rmtrain.builtin import demo_rows
+    from rmtrain.cli import main
+
+    tmp = tmp_path_factory.mktemp("run")
+    data = tmp / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in demo_rows(120, seed=1)))
+    out = tmp / "model"
+    code = main(
+        [
+            "train",
+            "--model",
+            "builtin:tiny-qwen3",
+            "--dataset",
+            str(data),
+            "--output",
+            str(out),
+            "--frac",
+            "1.0",
+            "--lr",
+            "1e-3",
+            "--batch",
+            "4",
+            "--max-length",
+            "96",
+            "--max-steps",
+            "6",
+            "--logging-steps",
+            "2",
+            "--report-to",
+            "mlflow",
+            "--seed",
+            "3",
+        ]
+    )
+    assert code == 0
+    return out, data

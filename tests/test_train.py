@@ -16,43 +16,6 @@ from rmtrain.formatting import encode_pairs
 from rmtrain.trainer import pair_rewards
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("run")
-    data = tmp / "prefs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in demo_rows(120, seed=1)))
-    out = tmp / "model"
-    code = main(
-        [
-            "train",
-            "--model",
-            "builtin:tiny-qwen3",
-            "--dataset",
-            str(data),
-            "--output",
-            str(out),
-            "--frac",
-            "1.0",
-            "--lr",
-            "1e-3",
-            "--batch",
-            "4",
-            "--max-length",
-            "96",
-            "--max-steps",
-            "6",
-            "--logging-steps",
-            "2",
-            "--report-to",
-            "mlflow",
-            "--seed",
-            "3",
-        ]
-    )
-    assert code == 0
-    return out, data
-
-
 def test_writes_every_output(trained):
     out, _ = trained
     for name in (

@@ -30,7 +30,35 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(train, TrainConfig)
     train.set_defaults(func=_cmd_train)
     _add_prepare(sub)
+    _add_eval(sub)
     return parser
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a reward model on preference data sets (report + plots)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ev.add_argument("--model", required=True, help="model folder saved by rmtrain train")
+    ev.add_argument(
+        "--dataset",
+        action="append",
+        required=True,
+        help="data set (file or hub name, any training format); repeat for several",
+    )
+    ev.add_argument("--output", required=True, help="report folder")
+    ev.add_argument("--max-length", type=int, default=None, help="default: the training value")
+    ev.add_argument("--batch", type=int, default=None, help="pairs per forward pass (approx.)")
+    ev.add_argument("--split", default="train", help="split of hub data sets")
+    ev.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from rmtrain.evaluate import run_eval
+
+    run_eval(args.model, args.dataset, args.output, args.max_length, args.batch, args.split)
+    return 0
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:

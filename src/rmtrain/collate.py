@@ -113,38 +113,55 @@ class PackedCollator:
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         units = [u for f in features for u in self._units(f)]
-        rows = _pack_rows([len(u[0]) for u in units], self.row_budget)
-        width = max(sum(len(units[i][0]) for i in row) for row in rows)
-        shape = (len(rows), width)
-        ids = torch.full(shape, self.pad_id, dtype=torch.long)
-        seg = torch.full(shape, -1, dtype=torch.long)
-        branch = torch.zeros(shape, dtype=torch.long)
-        pos = torch.zeros(shape, dtype=torch.long)
-        ends: dict[tuple[int, int], tuple[int, int]] = {}  # (unit, branch) -> (row, col)
-        for r, row in enumerate(rows):
-            start = 0
-            for u in row:
-                tok, br, ps = units[u]
-                sl = slice(start, start + len(tok))
-                ids[r, sl], seg[r, sl] = torch.tensor(tok), u
-                branch[r, sl], pos[r, sl] = torch.tensor(br), torch.tensor(ps)
-                for b in (1, 2):
-                    cols = [start + k for k, x in enumerate(br) if x == b]
-                    if cols:
-                        ends[(u, b)] = (r, cols[-1])
-                start += len(tok)
+        batch, ends = pack_units(units, self.pad_id, self.row_budget)
         per_pair = 1 if self.mode == "prefix_sharing" else 2
         chosen = [ends[(i * per_pair, 1)] for i in range(len(features))]
         rejected = [ends[(i * per_pair + per_pair - 1, 2)] for i in range(len(features))]
-        return {
-            "input_ids": ids,
-            "attention_mask": block_mask(seg, branch),
-            "position_ids": pos,
-            "chosen_index": torch.tensor(chosen, dtype=torch.long),
-            "rejected_index": torch.tensor(rejected, dtype=torch.long),
-            "margin": torch.tensor([float(f.get("margin", 0.0)) for f in features]),
-            "pair_index": torch.tensor([int(f["pair_index"]) for f in features]),
-        }
+        batch["chosen_index"] = torch.tensor(chosen, dtype=torch.long)
+        batch["rejected_index"] = torch.tensor(rejected, dtype=torch.long)
+        batch["margin"] = torch.tensor([float(f.get("margin", 0.0)) for f in features])
+        batch["pair_index"] = torch.tensor([int(f["pair_index"]) for f in features])
+        return batch
+
+
+Unit = tuple[list[int], list[int], list[int]]  # token ids, branch per token, position per token
+
+
+def pack_units(
+    units: Sequence[Unit], pad_id: int, row_budget: int
+) -> tuple[dict[str, torch.Tensor], dict[tuple[int, int], tuple[int, int]]]:
+    """Pack segments into rows; returns the batch and, per (unit, branch), the (row, column) of
+    that branch's last token, where its reward is read."""
+    rows = _pack_rows([len(u[0]) for u in units], row_budget)
+    width = max(sum(len(units[i][0]) for i in row) for row in rows)
+    shape = (len(rows), width)
+    ids = torch.full(shape, pad_id, dtype=torch.long)
+    seg = torch.full(shape, -1, dtype=torch.long)
+    branch = torch.zeros(shape, dtype=torch.long)
+    pos = torch.zeros(shape, dtype=torch.long)
+    ends: dict[tuple[int, int], tuple[int, int]] = {}
+    for r, row in enumerate(rows):
+        start = 0
+        for u in row:
+            tok, br, ps = units[u]
+            sl = slice(start, start + len(tok))
+            ids[r, sl], seg[r, sl] = torch.tensor(tok), u
+            branch[r, sl], pos[r, sl] = torch.tensor(br), torch.tensor(ps)
+            for k, b in enumerate(br):
+                ends[(u, b)] = (r, start + k)  # the last write per branch wins
+            start += len(tok)
+    batch = {"input_ids": ids, "attention_mask": block_mask(seg, branch), "position_ids": pos}
+    return batch, ends
+
+
+def pack_sequences(
+    seqs: Sequence[Sequence[int]], pad_id: int, row_budget: int
+) -> dict[str, torch.Tensor]:
+    """Single sequences (scoring) packed padding-free; `end_index` is each one's last token."""
+    units = [(list(s), [1] * len(s), list(range(len(s)))) for s in seqs]
+    batch, ends = pack_units(units, pad_id, row_budget)
+    batch["end_index"] = torch.tensor([ends[(i, 1)] for i in range(len(seqs))], dtype=torch.long)
+    return batch
 
 
 def block_mask(seg: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:

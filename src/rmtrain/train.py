@@ -19,11 +19,16 @@ from rmtrain.collate import make_collator, pair_tokens
 from rmtrain.config import TrainConfig, save_config
 from rmtrain.data import DataCounts, Pair, load_rows, read_pairs, split_by_group
 from rmtrain.errors import RmtrainError
+from rmtrain.evaluate import evaluate_pairs, write_report
 from rmtrain.formatting import default_prompt_floor, encode_pairs, uses_chat_template
 from rmtrain.model import load_reward_model, load_tokenizer, resolve_dtype
+from rmtrain.modelcard import render_model_card
 from rmtrain.publish import check_output_dir, publish, staging_dir
+from rmtrain.score import RewardScorer
 from rmtrain.tracking import finish_tracking, start_tracking
 from rmtrain.trainer import PairwiseRewardTrainer, make_compute_metrics
+
+REPORT_DIR = "eval_report"
 
 
 @dataclass
@@ -124,7 +129,24 @@ def _save(trainer: Any, tokenizer: Any, cfg: TrainConfig, result: dict[str, Any]
     tokenizer.save_pretrained(str(stage))
     save_config(cfg, stage / "rmtrain_config.yaml")
     (stage / "metrics.json").write_text(json.dumps(result, indent=2))
+    (stage / "README.md").write_text(render_model_card(cfg.to_dict(), result, REPORT_DIR))
     publish(stage, output)
+
+
+def _test_report(model: Any, tokenizer: Any, cfg: TrainConfig, data: PreparedData, out: Path):
+    """The `rmtrain eval` report for the held-out split, written beside the model."""
+    scorer = RewardScorer(
+        model=model.eval(),
+        tokenizer=tokenizer,
+        max_length=cfg.max_length,
+        chat=uses_chat_template(tokenizer, cfg.chat_template),
+        prompt_floor=cfg.min_prompt_length,
+        token_budget=max(4096, 2 * cfg.max_length),
+    )
+    # The held-out pairs are the rows here; malformed rows were counted before the split.
+    base = {"rows_read": len(data.test_pairs), "malformed": {}, "malformed_total": 0}
+    result = evaluate_pairs(scorer, data.test_pairs, base)
+    write_report({"held-out split": result}, out, cfg.model)
 
 
 def run_train(cfg: TrainConfig) -> dict[str, Any]:
@@ -162,6 +184,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         metrics["train_loss"] = train_out.training_loss
         metrics["train_steps"] = train_out.global_step
         result["metrics"] = metrics
+        _test_report(trainer.model, tokenizer, cfg, data, output / REPORT_DIR)
         _save(trainer, tokenizer, cfg, result, output)
         failed = False
     finally:

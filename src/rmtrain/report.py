@@ -1,0 +1,120 @@
+"""Evaluation report rendering: headless matplotlib plots and a Markdown summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def length_buckets(chosen_len: np.ndarray, rejected_len: np.ndarray, n: int = 5) -> np.ndarray:
+    """Bucket of each pair by its mean response length (quantile edges)."""
+    mean_len = (chosen_len + rejected_len) / 2
+    edges = np.unique(np.quantile(mean_len, np.linspace(0, 1, n + 1)))
+    return np.clip(np.searchsorted(edges, mean_len, side="right") - 1, 0, max(len(edges) - 2, 0))
+
+
+def plot_dataset(res: Any, output: Path, prefix: str, title: str) -> list[str]:
+    """Three PNGs: reward histograms, accuracy by length bucket, margin vs length difference."""
+    plt = _plt()
+    names = [
+        f"{prefix}_rewards_hist.png",
+        f"{prefix}_accuracy_by_length.png",
+        f"{prefix}_margin_vs_length.png",
+    ]
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.histogram_bin_edges(np.concatenate([res.chosen, res.rejected]), bins=30)
+    ax.hist(res.chosen, bins=bins, alpha=0.6, label="chosen")
+    ax.hist(res.rejected, bins=bins, alpha=0.6, label="rejected")
+    ax.set(xlabel="reward", ylabel="pairs", title=f"Rewards: {title}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(output / names[0], dpi=100)
+    plt.close(fig)
+
+    bucket = length_buckets(res.chosen_len, res.rejected_len)
+    ks = sorted(set(bucket.tolist()))
+    model_acc = [float(np.mean(res.chosen[bucket == k] > res.rejected[bucket == k])) for k in ks]
+    c, r = res.chosen_len, res.rejected_len
+    longer = np.where(c > r, 1.0, np.where(c == r, 0.5, 0.0))
+    base_acc = [float(np.mean(longer[bucket == k])) for k in ks]
+    labels = [f"{int(np.min(((c + r) / 2)[bucket == k]))}+" for k in ks]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = np.arange(len(ks))
+    ax.bar(x - 0.2, model_acc, width=0.4, label="reward model")
+    ax.bar(x + 0.2, base_acc, width=0.4, label="prefer longer")
+    ax.axhline(0.5, color="grey", linestyle="--", label="chance")
+    ax.set_xticks(x, labels)
+    ax.set(
+        xlabel="mean response length (chars)",
+        ylabel="accuracy",
+        ylim=(0, 1),
+        title=f"Accuracy by length: {title}",
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(output / names[1], dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(c - r, res.chosen - res.rejected, s=8, alpha=0.5)
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.axvline(0, color="grey", linewidth=0.8)
+    ax.set(
+        xlabel="length(chosen) - length(rejected) (chars)",
+        ylabel="reward margin",
+        title=f"Margin vs length difference: {title}",
+    )
+    fig.tight_layout()
+    fig.savefig(output / names[2], dpi=100)
+    plt.close(fig)
+    return names
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Reward model evaluation: `{report['model']}`", ""]
+    for name, r in report["datasets"].items():
+        m, b, c = r["metrics"], r["baselines"], r["counts"]
+        lines += [f"## `{name}`", ""]
+        if not r["beats_length_baseline"]:
+            lines += [
+                "> **Flag: this model does not beat the prefer-the-longer-response "
+                "baseline on this data.**",
+                "",
+            ]
+        lines += [
+            "| metric | value |",
+            "|---|---|",
+            f"| win rate | {m['win_rate']:.4f} |",
+            f"| prefer-longer baseline | {b['longer_response']:.4f} |",
+            f"| chance | {b['chance']:.2f} |",
+            f"| Kendall's tau (per prompt, mean) | {m['kendall_tau']:.4f} |",
+            f"| reward chosen mean / std | {m['chosen_reward_mean']:.4f} / "
+            f"{m['chosen_reward_std']:.4f} |",
+            f"| reward rejected mean / std | {m['rejected_reward_mean']:.4f} / "
+            f"{m['rejected_reward_std']:.4f} |",
+            f"| mean margin | {m['margin_mean']:.4f} |",
+            f"| pairs scored | {c['scored_pairs']} |",
+            f"| rows read / malformed / truncated / dropped | {c['rows_read']} / "
+            f"{c['malformed_total']} / {c['truncated']} / {c['dropped_total']} |",
+        ]
+        if "scoring" in r:
+            lines.append(f"| scoring speed | {r['scoring']['pairs_per_s']:.1f} pairs/s |")
+        if r["subsets"]:
+            lines += ["", "| subset | win rate | pairs |", "|---|---|---|"]
+            lines += [
+                f"| {s} | {v['win_rate']:.4f} | {v['pairs']} |" for s, v in r["subsets"].items()
+            ]
+        lines += [""] + [f"![{p}]({p})" for p in r.get("plots", [])] + [""]
+    return "\n".join(lines)
