@@ -31,7 +31,95 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_cmd_train)
     _add_prepare(sub)
     _add_eval(sub)
+    _add_score(sub)
+    _add_serve(sub)
     return parser
+
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    sc = sub.add_parser(
+        "score",
+        help="score prompt/response rows of a JSONL file (streamed)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sc.add_argument("--model", required=True, help="model folder saved by rmtrain train")
+    sc.add_argument("--input", required=True, help="JSONL: prompt+response, messages, or text")
+    sc.add_argument("--output", required=True, help="JSONL: each input row plus reward or error")
+    sc.add_argument("--batch", type=int, default=256, help="rows read and scored per chunk")
+    sc.add_argument("--max-length", type=int, default=None, help="default: the training value")
+    sc.add_argument("--normalize", action="store_true", help="use the saved reward mean/std")
+    sc.set_defaults(func=_cmd_score)
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from rmtrain.score import load_scorer, score_file
+
+    scorer = load_scorer(args.model, max_length=args.max_length)
+    with tqdm(desc="scoring rows", unit="row") as bar:
+        counts = score_file(
+            scorer, args.input, args.output, args.batch, args.normalize, progress=bar.update
+        )
+    print(
+        f"[rmtrain] {counts.rows} rows: {counts.scored} scored ({counts.truncated} truncated), "
+        f"{counts.errors} with errors -> {args.output}"
+    )
+    return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    sv = sub.add_parser(
+        "serve",
+        help="HTTP reward server (POST /score, POST /get_reward, GET /health, GET /info)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sv.add_argument("--model", required=True, help="model folder saved by rmtrain train")
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument(
+        "--api-key",
+        default=os.environ.get("RMTRAIN_API_KEY"),
+        help="bearer token required on requests (default: $RMTRAIN_API_KEY)",
+    )
+    sv.add_argument("--normalize", action="store_true", help="use the saved reward mean/std")
+    sv.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per item (default: "
+        "the training value); longer items are cut by the training policy",
+    )
+    sv.add_argument("--max-items", type=int, default=64, help="items per request")
+    sv.add_argument("--max-body-bytes", type=int, default=2_000_000, help="request body limit")
+    sv.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    sv.add_argument("--batch-wait-ms", type=float, default=5.0, help="dynamic batching wait")
+    sv.add_argument("--no-dynamic-batching", action="store_true", help="score each request alone")
+    sv.add_argument("--trust-remote-code", action="store_true", help="allow hub model code")
+    sv.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from rmtrain.serve import ServeLimits, serve
+
+    limits = ServeLimits(
+        max_body_bytes=args.max_body_bytes,
+        max_items=args.max_items,
+        request_timeout_s=args.timeout,
+        batch_wait_ms=args.batch_wait_ms,
+    )
+    serve(
+        args.model,
+        args.host,
+        args.port,
+        args.api_key,
+        args.normalize,
+        limits,
+        args.max_length,
+        not args.no_dynamic_batching,
+        args.trust_remote_code,
+    )
+    return 0
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:

@@ -7,6 +7,7 @@ packs sequences (padding-free / prefix-shared) and runs without gradients.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,3 +154,159 @@ def load_scorer(
         reward_mean=getattr(model.config, "reward_mean", None),
         reward_std=getattr(model.config, "reward_std", None),
     )
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing to score: a prompt and response (text or chat messages), or a full text."""
+
+    prompt: Any = None
+    response: Any = None
+    text: str | None = None
+
+
+def _is_messages(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in value
+        )
+    )
+
+
+def parse_item(obj: Any) -> Item | str:
+    """An `Item`, or the reason the object cannot be scored (reported, never dropped)."""
+    if not isinstance(obj, dict):
+        return "item must be a JSON object"
+    if "response" in obj:
+        prompt, response = obj.get("prompt", ""), obj["response"]
+        if not (isinstance(prompt, str) or _is_messages(prompt)):
+            return "'prompt' must be a string or a list of {role, content} messages"
+        if not ((isinstance(response, str) and response.strip()) or _is_messages(response)):
+            return "'response' must be a non-empty string or a list of messages"
+        return Item(prompt=prompt, response=response)
+    if "messages" in obj:
+        msgs = obj["messages"]
+        if not _is_messages(msgs) or msgs[-1]["role"] != "assistant":
+            return "'messages' must be {role, content} messages ending with an assistant turn"
+        return Item(prompt=msgs[:-1], response=msgs[-1:])
+    if "text" in obj:
+        if not isinstance(obj["text"], str) or not obj["text"].strip():
+            return "'text' must be a non-empty string"
+        return Item(text=obj["text"])
+    return "item needs 'prompt' and 'response', 'messages', or 'text'"
+
+
+def _training_tail(scorer: RewardScorer) -> list[int]:
+    """Token ids that close a response in the training layout (template closing or eos)."""
+    (enc,) = encode_batch(scorer.tokenizer, ["x"], ["y"], scorer.chat)
+    return enc.tail
+
+
+def encode_items(
+    scorer: RewardScorer, items: Sequence[Item]
+) -> list[tuple[list[int], bool] | None]:
+    """Token ids and truncation flag per item, with the training function; None: cannot fit.
+
+    Full texts are tokenised as given, closed with the training tail when it is missing, and
+    cut from the left (the end, where the reward is read, stays).
+    """
+    out: list[tuple[list[int], bool] | None] = [None] * len(items)
+    pr = [i for i, it in enumerate(items) if it.text is None]
+    fitted = scorer.encode_texts([items[i].prompt for i in pr], [items[i].response for i in pr])
+    for i, f in zip(pr, fitted, strict=True):
+        out[i] = f
+    raw = [i for i, it in enumerate(items) if it.text is not None]
+    if raw:
+        tail = _training_tail(scorer)
+        ids = scorer.tokenizer([items[i].text for i in raw], add_special_tokens=False)["input_ids"]
+        for i, seq in zip(raw, ids, strict=True):
+            seq = list(seq)
+            if tail and seq[-len(tail) :] != tail:
+                seq = seq + tail
+            out[i] = (seq[-scorer.max_length :], len(seq) > scorer.max_length)
+    return out
+
+
+@dataclass
+class ScoreCounts:
+    rows: int = 0
+    scored: int = 0
+    truncated: int = 0
+    errors: int = 0
+
+
+def _score_chunk(scorer: RewardScorer, lines: list[str], normalize: bool) -> list[dict[str, Any]]:
+    """Output records for input lines: each input plus `reward`/`truncated`, or `error`."""
+    out: list[dict[str, Any]] = []
+    items: list[Item] = []
+    where: list[int] = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            out.append({"input": line.rstrip("\n"), "error": f"invalid JSON: {exc.msg}"})
+            continue
+        record = row if isinstance(row, dict) else {"input": row}
+        item = parse_item(row)
+        if isinstance(item, str):
+            out.append({**record, "error": item})
+            continue
+        out.append(record)
+        items.append(item)
+        where.append(len(out) - 1)
+    encoded = encode_items(scorer, items)
+    fit = [(w, e) for w, e in zip(where, encoded, strict=True) if e is not None]
+    rewards = scorer.score_ids([e[0] for _, e in fit], normalize=normalize) if fit else []
+    for (w, e), reward in zip(fit, rewards, strict=True):
+        out[w] = {**out[w], "reward": float(reward), "truncated": e[1]}
+    for w, e in zip(where, encoded, strict=True):
+        if e is None:
+            out[w] = {**out[w], "error": "too long: the response tail alone exceeds max length"}
+    return out
+
+
+def _chunks(lines: Any, size: int) -> Any:
+    """Non-blank lines in lists of `size`."""
+    buf: list[str] = []
+    for line in lines:
+        if line.strip():
+            buf.append(line)
+        if len(buf) == size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def score_file(
+    scorer: RewardScorer,
+    input_path: str,
+    output_path: str,
+    chunk: int = 256,
+    normalize: bool = False,
+    progress: Progress | None = None,
+) -> ScoreCounts:
+    """Stream JSONL in and out (constant memory), `chunk` rows at a time, in input order.
+
+    Each output row is its input plus `reward` (and `truncated`), or plus `error`.
+    """
+    src = Path(input_path)
+    if not src.is_file():
+        raise RmtrainError(f"input {input_path} does not exist; pass a .jsonl file")
+    counts = ScoreCounts()
+    with src.open(encoding="utf-8", errors="replace") as fin, open(output_path, "w") as fout:
+        for lines in _chunks(fin, chunk):
+            for row in _score_chunk(scorer, lines, normalize):
+                counts.rows += 1
+                counts.errors += "error" in row
+                counts.scored += "reward" in row
+                counts.truncated += bool(row.get("truncated"))
+                fout.write(json.dumps(row, ensure_ascii=False) + "\n")
+            if progress:
+                progress(len(lines))
+    return counts
