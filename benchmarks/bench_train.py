@@ -287,7 +287,9 @@ def run_case(model: str, dataset: str, a: argparse.Namespace, paths: list[str]) 
     if len(feats) < n_train + n_eval:
         raise SystemExit(f"{dataset}: only {len(feats)} pairs fit {a.max_length} tokens")
     data = Path(tempfile.mkdtemp()) / "feats.json"
-    data.write_text(json.dumps({"train": feats[:n_train], "eval": feats[n_train : n_train + n_eval]}))
+    data.write_text(
+        json.dumps({"train": feats[:n_train], "eval": feats[n_train : n_train + n_eval]})
+    )
     results: dict[str, list[dict[str, Any]]] = {p: [] for p in paths}
     for rep in range(a.repeats):
         order = paths if rep % 2 == 0 else list(reversed(paths))

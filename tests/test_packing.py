@@ -81,6 +81,7 @@ def test_prefix_shared_layout_by_hand():
 
 def test_rows_are_packed_first_fit_and_pads_see_only_themselves():
     assert _pack_rows([5, 4, 3, 2], budget=8) == [[0, 2], [1, 3]]
+    assert _pack_rows([2, 5, 3, 6], budget=8) == [[0, 3], [1, 2]]  # longest first
     assert _pack_rows([5, 4], budget=0) == [[0], [1]]
     seg = torch.tensor([[0, 0, -1]])
     mask = block_mask(seg, torch.zeros_like(seg))[0, 0].int().tolist()

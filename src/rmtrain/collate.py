@@ -61,13 +61,15 @@ def tokens_computed(batch: dict[str, torch.Tensor]) -> int:
 
 
 def _pack_rows(lengths: Sequence[int], budget: int) -> list[list[int]]:
-    """Greedy first-fit of units (in order) into rows of at most `budget` tokens.
+    """First-fit decreasing: units, longest first, go into the first row with room.
 
     A unit longer than the budget gets a row of its own; `budget <= 0` means one unit per row.
+    Rows keep their units in ascending index order.
     """
     rows: list[list[int]] = []
     used: list[int] = []
-    for i, n in enumerate(lengths):
+    for i in sorted(range(len(lengths)), key=lambda k: (-lengths[k], k)):
+        n = lengths[i]
         for r, u in enumerate(used):
             if budget > 0 and u + n <= budget:
                 rows[r].append(i)
@@ -76,7 +78,7 @@ def _pack_rows(lengths: Sequence[int], budget: int) -> list[list[int]]:
         else:
             rows.append([i])
             used.append(n)
-    return rows
+    return [sorted(row) for row in rows]
 
 
 @dataclass

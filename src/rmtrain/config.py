@@ -57,7 +57,7 @@ class TrainConfig:
         "padding_free (sequences packed, no pad tokens) or none (padded double batch).",
     )
     row_budget: int | None = _opt(
-        None, "Tokens per packed row (default: 2 x max_length; 0 = one pair per row)."
+        None, "Tokens per packed row (default: 4 x max_length; 0 = one pair per row)."
     )
     group_by_length: bool = _opt(True, "Batch pairs of similar length together (less padding).")
     frac: float = _opt(0.01, "Fraction of the data set to use, sampled deterministically.")

@@ -195,7 +195,7 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def row_budget(cfg: TrainConfig) -> int:
-    return 2 * cfg.max_length if cfg.row_budget is None else cfg.row_budget
+    return 4 * cfg.max_length if cfg.row_budget is None else cfg.row_budget
 
 
 def resolve_dtype_for_weights(name: str) -> torch.dtype:
