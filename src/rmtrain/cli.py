@@ -33,7 +33,94 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_score(sub)
     _add_serve(sub)
+    _add_validate(sub)
+    _add_hpo(sub)
     return parser
+
+
+def _add_validate(sub: argparse._SubParsersAction) -> None:
+    va = sub.add_parser(
+        "validate",
+        help="check every row of a data set; write bad rows with their indices",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    va.add_argument("--dataset", required=True, help="file or hub name (any training format)")
+    va.add_argument(
+        "--model", default=None, help="tokenizer source for the length check (skipped without it)"
+    )
+    va.add_argument("--max-length", type=int, default=512)
+    va.add_argument("--max-bad-fraction", type=float, default=0.01)
+    va.add_argument("--strict", action="store_true", help="fail on any bad row")
+    va.add_argument("--output", default="data_report.json", help="report path")
+    va.set_defaults(func=_cmd_validate)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rmtrain.formatting import uses_chat_template
+    from rmtrain.model import load_tokenizer
+    from rmtrain.validate import check_bad_rows, validate_dataset, write_data_report
+
+    tok = load_tokenizer(args.model) if args.model else None
+    chat = uses_chat_template(tok) if tok is not None else True
+    counts = validate_dataset(args.dataset, tok, args.max_length, chat)
+    report = write_data_report(counts, Path(args.output))
+    note = "" if tok is not None else " (length check skipped: pass --model)"
+    print(
+        f"[rmtrain] {report['rows_read']} rows, {report['bad_rows']} bad "
+        f"{report['bad_by_reason']}, {report['truncated']} would be truncated, dropped "
+        f"{report['dropped']}{note} -> {args.output}"
+    )
+    check_bad_rows(counts, args.max_bad_fraction, args.strict, args.output)
+    return 0
+
+
+def _add_hpo(sub: argparse._SubParsersAction) -> None:
+    hp = sub.add_parser(
+        "hpo",
+        help="hyperparameter search with Optuna",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    hp.add_argument("--config", default=None, help="base training config (YAML)")
+    hp.add_argument("--space", required=True, help="search space (YAML)")
+    hp.add_argument("--n-trials", type=int, required=True, help="total trials in the study")
+    hp.add_argument("--output", required=True, help="study folder (trials, plots, best config)")
+    hp.add_argument(
+        "--storage", default=None, help="Optuna storage URL (default: SQLite in --output)"
+    )
+    hp.add_argument("--study-name", default="rmtrain-hpo")
+    hp.add_argument("--jobs", type=int, default=1, help="processes sharing the study")
+    hp.add_argument("--metric", default="win_rate", help="eval metric to optimise")
+    hp.add_argument(
+        "--direction",
+        default=None,
+        choices=("maximize", "minimize"),
+        help="default: minimize for loss, else maximize",
+    )
+    hp.add_argument("--pruner", default="median", choices=("median", "none"))
+    hp.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    hp.set_defaults(func=_cmd_hpo)
+
+
+def _cmd_hpo(args: argparse.Namespace) -> int:
+    from rmtrain.hpo import run_hpo
+
+    direction = args.direction or ("minimize" if args.metric == "loss" else "maximize")
+    run_hpo(
+        args.config,
+        args.space,
+        args.n_trials,
+        args.output,
+        args.storage,
+        args.study_name,
+        args.jobs,
+        args.metric,
+        direction,
+        args.pruner,
+        args.worker,
+    )
+    return 0
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:

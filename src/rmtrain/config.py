@@ -84,7 +84,17 @@ class TrainConfig:
         "auto", "Weights dtype: auto (fp32 on CPU, bf16 on capable GPUs), float32, ..."
     )
     trust_remote_code: bool = _opt(False, "Allow model code from the hub (off for safety).")
-    overwrite: bool = _opt(False, "Replace an existing model in --output.")
+    save_steps: int | None = _opt(None, "Save a resumable checkpoint every N steps.")
+    save_total_limit: int | None = _opt(2, "Keep only the newest K checkpoints.")
+    resume: str | None = _opt(
+        None,
+        "Continue from the latest checkpoint in --output (bare --resume) or from a given path.",
+        nargs="?",
+        const="latest",
+    )
+    max_bad_fraction: float = _opt(0.01, "Stop when more than this share of rows is bad.")
+    strict: bool = _opt(False, "Stop on any bad row.")
+    overwrite: bool = _opt(False, "Replace an existing non-empty --output.")
     run_name: str | None = _opt(None, "Run name for MLflow / W&B.")
 
     def __post_init__(self) -> None:
@@ -104,6 +114,10 @@ def _check_ranges(cfg: TrainConfig) -> None:
         problems.append("--batch and --grad-accum must be at least 1")
     if cfg.max_length < 8:
         problems.append(f"--max-length must be at least 8, got {cfg.max_length}")
+    if not 0 <= cfg.max_bad_fraction <= 1:
+        problems.append(f"--max-bad-fraction must be in [0, 1], got {cfg.max_bad_fraction}")
+    if cfg.save_steps is not None and cfg.save_steps < 1:
+        problems.append(f"--save-steps must be at least 1, got {cfg.save_steps}")
     if cfg.chat_template not in ("auto", "plain"):
         problems.append(f"--chat-template must be 'auto' or 'plain', got {cfg.chat_template!r}")
     if cfg.packing not in ("none", "padding_free", "prefix_sharing"):
@@ -147,8 +161,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfi
             kwargs.update(nargs="?", const=True, type=_parse_bool)
         else:
             kwargs["type"] = base
-            if "nargs" in f.metadata:
-                kwargs["nargs"] = f.metadata["nargs"]
+            for key in ("nargs", "const"):
+                if key in f.metadata:
+                    kwargs[key] = f.metadata[key]
         parser.add_argument(flag, **kwargs)
 
 

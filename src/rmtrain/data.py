@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import random
 from collections import Counter
@@ -52,6 +53,11 @@ class DataCounts:
     dropped: Counter = field(default_factory=Counter)
     train_pairs: int = 0
     test_pairs: int = 0
+    bad_rows: list[tuple[int, str]] = field(default_factory=list)  # (source row, reason)
+
+    def bad_fraction(self) -> float:
+        """Share of rows read that are unusable (malformed, or too long even after cutting)."""
+        return len(self.bad_rows) / self.rows_read if self.rows_read else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,7 +100,7 @@ def read_json_rows(path: Path) -> list[Any]:
             raise RmtrainError(f"{path} is not valid JSON ({exc}); fix the file") from None
         return rows
     rows: list[Any] = []
-    for line in text.splitlines():
+    for line in text.split("\n"):  # JSON Lines splits on \n only (not \x85, \u2028)
         if not line.strip():
             continue
         try:
@@ -293,7 +299,9 @@ def row_to_pair(row: Any, index: int, fmt: str, margin_column: str) -> Pair | st
     ):
         return "empty_text"
     margin = row.get(margin_column)
-    if margin is not None and not isinstance(margin, int | float):
+    if margin is not None and (
+        isinstance(margin, bool) or not isinstance(margin, int | float) or not math.isfinite(margin)
+    ):
         return "bad_margin"
     group = str(row["qid"]) if fmt == "stack_exchange" and "qid" in row else _group_key(prompt)
     extra = {k: row[k] for k in ("subset", "score_j", "score_k") if k in row}
@@ -324,6 +332,7 @@ def read_pairs(
         result = row_to_pair(row, index, fmt, margin_column)
         if isinstance(result, str):
             counts.malformed[result] += 1
+            counts.bad_rows.append((index, result))
         else:
             pairs.append(result)
     return pairs, counts

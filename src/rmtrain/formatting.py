@@ -169,16 +169,33 @@ def encode_pairs(
     Each feature keeps `pair_index`, the position of its pair in `pairs`, so that metrics can
     find the pair's prompt group whatever order batches come in.
     """
+    features, truncated, dropped = encode_pairs_detailed(
+        tokenizer, pairs, max_length, chat, prompt_floor
+    )
+    counts: dict[str, int] = {}
+    for _, reason in dropped:
+        counts[reason] = counts.get(reason, 0) + 1
+    return features, truncated, counts
+
+
+def encode_pairs_detailed(
+    tokenizer: Any,
+    pairs: Sequence[Any],
+    max_length: int,
+    chat: bool,
+    prompt_floor: int | None = None,
+) -> tuple[list[dict[str, Any]], int, list[tuple[int, str]]]:
+    """As `encode_pairs`, with the dropped pairs as (pair index, reason)."""
     prompts = [p.prompt for p in pairs]
     chosen = encode_batch(tokenizer, prompts, [p.chosen for p in pairs], chat)
     rejected = encode_batch(tokenizer, prompts, [p.rejected for p in pairs], chat)
     features: list[dict[str, Any]] = []
     truncated = 0
-    dropped: dict[str, int] = {}
+    dropped: list[tuple[int, str]] = []
     for i, (pair, c, r) in enumerate(zip(pairs, chosen, rejected, strict=True)):
         fitted = fit_pair(c.prompt, c, r, max_length, prompt_floor)
         if isinstance(fitted, str):
-            dropped[fitted] = dropped.get(fitted, 0) + 1
+            dropped.append((i, fitted))
             continue
         truncated += fitted.truncated
         features.append(

@@ -171,13 +171,18 @@ def value_head(model: Any) -> torch.nn.Module:
     raise RmtrainError(f"{type(model).__name__} has no scalar head (score/classifier)")
 
 
-def backbone(model: Any) -> torch.nn.Module:
-    return getattr(model, model.base_model_prefix)
-
-
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions count real tokens only, so left and right padding give the same positions."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def unwrap(model: Any) -> Any:
+    """The transformers model inside DDP / DeepSpeed (`.module`) and PEFT wrappers."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
 
 
 def token_values(
@@ -188,21 +193,28 @@ def token_values(
 ) -> torch.Tensor:
     """The value head applied at every position: [batch, seq] (the seed's per-token values).
 
-    `attention_mask` may be 2-D (padding) or a 4-D additive mask (packed / prefix-shared rows).
+    The model's own forward runs (so DDP, FSDP, DeepSpeed ZeRO-3 and PEFT see a normal call and
+    gather / sync as usual); a forward hook keeps the head's output at every position before
+    the stock pooling discards it. `attention_mask` may be 2-D (padding) or a 4-D mask
+    (packed / prefix-shared rows).
     """
     if attention_mask is not None and position_ids is None and attention_mask.dim() == 2:
         position_ids = position_ids_from_mask(attention_mask)
+    inner = unwrap(model)
     if attention_mask is not None and attention_mask.dim() == 4:
-        attention_mask = _mask_for_attention(model, attention_mask)
-    out = backbone(model)(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=False,  # with the cache on, transformers skips packed-mask handling
-    )
-    head = value_head(model)
-    hidden = out.last_hidden_state.to(next(head.parameters()).dtype)
-    return head(hidden).squeeze(-1).float()
+        attention_mask = _mask_for_attention(inner, attention_mask)
+    kept: list[torch.Tensor] = []
+    handle = value_head(inner).register_forward_hook(lambda _m, _i, out: kept.append(out))
+    try:
+        model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,  # with the cache on, transformers skips packed-mask handling
+        )
+    finally:
+        handle.remove()
+    return kept[-1].squeeze(-1).float()
 
 
 def _mask_for_attention(model: Any, mask: torch.Tensor) -> torch.Tensor:

@@ -20,10 +20,10 @@ def check_output_dir(output: Path, overwrite: bool) -> None:
     """Refuse to replace an existing model unless asked, and fail early on unwritable paths."""
     if output.exists() and not output.is_dir():
         raise RmtrainError(f"--output {output} is a file; pass a folder path")
-    if (output / MARKER).exists() and not overwrite:
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise RmtrainError(
-            f"--output {output} already holds a model; pass --overwrite to replace it or choose "
-            "another --output"
+            f"--output {output} is not empty; pass --overwrite to replace it, --resume to "
+            "continue its run, or choose another --output"
         )
     try:
         output.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,14 @@ from rmtrain.errors import RmtrainError
 
 
 def start_tracking(
-    report_to: list[str], log_dir: Path, run_name: str, params: dict[str, Any]
+    report_to: list[str],
+    log_dir: Path,
+    run_name: str,
+    params: dict[str, Any],
+    nested: bool = False,
 ) -> list[str]:
-    """Open the runs; returns the `report_to` list for `TrainingArguments`."""
+    """Open the runs (as a child of the active MLflow run when `nested`, e.g. an HPO trial);
+    returns the `report_to` list for `TrainingArguments`."""
     chosen = [r for r in report_to if r != "none"]
     for name in chosen:
         if importlib.util.find_spec(name) is None:
@@ -34,9 +39,9 @@ def start_tracking(
         uri = os.environ.get("MLFLOW_TRACKING_URI") or (log_dir / "mlruns").resolve().as_uri()
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "rmtrain"))
-        if mlflow.active_run() is not None:
+        if mlflow.active_run() is not None and not nested:
             mlflow.end_run()
-        mlflow.start_run(run_name=run_name)
+        mlflow.start_run(run_name=run_name, nested=nested and mlflow.active_run() is not None)
         mlflow.log_params(flat)
     if "wandb" in chosen:
         import wandb

@@ -7,6 +7,7 @@ PairwiseRewardTrainer -> final evaluation -> atomic save of model, tokenizer, co
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +21,22 @@ from rmtrain.config import TrainConfig, save_config
 from rmtrain.data import DataCounts, Pair, load_rows, read_pairs, split_by_group
 from rmtrain.errors import RmtrainError
 from rmtrain.evaluate import evaluate_pairs, write_report
-from rmtrain.formatting import default_prompt_floor, encode_pairs, uses_chat_template
+from rmtrain.formatting import default_prompt_floor, encode_pairs_detailed, uses_chat_template
 from rmtrain.model import load_reward_model, load_tokenizer, resolve_dtype
 from rmtrain.modelcard import render_model_card
 from rmtrain.publish import check_output_dir, publish, staging_dir
 from rmtrain.score import RewardScorer
 from rmtrain.tracking import finish_tracking, start_tracking
-from rmtrain.trainer import PairwiseRewardTrainer, make_compute_metrics
+from rmtrain.trainer import (
+    NonFiniteGuard,
+    PairwiseRewardTrainer,
+    latest_checkpoint,
+    make_compute_metrics,
+)
+from rmtrain.validate import check_bad_rows, record_dropped, write_data_report
 
 REPORT_DIR = "eval_report"
+CHECKPOINT_DIR = "checkpoints"
 
 
 @dataclass
@@ -52,11 +60,11 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
     chat = uses_chat_template(tokenizer, cfg.chat_template)
     encoded = {}
     for name, part in (("train", train_pairs), ("test", test_pairs)):
-        feats, truncated, dropped = encode_pairs(
+        feats, truncated, dropped = encode_pairs_detailed(
             tokenizer, part, cfg.max_length, chat, cfg.min_prompt_length
         )
         counts.truncated += truncated
-        counts.dropped.update(dropped)
+        record_dropped(counts, part, dropped)
         for f in feats:
             f["length"] = pair_tokens(f, cfg.packing)
         encoded[name] = feats
@@ -75,7 +83,7 @@ def training_arguments(cfg: TrainConfig, output: Path, report_to: list[str]) -> 
     on_gpu = torch.cuda.is_available()
     mixed_bf16 = cfg.dtype == "auto" and on_gpu and torch.cuda.is_bf16_supported()
     return TrainingArguments(
-        output_dir=str(output / "trainer"),
+        output_dir=str(output / CHECKPOINT_DIR),
         learning_rate=cfg.lr,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
@@ -89,7 +97,9 @@ def training_arguments(cfg: TrainConfig, output: Path, report_to: list[str]) -> 
         logging_first_step=True,
         eval_strategy="steps" if cfg.eval_steps else "no",
         eval_steps=cfg.eval_steps,
-        save_strategy="no",
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=cfg.save_total_limit,
         report_to=report_to,
         run_name=cfg.run_name,
         seed=cfg.seed,
@@ -149,14 +159,35 @@ def _test_report(model: Any, tokenizer: Any, cfg: TrainConfig, data: PreparedDat
     write_report({"held-out split": result}, out, cfg.model)
 
 
-def run_train(cfg: TrainConfig) -> dict[str, Any]:
+def _resume_path(cfg: TrainConfig, output: Path) -> str | None:
+    if not cfg.resume:
+        return None
+    if cfg.resume != "latest":
+        if not (Path(cfg.resume) / "trainer_state.json").is_file():
+            raise RmtrainError(f"--resume {cfg.resume} is not a checkpoint folder")
+        return cfg.resume
+    last = latest_checkpoint(output / CHECKPOINT_DIR)
+    if last is None:
+        raise RmtrainError(
+            f"--resume: no complete checkpoint in {output / CHECKPOINT_DIR}; start without "
+            "--resume (and with --save-steps N to write checkpoints)"
+        )
+    return str(last)
+
+
+def run_train(
+    cfg: TrainConfig, callbacks: list[Any] | None = None, nested: bool = False
+) -> dict[str, Any]:
     """Train, evaluate and save; returns {'metrics': ..., 'data': ...} as in metrics.json."""
     output = Path(cfg.output).expanduser()
-    check_output_dir(output, cfg.overwrite)
+    check_output_dir(output, cfg.overwrite or bool(cfg.resume))
+    resume = _resume_path(cfg, output)
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model, cfg.pad_token, cfg.trust_remote_code)
     data = prepare_data(cfg, tokenizer)
     _print_counts(data.counts)
+    write_data_report(data.counts, output / "data_report.json")
+    check_bad_rows(data.counts, cfg.max_bad_fraction, cfg.strict, str(output / "data_report.json"))
     model = load_reward_model(
         cfg.model,
         tokenizer.pad_token_id,
@@ -164,8 +195,9 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
         cfg.trust_remote_code,
         cfg.seed,
     )
+    check_free_disk(output, model, with_optimizer=bool(cfg.save_steps))
     run_name = cfg.run_name or f"rmtrain-{time.strftime('%Y%m%d-%H%M%S')}"
-    report_to = start_tracking(cfg.report_to, output, run_name, cfg.to_dict())
+    report_to = start_tracking(cfg.report_to, output, run_name, cfg.to_dict(), nested)
     failed = True
     result: dict[str, Any] = {"metrics": {}, "data": data.counts.to_dict()}
     try:
@@ -176,22 +208,36 @@ def run_train(cfg: TrainConfig) -> dict[str, Any]:
             eval_dataset=data.test,
             data_collator=make_collator(cfg.packing, tokenizer.pad_token_id, row_budget(cfg)),
             compute_metrics=make_compute_metrics([p.group for p in data.test_pairs]),
+            callbacks=[NonFiniteGuard(), *(callbacks or [])],
             center_rewards_coef=cfg.center_rewards_coef,
         )
-        train_out = trainer.train()
+        train_out = trainer.train(resume_from_checkpoint=resume)
         raw = trainer.evaluate()
         metrics = {k.removeprefix("eval_"): v for k, v in raw.items()}
         metrics["train_loss"] = train_out.training_loss
         metrics["train_steps"] = train_out.global_step
         result["metrics"] = metrics
-        _test_report(trainer.model, tokenizer, cfg, data, output / REPORT_DIR)
-        _save(trainer, tokenizer, cfg, result, output)
+        if trainer.is_world_process_zero():
+            _test_report(trainer.model, tokenizer, cfg, data, output / REPORT_DIR)
+            _save(trainer, tokenizer, cfg, result, output)
         failed = False
     finally:
         finish_tracking(report_to, result["metrics"], result["data"], failed)
     print(f"[rmtrain] held-out metrics: {json.dumps(_headline(result['metrics']))}", flush=True)
     print(f"[rmtrain] saved model, tokenizer, rmtrain_config.yaml, metrics.json to {output}")
     return result
+
+
+def check_free_disk(output: Path, model: Any, with_optimizer: bool) -> None:
+    """Fail before training when the disk cannot hold one checkpoint (weights + AdamW state)."""
+    n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    need = n_bytes * (3 if with_optimizer else 1)
+    free = shutil.disk_usage(output).free
+    if free < need:
+        raise RmtrainError(
+            f"{output} has {free / 2**20:.0f} MiB free; one checkpoint needs about "
+            f"{need / 2**20:.0f} MiB. Free some space or choose another --output"
+        )
 
 
 def row_budget(cfg: TrainConfig) -> int:

@@ -8,15 +8,19 @@ eval set), and a guard that the model is called with our inputs. Data and model 
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import SequentialSampler
-from transformers import EvalPrediction, Trainer
+from transformers import EvalPrediction, Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from rmtrain.errors import RmtrainError
 from rmtrain.losses import pairwise_loss
 from rmtrain.metrics import reward_metrics
 from rmtrain.model import last_token_index, token_values
@@ -38,6 +42,22 @@ def pair_rewards(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tens
     return rewards[:half], rewards[half:]
 
 
+class EpochSeededLengthSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from seed + epoch, not from the global RNG, so a resumed run
+    replays exactly the order the interrupted run was following."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Any:
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
 class PairwiseRewardTrainer(Trainer):
     """Bradley-Terry reward-model training on `PairCollator` batches."""
 
@@ -54,18 +74,45 @@ class PairwiseRewardTrainer(Trainer):
     ) -> Any:
         chosen, rejected = pair_rewards(model, inputs)
         loss = pairwise_loss(chosen, rejected, inputs.get("margin"), self.center_rewards_coef)
+        if model.training and not torch.isfinite(loss):
+            raise non_finite("loss", self.state.global_step + 1, self.args)
         if return_outputs:
             return loss, {"chosen": chosen, "rejected": rejected}
         return loss
+
+    _stage_root: str | None = None
+
+    def _get_output_dir(self, trial: Any) -> str:
+        return self._stage_root or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """Write the checkpoint in a staging folder, then rename it into place: a kill during
+        saving leaves the previous checkpoints intact and no half-written one that looks done."""
+        final_root = super()._get_output_dir(trial)
+        self._stage_root = os.path.join(final_root, ".staging")
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._stage_root = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            name = f"checkpoint-{self.state.global_step}"
+            target = os.path.join(final_root, name)
+            if os.path.exists(target):
+                shutil.rmtree(target)
+            os.replace(os.path.join(final_root, ".staging", name), target)
+            rotate_checkpoints(final_root, self.args.save_total_limit)
+        self.accelerator.wait_for_everyone()
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         """Length grouping from each feature's token count (the features carry no input_ids)."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy != "group_by_length":
             return super()._get_train_sampler(dataset)
-        return LengthGroupedSampler(
+        return EpochSeededLengthSampler(
             self.args.train_batch_size * self.args.gradient_accumulation_steps,
             lengths=[int(f["length"]) for f in dataset],
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
         )
 
     def _get_eval_sampler(self, eval_dataset: Any) -> Any:
@@ -99,3 +146,54 @@ def make_compute_metrics(groups: Sequence[str]) -> Callable[[EvalPrediction], di
         return reward_metrics(rewards[:, 0], rewards[:, 1], [groups[i] for i in index])
 
     return compute
+
+
+class NonFiniteError(RmtrainError):
+    """Training produced a NaN or infinite loss or gradient."""
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest complete `checkpoint-N` (complete by construction: written atomically)."""
+    root = Path(folder)
+    if not root.is_dir():
+        return None
+    found = []
+    for p in root.iterdir():
+        step = p.name.removeprefix("checkpoint-")
+        if p.is_dir() and step.isdigit() and (p / "trainer_state.json").is_file():
+            found.append((int(step), p))
+    return max(found)[1] if found else None
+
+
+def rotate_checkpoints(folder: str | Path, keep: int | None) -> None:
+    """Delete all but the newest `keep` checkpoints."""
+    if not keep or keep < 1:
+        return
+    root = Path(folder)
+    steps = sorted(
+        (int(p.name.split("-")[1]), p)
+        for p in root.glob("checkpoint-*")
+        if p.is_dir() and p.name.split("-")[1].isdigit()
+    )
+    for _, path in steps[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class NonFiniteGuard(TrainerCallback):
+    """Stops at the first non-finite gradient, naming the step and the last good checkpoint."""
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        model = kw.get("model")
+        grads = [p.grad for p in model.parameters() if p.grad is not None] if model else []
+        if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
+            raise non_finite("gradient", state.global_step + 1, args)
+
+
+def non_finite(what: str, step: int, args: Any) -> NonFiniteError:
+    last = latest_checkpoint(args.output_dir)
+    where = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
+    return NonFiniteError(
+        f"non-finite {what} at step {step}: training stopped and {where} (resume from it with "
+        f"--resume). Try a lower --lr (now {args.learning_rate:g}), keep gradient clipping on "
+        "(--max-grad-norm 1.0), or use --dtype float32 or bf16 instead of float16"
+    )

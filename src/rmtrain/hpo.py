@@ -1,0 +1,242 @@
+"""`rmtrain hpo`: hyperparameter search with Optuna over any training option.
+
+Each trial is a normal `rmtrain train` run in `OUTPUT/trial-NNNN`, logged to MLflow as a child
+of the study run. The study lives in SQLite under OUTPUT by default, so a killed search resumes
+where it stopped (finished trials are not repeated) and several processes can share it.
+Intermediate eval results feed a pruner (median by default). At the end: `best_config.yaml`
+(accepted by `rmtrain train --config` as is), `trials.csv`, and PNG plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rmtrain.config import TrainConfig, build_config, load_yaml
+from rmtrain.errors import RmtrainError
+
+FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+
+
+def load_space(path: str) -> dict[str, dict[str, Any]]:
+    """Search space YAML: `option: {type: float|int|categorical, low, high, log, choices}`."""
+    space = load_yaml(path)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, spec in space.items():
+        if key not in names:
+            raise RmtrainError(f"search space key {key!r} is not a training option")
+        if not isinstance(spec, dict) or spec.get("type") not in ("float", "int", "categorical"):
+            raise RmtrainError(f"search space {key!r} needs type: float, int or categorical")
+        if spec["type"] == "categorical" and not spec.get("choices"):
+            raise RmtrainError(f"search space {key!r} needs a non-empty choices list")
+        if spec["type"] != "categorical" and ("low" not in spec or "high" not in spec):
+            raise RmtrainError(f"search space {key!r} needs low and high")
+    return space
+
+
+def suggest(trial: Any, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for key, spec in space.items():
+        if spec["type"] == "float":
+            params[key] = trial.suggest_float(
+                key, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False))
+            )
+        elif spec["type"] == "int":
+            params[key] = trial.suggest_int(
+                key, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log", False))
+            )
+        else:
+            params[key] = trial.suggest_categorical(key, list(spec["choices"]))
+    return params
+
+
+def _pruning_callback(trial: Any, metric: str) -> Any:
+    import optuna
+    from transformers import TrainerCallback
+
+    class Report(TrainerCallback):
+        def on_evaluate(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            value = (kw.get("metrics") or {}).get(f"eval_{metric}")
+            if value is None:
+                return
+            trial.report(float(value), state.global_step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {state.global_step}")
+
+    return Report()
+
+
+def make_objective(base: dict[str, Any], space: dict[str, Any], output: Path, metric: str) -> Any:
+    import optuna
+
+    from rmtrain.train import run_train
+
+    def objective(trial: Any) -> float:
+        params = suggest(trial, space)
+        values = {
+            **base,
+            **params,
+            "output": str(output / f"trial-{trial.number:04d}"),
+            "overwrite": True,
+            "run_name": f"trial-{trial.number:04d}",
+        }
+        try:
+            cfg = build_config(values)
+            result = run_train(cfg, callbacks=[_pruning_callback(trial, metric)], nested=True)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:1000])
+            raise
+        value = result["metrics"].get(metric)
+        if value is None:
+            known = sorted(result["metrics"])
+            raise RmtrainError(f"metric {metric!r} is not an eval metric; known: {known}")
+        return float(value)
+
+    return objective
+
+
+def run_hpo(
+    config: str | None,
+    space_path: str,
+    n_trials: int,
+    output: str,
+    storage: str | None = None,
+    study_name: str = "rmtrain-hpo",
+    jobs: int = 1,
+    metric: str = "win_rate",
+    direction: str = "maximize",
+    pruner: str = "median",
+    worker: bool = False,
+) -> dict[str, Any]:
+    import optuna
+
+    out = Path(output).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    base = load_yaml(config) if config else {}
+    build_config(base)  # validates the base config before any trial starts
+    space = load_space(space_path)
+    storage = storage or f"sqlite:///{out / 'study.db'}"
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        load_if_exists=True,
+        direction=direction,
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=1)
+        if pruner == "median"
+        else optuna.pruners.NopPruner(),
+    )
+    helpers = [] if worker or jobs <= 1 else _spawn_workers(jobs - 1)
+    remaining = n_trials - _finished(study)
+    if remaining > 0:
+        _optimize(study, base, space, out, metric, n_trials)
+    for proc in helpers:
+        proc.wait()
+    if worker:
+        return {}
+    return write_results(study, base, out, metric)
+
+
+def _finished(study: Any) -> int:
+    return sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
+
+
+def _optimize(study: Any, base: dict, space: dict, out: Path, metric: str, n: int) -> None:
+    import optuna
+
+    parent = _start_parent_run(out, study.study_name, base)
+    stop = optuna.study.MaxTrialsCallback(n, states=None)
+    try:
+        study.optimize(
+            make_objective(base, space, out, metric),
+            callbacks=[stop],
+            catch=(Exception,),
+            gc_after_trial=True,
+        )
+    finally:
+        if parent:
+            import mlflow
+
+            mlflow.end_run()
+
+
+def _start_parent_run(out: Path, name: str, base: dict[str, Any]) -> bool:
+    report_to = base.get("report_to", TrainConfig().report_to)
+    if "mlflow" not in (report_to if isinstance(report_to, list) else [report_to]):
+        return False
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or (out / "mlruns").as_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "rmtrain"))
+    mlflow.start_run(run_name=name)
+    # Trials log under OUTPUT/mlruns too, as children of this run.
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    return True
+
+
+def _spawn_workers(n: int) -> list[subprocess.Popen]:
+    argv = [a for a in sys.argv[1:]]
+    cmd = [sys.executable, "-m", "rmtrain", *argv, "--jobs", "1", "--worker"]
+    return [subprocess.Popen(cmd) for _ in range(n)]
+
+
+def write_results(study: Any, base: dict[str, Any], out: Path, metric: str) -> dict[str, Any]:
+    """best_config.yaml, trials.csv and the plots."""
+    trials = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs"))
+    trials.to_csv(out / "trials.csv", index=False)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    summary: dict[str, Any] = {
+        "trials": len(study.trials),
+        "complete": len(complete),
+        "pruned": sum(t.state.name == "PRUNED" for t in study.trials),
+        "failed": sum(t.state.name == "FAIL" for t in study.trials),
+    }
+    if complete:
+        best = study.best_trial
+        values = {**base, **best.params, "output": str(out / "best_model"), "overwrite": False}
+        cfg = build_config(values)
+        (out / "best_config.yaml").write_text(
+            yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+        )
+        summary.update(best_trial=best.number, best_value=best.value, best_params=best.params)
+    summary["plots"] = _plots(study, out)
+    (out / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    print(
+        f"[rmtrain] hpo: {summary['complete']} complete, {summary['pruned']} pruned, "
+        f"{summary['failed']} failed; best {metric} = {summary.get('best_value')} "
+        f"(trial {summary.get('best_trial')}) -> {out / 'best_config.yaml'}"
+    )
+    return summary
+
+
+def _plots(study: Any, out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    written = []
+    for name, fn in (
+        ("optimization_history.png", ovm.plot_optimization_history),
+        ("param_importances.png", ovm.plot_param_importances),
+    ):
+        try:
+            ax = fn(study)
+        except (ValueError, RuntimeError):  # too few complete trials or a single parameter
+            continue
+        fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        written.append(name)
+    return written
