@@ -1,0 +1,119 @@
+"""Optuna search over a tiny Qwen3, offline."""
+
+import json
+
+import optuna
+import pytest
+import yaml
+
+from rmtrain.builtin import demo_rows
+from rmtrain.cli import main
+
+SPACE = {
+    "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+    "center_rewards_coef": {"type": "float", "low": 0.0, "high": 0.01},
+    "batch": {"type": "categorical", "choices": [2, 4]},
+}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hpo")
+    data = tmp / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in demo_rows(60, seed=4)))
+    base = {
+        "model": "builtin:tiny-qwen3",
+        "dataset": str(data),
+        "frac": 1.0,
+        "max_length": 96,
+        "max_steps": 4,
+        "eval_steps": 2,
+        "logging_steps": 2,
+        "report_to": ["mlflow"],
+        "seed": 1,
+    }
+    (tmp / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    return tmp
+
+
+def hpo(setup, out, n):
+    return main(
+        [
+            "hpo",
+            "--config",
+            str(setup / "base.yaml"),
+            "--space",
+            str(setup / "space.yaml"),
+            "--n-trials",
+            str(n),
+            "--output",
+            str(out),
+        ]
+    )
+
+
+def trial_numbers(out):
+    study = optuna.load_study(study_name="rmtrain-hpo", storage=f"sqlite:///{out / 'study.db'}")
+    return [(t.number, t.state.name) for t in study.trials]
+
+
+def test_search_resumes_without_repeating_and_writes_results(setup, tmp_path):
+    out = tmp_path / "study"
+    assert hpo(setup, out, 2) == 0  # "interrupted" after two trials
+    first = trial_numbers(out)
+    assert [n for n, _ in first] == [0, 1]
+    assert hpo(setup, out, 3) == 0  # resumed: only the third trial runs
+    states = trial_numbers(out)
+    assert [n for n, _ in states] == [0, 1, 2] and states[:2] == first
+    assert sorted(p.name for p in out.glob("trial-*")) == ["trial-0000", "trial-0001", "trial-0002"]
+    assert hpo(setup, out, 3) == 0 and len(trial_numbers(out)) == 3  # nothing left to do
+    for name in ("best_config.yaml", "trials.csv", "optimization_history.png", "summary.yaml"):
+        assert (out / name).is_file(), name
+    assert len((out / "trials.csv").read_text().strip().splitlines()) == 4
+    # trials are MLflow children of the study run
+    tags = list((out / "mlruns").glob("*/*/tags/mlflow.parentRunId"))
+    assert len(tags) >= 3
+
+
+def test_best_config_round_trips_through_train(setup, tmp_path):
+    out = tmp_path / "study"
+    assert hpo(setup, out, 1) == 0
+    best = yaml.safe_load((out / "best_config.yaml").read_text())
+    assert best["output"] == str(out / "best_model") and "lr" in best
+    assert main(["train", "--config", str(out / "best_config.yaml"), "--report-to", "none"]) == 0
+    assert (out / "best_model" / "config.json").is_file()
+
+
+class AlwaysPruneLater(optuna.pruners.BasePruner):
+    """Prunes every trial after the first at its first report."""
+
+    def prune(self, study, trial):
+        return trial.number > 0
+
+
+def test_pruned_and_failed_trials_are_recorded(setup, tmp_path, monkeypatch):
+    monkeypatch.setattr(optuna.pruners, "MedianPruner", lambda **kw: AlwaysPruneLater())
+    space = dict(SPACE, max_length={"type": "categorical", "choices": [2]})  # invalid: fails
+    (tmp_path / "bad_space.yaml").write_text(yaml.safe_dump(space))
+    out2 = tmp_path / "study2"
+    assert hpo(setup, out2, 2) == 0
+    assert dict(trial_numbers(out2)) == {0: "COMPLETE", 1: "PRUNED"}
+    out3 = tmp_path / "study3"
+    code = main(
+        [
+            "hpo",
+            "--config",
+            str(setup / "base.yaml"),
+            "--space",
+            str(tmp_path / "bad_space.yaml"),
+            "--n-trials",
+            "1",
+            "--output",
+            str(out3),
+        ]
+    )
+    assert code == 0
+    study = optuna.load_study(study_name="rmtrain-hpo", storage=f"sqlite:///{out3 / 'study.db'}")
+    assert study.trials[0].state.name == "FAIL"
+    assert "--max-length" in study.trials[0].user_attrs["error"]
