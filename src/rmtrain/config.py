@@ -80,6 +80,23 @@ class TrainConfig:
         "auto", "Text layout: 'auto' (chat template when the tokenizer has one) or 'plain'."
     )
     pad_token: str | None = _opt(None, "Pad token to use when the tokenizer has none.")
+    bf16: bool | None = _opt(None, "bf16 mixed precision (default: on for bf16-capable GPUs).")
+    fp16: bool = _opt(False, "fp16 mixed precision (GPUs without bf16).")
+    gradient_checkpointing: bool | None = _opt(
+        None, "Recompute activations in backward (default: on for models over 1B parameters)."
+    )
+    attn_implementation: str = _opt(
+        "sdpa",
+        "Attention kernel: sdpa, eager, flash_attention_2 (padding_free / none packing only).",
+    )
+    lora_r: int = _opt(0, "LoRA rank (0: full fine-tuning).")
+    lora_alpha: int = _opt(16, "LoRA alpha.")
+    lora_dropout: float = _opt(0.0, "LoRA dropout.")
+    lora_target: list[str] | None = _opt(
+        None, "Modules that get adapters (default: all linear layers but the head).", nargs="+"
+    )
+    merge_lora: bool = _opt(False, "Save LoRA merged into an ordinary checkpoint.")
+    load_in_4bit: bool = _opt(False, "QLoRA: load the base model in 4-bit (GPU + bitsandbytes).")
     dtype: str = _opt(
         "auto", "Weights dtype: auto (fp32 on CPU, bf16 on capable GPUs), float32, ..."
     )
@@ -122,6 +139,18 @@ def _check_ranges(cfg: TrainConfig) -> None:
         problems.append(f"--chat-template must be 'auto' or 'plain', got {cfg.chat_template!r}")
     if cfg.packing not in ("none", "padding_free", "prefix_sharing"):
         problems.append(f"--packing must be none, padding_free or prefix_sharing: {cfg.packing!r}")
+    attn = ("sdpa", "eager", "flash_attention_2")
+    if cfg.attn_implementation not in attn:
+        problems.append(f"--attn-implementation must be one of {attn}")
+    elif cfg.attn_implementation == "flash_attention_2" and cfg.packing == "prefix_sharing":
+        problems.append(
+            "flash_attention_2 cannot express the prefix-sharing mask; use --packing "
+            "padding_free (or none), or --attn-implementation sdpa"
+        )
+    if cfg.bf16 and cfg.fp16:
+        problems.append("choose one of --bf16 and --fp16")
+    if (cfg.merge_lora or cfg.load_in_4bit) and cfg.lora_r <= 0:
+        problems.append("--merge-lora and --load-in-4bit need LoRA: set --lora-r (e.g. 16)")
     bad = set(cfg.report_to) - {"mlflow", "wandb", "none"}
     if bad:
         problems.append(f"--report-to accepts mlflow, wandb, none; got {sorted(bad)}")

@@ -117,6 +117,8 @@ def load_reward_model(
     dtype: torch.dtype = torch.float32,
     trust_remote_code: bool = False,
     seed: int = 0,
+    attn_implementation: str = "sdpa",
+    quantization_config: Any = None,
 ):
     """A `*ForSequenceClassification` model with one label; the value head is new if absent."""
     from transformers import AutoModelForSequenceClassification
@@ -126,6 +128,7 @@ def load_reward_model(
         from rmtrain.builtin import builtin_model
 
         model = builtin_model(model_id, pad_token_id).to(dtype)
+        model.config._attn_implementation = attn_implementation
     else:
         path, extra = _split_gguf(model_id)
         try:
@@ -135,6 +138,8 @@ def load_reward_model(
                 dtype=dtype,
                 trust_remote_code=trust_remote_code,
                 use_safetensors=None if extra else _prefers_safetensors(path),
+                attn_implementation=attn_implementation,
+                quantization_config=quantization_config,
                 **extra,
             )
         except (OSError, ValueError) as exc:

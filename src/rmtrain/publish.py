@@ -14,6 +14,7 @@ from pathlib import Path
 from rmtrain.errors import RmtrainError
 
 MARKER = "config.json"
+MARKERS = (MARKER, "adapter_config.json")  # moved last: what makes a folder look complete
 
 
 def check_output_dir(output: Path, overwrite: bool) -> None:
@@ -44,9 +45,10 @@ def staging_dir(output: Path) -> Path:
 
 def publish(stage: Path, output: Path) -> None:
     """Move every staged file into `output`; the marker goes last, an old marker goes first."""
-    (output / MARKER).unlink(missing_ok=True)
+    for marker in MARKERS:
+        (output / marker).unlink(missing_ok=True)
     names = sorted(p.name for p in stage.iterdir())
-    names = [n for n in names if n != MARKER] + ([MARKER] if MARKER in names else [])
+    names = [n for n in names if n not in MARKERS] + [m for m in MARKERS if m in names]
     for name in names:
         target = output / name
         if target.is_dir() or ((stage / name).is_dir() and target.exists()):

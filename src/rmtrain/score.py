@@ -107,6 +107,19 @@ class RewardScorer:
         return (rewards - self.reward_mean) / self.reward_std
 
 
+def _settings_from_yaml(folder: Path) -> dict[str, Any]:
+    """Adapter folders carry no config.json: read the layout from rmtrain_config.yaml."""
+    cfg_file = folder / "rmtrain_config.yaml"
+    if not cfg_file.is_file():
+        return {}
+    import yaml
+
+    cfg = yaml.safe_load(cfg_file.read_text()) or {}
+    return {k: cfg[k] for k in ("max_length", "chat_template") if k in cfg} | {
+        "prompt_floor": cfg.get("min_prompt_length")
+    }
+
+
 def _batches_by_budget(sizes: Sequence[int], budget: int) -> list[list[int]]:
     """Indices sorted longest first, grouped so each group's tokens stay within the budget."""
     order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
@@ -133,17 +146,23 @@ def load_scorer(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     path = Path(model_dir).expanduser()
-    if not (path / "config.json").is_file():
+    adapter = (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
+    if not (path / "config.json").is_file() and not adapter:
         raise RmtrainError(f"{model_dir} is not a model folder (no config.json); pass --model DIR")
     if not list(path.glob("*.safetensors")):
         raise RmtrainError(f"{model_dir} has no .safetensors weights; rmtrain loads no pickles")
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     choose_pad_token(tok)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, use_safetensors=True, trust_remote_code=trust_remote_code
-    )
+    if adapter:
+        from rmtrain.lora import load_adapter_model
+
+        model = load_adapter_model(path, tok.pad_token_id)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
     model.eval().to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    settings = getattr(model.config, "rmtrain", None) or {}
+    settings = getattr(model.config, "rmtrain", None) or _settings_from_yaml(path)
     return RewardScorer(
         model=model,
         tokenizer=tok,

@@ -22,6 +22,7 @@ from rmtrain.data import DataCounts, Pair, load_rows, read_pairs, split_by_group
 from rmtrain.errors import RmtrainError
 from rmtrain.evaluate import evaluate_pairs, write_report
 from rmtrain.formatting import default_prompt_floor, encode_pairs_detailed, uses_chat_template
+from rmtrain.lora import apply_lora, merged, quantization_config
 from rmtrain.model import load_reward_model, load_tokenizer, resolve_dtype
 from rmtrain.modelcard import render_model_card
 from rmtrain.publish import check_output_dir, publish, staging_dir
@@ -79,9 +80,15 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
     return PreparedData(encoded["train"], encoded["test"], test_pairs, counts)
 
 
-def training_arguments(cfg: TrainConfig, output: Path, report_to: list[str]) -> TrainingArguments:
+def training_arguments(
+    cfg: TrainConfig, output: Path, report_to: list[str], n_params: int = 0
+) -> TrainingArguments:
     on_gpu = torch.cuda.is_available()
-    mixed_bf16 = cfg.dtype == "auto" and on_gpu and torch.cuda.is_bf16_supported()
+    auto_bf16 = cfg.dtype == "auto" and on_gpu and torch.cuda.is_bf16_supported()
+    mixed_bf16 = auto_bf16 and not cfg.fp16 if cfg.bf16 is None else cfg.bf16
+    checkpointing = (
+        n_params > 1e9 if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
+    )
     return TrainingArguments(
         output_dir=str(output / CHECKPOINT_DIR),
         learning_rate=cfg.lr,
@@ -105,6 +112,9 @@ def training_arguments(cfg: TrainConfig, output: Path, report_to: list[str]) -> 
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=mixed_bf16,
+        fp16=cfg.fp16,
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
         use_cpu=not on_gpu,
         remove_unused_columns=False,
         label_names=["pair_index"],
@@ -127,6 +137,9 @@ def _print_counts(counts: DataCounts) -> None:
 def _save(trainer: Any, tokenizer: Any, cfg: TrainConfig, result: dict[str, Any], output: Path):
     stage = staging_dir(output)
     model = trainer.model
+    if cfg.lora_r and cfg.merge_lora:
+        model = merged(model)
+        trainer.model = model
     model.config.reward_mean = result["metrics"]["reward_mean"]
     model.config.reward_std = result["metrics"]["reward_std"]
     model.config.rmtrain = {
@@ -188,13 +201,7 @@ def run_train(
     _print_counts(data.counts)
     write_data_report(data.counts, output / "data_report.json")
     check_bad_rows(data.counts, cfg.max_bad_fraction, cfg.strict, str(output / "data_report.json"))
-    model = load_reward_model(
-        cfg.model,
-        tokenizer.pad_token_id,
-        resolve_dtype_for_weights(cfg.dtype),
-        cfg.trust_remote_code,
-        cfg.seed,
-    )
+    model = build_model(cfg, tokenizer.pad_token_id)
     check_free_disk(output, model, with_optimizer=bool(cfg.save_steps))
     run_name = cfg.run_name or f"rmtrain-{time.strftime('%Y%m%d-%H%M%S')}"
     report_to = start_tracking(cfg.report_to, output, run_name, cfg.to_dict(), nested)
@@ -203,7 +210,7 @@ def run_train(
     try:
         trainer = PairwiseRewardTrainer(
             model=model,
-            args=training_arguments(cfg, output, report_to),
+            args=training_arguments(cfg, output, report_to, model.num_parameters()),
             train_dataset=data.train,
             eval_dataset=data.test,
             data_collator=make_collator(cfg.packing, tokenizer.pad_token_id, row_budget(cfg)),
@@ -226,6 +233,26 @@ def run_train(
     print(f"[rmtrain] held-out metrics: {json.dumps(_headline(result['metrics']))}", flush=True)
     print(f"[rmtrain] saved model, tokenizer, rmtrain_config.yaml, metrics.json to {output}")
     return result
+
+
+def build_model(cfg: TrainConfig, pad_token_id: int) -> Any:
+    """The reward model as configured: dtype, attention kernel, optional (Q)LoRA."""
+    model = load_reward_model(
+        cfg.model,
+        pad_token_id,
+        resolve_dtype_for_weights(cfg.dtype),
+        cfg.trust_remote_code,
+        cfg.seed,
+        cfg.attn_implementation,
+        quantization_config(cfg.load_in_4bit),
+    )
+    if cfg.lora_r > 0:
+        if cfg.load_in_4bit:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model)
+        model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target)
+    return model
 
 
 def check_free_disk(output: Path, model: Any, with_optimizer: bool) -> None:

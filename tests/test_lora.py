@@ -1,0 +1,93 @@
+"""LoRA: only adapters and the head train; the head survives save/reload; merged == adapter."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rmtrain.builtin import demo_rows
+from rmtrain.cli import main
+from rmtrain.config import TrainConfig
+from rmtrain.lora import load_adapter_model
+from rmtrain.model import load_reward_model, load_tokenizer
+from rmtrain.score import load_scorer
+from rmtrain.train import prepare_data
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lora")
+    data = tmp / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in demo_rows(60, seed=8)))
+    common = [
+        "--model",
+        "builtin:tiny-qwen3",
+        "--dataset",
+        str(data),
+        "--frac",
+        "1.0",
+        "--lr",
+        "1e-2",
+        "--batch",
+        "4",
+        "--max-length",
+        "96",
+        "--max-steps",
+        "5",
+        "--report-to",
+        "none",
+        "--seed",
+        "11",
+        "--lora-r",
+        "4",
+        "--lora-alpha",
+        "8",
+    ]
+    assert main(["train", *common, "--output", str(tmp / "adapter")]) == 0
+    assert main(["train", *common, "--output", str(tmp / "merged"), "--merge-lora"]) == 0
+    return tmp, data
+
+
+def test_only_adapters_and_head_change(runs):
+    tmp, _ = runs
+    tok = load_tokenizer("builtin:tiny-qwen3")
+    fresh = load_reward_model("builtin:tiny-qwen3", tok.pad_token_id, seed=11)
+    trained = load_adapter_model(tmp / "adapter", tok.pad_token_id)
+    base = dict(fresh.named_parameters())
+    changed = set()
+    for name, p in trained.named_parameters():
+        key = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        if "lora_" in name:
+            changed.add("lora")
+        elif "modules_to_save" in name:
+            assert not torch.equal(p, base["score.weight"]), "the head did not train"
+            changed.add("head")
+        elif "original_module" not in name:
+            assert torch.equal(p, base[key]), f"{name} changed but is not an adapter or the head"
+    assert changed == {"lora", "head"}
+    lora_b = [p for n, p in trained.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)  # lora_B starts at zero
+
+
+def test_head_survives_reload_and_merged_equals_adapter(runs):
+    tmp, data = runs
+    metrics = json.loads((tmp / "adapter" / "metrics.json").read_text())["metrics"]
+    cfg = TrainConfig(
+        model="builtin:tiny-qwen3",
+        dataset=str(data),
+        frac=1.0,
+        max_length=96,
+        seed=11,
+        report_to=["none"],
+    )
+    tok = load_tokenizer(cfg.model)
+    test_pairs = prepare_data(cfg, tok).test_pairs
+    adapter = load_scorer(str(tmp / "adapter")).score_pairs(test_pairs)
+    merged = load_scorer(str(tmp / "merged")).score_pairs(test_pairs)
+    both = np.concatenate([adapter.chosen, adapter.rejected])
+    assert both.mean() == pytest.approx(metrics["reward_mean"], abs=1e-5)  # trained head back
+    assert np.allclose(adapter.chosen, merged.chosen, atol=1e-4)
+    assert np.allclose(adapter.rejected, merged.rejected, atol=1e-4)
+    assert (tmp / "merged" / "config.json").is_file()
+    assert not (tmp / "merged" / "adapter_config.json").exists()
