@@ -116,10 +116,23 @@ def test_training_writes_the_report_and_a_model_card(trained):
     model, _ = trained
     metrics = json.loads((model / "metrics.json").read_text())["metrics"]
     report = json.loads((model / "eval_report" / "report.json").read_text())
-    held_out = report["datasets"]["held-out split"]["metrics"]
-    # Trainer evaluation (packed, inside Trainer) and the scorer give the same numbers.
-    assert held_out["win_rate"] == pytest.approx(metrics["win_rate"])
-    assert held_out["reward_mean"] == pytest.approx(metrics["reward_mean"], abs=1e-5)
+    held_out = report["datasets"]["held-out split"]
+    assert held_out["metrics"]["win_rate"] == pytest.approx(metrics["win_rate"])
+    assert held_out["counts"]["scored_pairs"] == metrics["num_pairs"]
+    assert "longer_response" in held_out["baselines"] and held_out["scoring"]["pairs_per_s"] > 0
+    # The reloaded model, scored by the standalone scorer, reproduces the trainer's evaluation.
+    import yaml
+
+    from rmtrain.config import build_config
+    from rmtrain.score import load_scorer
+    from rmtrain.train import prepare_data
+
+    cfg = build_config(yaml.safe_load((model / "rmtrain_config.yaml").read_text()))
+    scorer = load_scorer(str(model))
+    scored = scorer.score_pairs(prepare_data(cfg, scorer.tokenizer).test_pairs)
+    rewards = np.concatenate([scored.chosen, scored.rejected])
+    assert rewards.mean() == pytest.approx(metrics["reward_mean"], abs=1e-5)
+    assert np.mean(scored.chosen > scored.rejected) == pytest.approx(metrics["win_rate"])
     card = (model / "README.md").read_text()
     assert "AutoModelForSequenceClassification.from_pretrained" in card
     assert "builtin:tiny-qwen3" in card and "win_rate" in card

@@ -72,7 +72,9 @@ def _pruning_callback(trial: Any, metric: str) -> Any:
     return Report()
 
 
-def make_objective(base: dict[str, Any], space: dict[str, Any], output: Path, metric: str) -> Any:
+def make_objective(
+    base: dict[str, Any], space: dict[str, Any], output: Path, metric: str, mlflow_uri: str | None
+) -> Any:
     import optuna
 
     from rmtrain.train import run_train
@@ -88,7 +90,9 @@ def make_objective(base: dict[str, Any], space: dict[str, Any], output: Path, me
         }
         try:
             cfg = build_config(values)
-            result = run_train(cfg, callbacks=[_pruning_callback(trial, metric)], nested=True)
+            result = run_train(
+                cfg, [_pruning_callback(trial, metric)], nested=True, mlflow_uri=mlflow_uri
+            )
         except optuna.TrialPruned:
             raise
         except Exception as exc:
@@ -155,7 +159,7 @@ def _optimize(study: Any, base: dict, space: dict, out: Path, metric: str, n: in
     stop = optuna.study.MaxTrialsCallback(n, states=None)
     try:
         study.optimize(
-            make_objective(base, space, out, metric),
+            make_objective(base, space, out, metric, parent),
             callbacks=[stop],
             catch=(Exception,),
             gc_after_trial=True,
@@ -167,20 +171,21 @@ def _optimize(study: Any, base: dict, space: dict, out: Path, metric: str, n: in
             mlflow.end_run()
 
 
-def _start_parent_run(out: Path, name: str, base: dict[str, Any]) -> bool:
+def _start_parent_run(out: Path, name: str, base: dict[str, Any]) -> str | None:
+    """The study's MLflow run; returns its store URI (trials log there as children)."""
     report_to = base.get("report_to", TrainConfig().report_to)
     if "mlflow" not in (report_to if isinstance(report_to, list) else [report_to]):
-        return False
+        return None
     import mlflow
 
+    from rmtrain.tracking import tracking_uri
+
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or (out / "mlruns").as_uri()
+    uri = tracking_uri(out)
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "rmtrain"))
     mlflow.start_run(run_name=name)
-    # Trials log under OUTPUT/mlruns too, as children of this run.
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    return True
+    return uri
 
 
 def _spawn_workers(n: int) -> list[subprocess.Popen]:

@@ -35,8 +35,11 @@ def check_output_dir(output: Path, overwrite: bool) -> None:
         raise RmtrainError(f"cannot write to --output {output}: {exc}") from None
 
 
+STAGE_NAME = ".staging-final"
+
+
 def staging_dir(output: Path) -> Path:
-    stage = output / f".staging-{os.getpid()}"
+    stage = output / STAGE_NAME
     if stage.exists():
         shutil.rmtree(stage)
     stage.mkdir(parents=True)

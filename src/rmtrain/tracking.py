@@ -15,6 +15,15 @@ from typing import Any
 
 from rmtrain.errors import RmtrainError
 
+# MLflow's set_tracking_uri also writes MLFLOW_TRACKING_URI into the environment, so read the
+# user's choice once, before any run of this process changes it.
+USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def tracking_uri(log_dir: Path) -> str:
+    """The user's MLflow store if they set one, else a file store under the output folder."""
+    return USER_TRACKING_URI or (log_dir / "mlruns").resolve().as_uri()
+
 
 def start_tracking(
     report_to: list[str],
@@ -22,6 +31,7 @@ def start_tracking(
     run_name: str,
     params: dict[str, Any],
     nested: bool = False,
+    mlflow_uri: str | None = None,
 ) -> list[str]:
     """Open the runs (as a child of the active MLflow run when `nested`, e.g. an HPO trial);
     returns the `report_to` list for `TrainingArguments`."""
@@ -36,8 +46,7 @@ def start_tracking(
         # MLflow 3 keeps its file store in maintenance mode behind this switch; it needs no
         # database server and `mlflow ui --backend-store-uri <dir>` reads it.
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (log_dir / "mlruns").resolve().as_uri()
-        mlflow.set_tracking_uri(uri)
+        mlflow.set_tracking_uri(mlflow_uri or tracking_uri(log_dir))
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "rmtrain"))
         if mlflow.active_run() is not None and not nested:
             mlflow.end_run()

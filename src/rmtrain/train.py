@@ -7,6 +7,7 @@ PairwiseRewardTrainer -> final evaluation -> atomic save of model, tokenizer, co
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,13 +21,12 @@ from rmtrain.collate import make_collator, pair_tokens
 from rmtrain.config import TrainConfig, save_config
 from rmtrain.data import DataCounts, Pair, load_rows, read_pairs, split_by_group
 from rmtrain.errors import RmtrainError
-from rmtrain.evaluate import evaluate_pairs, write_report
+from rmtrain.evaluate import summarise, write_report
 from rmtrain.formatting import default_prompt_floor, encode_pairs_detailed, uses_chat_template
 from rmtrain.lora import apply_lora, merged, quantization_config
 from rmtrain.model import load_reward_model, load_tokenizer, resolve_dtype
 from rmtrain.modelcard import render_model_card
-from rmtrain.publish import check_output_dir, publish, staging_dir
-from rmtrain.score import RewardScorer
+from rmtrain.publish import STAGE_NAME, check_output_dir, publish, staging_dir
 from rmtrain.tracking import finish_tracking, start_tracking
 from rmtrain.trainer import (
     NonFiniteGuard,
@@ -46,6 +46,7 @@ class PreparedData:
     test: list[dict[str, Any]]
     test_pairs: list[Pair]
     counts: DataCounts
+    test_truncated: int = 0
 
 
 def prepare_data(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
@@ -59,12 +60,13 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
         )
     train_pairs, test_pairs = split_by_group(pairs, cfg.test_size, cfg.seed)
     chat = uses_chat_template(tokenizer, cfg.chat_template)
-    encoded = {}
+    encoded, truncated_in = {}, {}
     for name, part in (("train", train_pairs), ("test", test_pairs)):
         feats, truncated, dropped = encode_pairs_detailed(
             tokenizer, part, cfg.max_length, chat, cfg.min_prompt_length
         )
         counts.truncated += truncated
+        truncated_in[name] = truncated
         record_dropped(counts, part, dropped)
         for f in feats:
             f["length"] = pair_tokens(f, cfg.packing)
@@ -77,7 +79,7 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
             f"too few pairs to train and evaluate ({counts.train_pairs} train, "
             f"{counts.test_pairs} test); raise --frac or --max-length, or use more data"
         )
-    return PreparedData(encoded["train"], encoded["test"], test_pairs, counts)
+    return PreparedData(encoded["train"], encoded["test"], test_pairs, counts, truncated_in["test"])
 
 
 def training_arguments(
@@ -135,7 +137,10 @@ def _print_counts(counts: DataCounts) -> None:
 
 
 def _save(trainer: Any, tokenizer: Any, cfg: TrainConfig, result: dict[str, Any], output: Path):
-    stage = staging_dir(output)
+    """All ranks take part (ZeRO-3 / FSDP gather the full weights); rank 0 writes the rest."""
+    main = trainer.is_world_process_zero()
+    stage = staging_dir(output) if main else output / STAGE_NAME
+    trainer.accelerator.wait_for_everyone()
     model = trainer.model
     if cfg.lora_r and cfg.merge_lora:
         model = merged(model)
@@ -149,6 +154,9 @@ def _save(trainer: Any, tokenizer: Any, cfg: TrainConfig, result: dict[str, Any]
         "base_model": cfg.model,
     }
     trainer.save_model(str(stage))
+    trainer.accelerator.wait_for_everyone()
+    if not main:
+        return
     tokenizer.save_pretrained(str(stage))
     save_config(cfg, stage / "rmtrain_config.yaml")
     (stage / "metrics.json").write_text(json.dumps(result, indent=2))
@@ -156,19 +164,23 @@ def _save(trainer: Any, tokenizer: Any, cfg: TrainConfig, result: dict[str, Any]
     publish(stage, output)
 
 
-def _test_report(model: Any, tokenizer: Any, cfg: TrainConfig, data: PreparedData, out: Path):
-    """The `rmtrain eval` report for the held-out split, written beside the model."""
-    scorer = RewardScorer(
-        model=model.eval(),
-        tokenizer=tokenizer,
-        max_length=cfg.max_length,
-        chat=uses_chat_template(tokenizer, cfg.chat_template),
-        prompt_floor=cfg.min_prompt_length,
-        token_budget=max(4096, 2 * cfg.max_length),
-    )
-    # The held-out pairs are the rows here; malformed rows were counted before the split.
-    base = {"rows_read": len(data.test_pairs), "malformed": {}, "malformed_total": 0}
-    result = evaluate_pairs(scorer, data.test_pairs, base)
+def _test_report(
+    sink: dict[str, Any], data: PreparedData, cfg: TrainConfig, out: Path, eval_out: dict
+) -> None:
+    """The `rmtrain eval` report for the held-out split, from the final evaluation's rewards
+    (gathered over all ranks, so it works under DDP, ZeRO-3 and FSDP alike)."""
+    kept = [data.test_pairs[i] for i in sink["index"]]
+    counts = {
+        "rows_read": len(data.test_pairs),
+        "malformed": {},
+        "malformed_total": 0,
+        "truncated": data.test_truncated,
+        "dropped_total": len(data.test_pairs) - len(kept),
+        "scored_pairs": len(kept),
+    }
+    result = summarise(kept, sink["chosen"], sink["rejected"], counts)
+    seconds = float(eval_out.get("eval_runtime", 0.0))
+    result.report["scoring"] = {"seconds": seconds, "pairs_per_s": len(kept) / max(seconds, 1e-9)}
     write_report({"held-out split": result}, out, cfg.model)
 
 
@@ -189,23 +201,34 @@ def _resume_path(cfg: TrainConfig, output: Path) -> str | None:
 
 
 def run_train(
-    cfg: TrainConfig, callbacks: list[Any] | None = None, nested: bool = False
+    cfg: TrainConfig,
+    callbacks: list[Any] | None = None,
+    nested: bool = False,
+    mlflow_uri: str | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate and save; returns {'metrics': ..., 'data': ...} as in metrics.json."""
     output = Path(cfg.output).expanduser()
-    check_output_dir(output, cfg.overwrite or bool(cfg.resume))
+    main = is_main_process()
+    if main:  # other ranks would see rank 0's first files and refuse the folder
+        check_output_dir(output, cfg.overwrite or bool(cfg.resume))
     resume = _resume_path(cfg, output)
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model, cfg.pad_token, cfg.trust_remote_code)
     data = prepare_data(cfg, tokenizer)
     _print_counts(data.counts)
-    write_data_report(data.counts, output / "data_report.json")
+    if main:
+        write_data_report(data.counts, output / "data_report.json")
     check_bad_rows(data.counts, cfg.max_bad_fraction, cfg.strict, str(output / "data_report.json"))
     model = build_model(cfg, tokenizer.pad_token_id)
     check_free_disk(output, model, with_optimizer=bool(cfg.save_steps))
     run_name = cfg.run_name or f"rmtrain-{time.strftime('%Y%m%d-%H%M%S')}"
-    report_to = start_tracking(cfg.report_to, output, run_name, cfg.to_dict(), nested)
+    report_to = (
+        start_tracking(cfg.report_to, output, run_name, cfg.to_dict(), nested, mlflow_uri)
+        if main
+        else [r for r in cfg.report_to if r != "none"] or ["none"]
+    )
     failed = True
+    sink: dict[str, Any] = {}
     result: dict[str, Any] = {"metrics": {}, "data": data.counts.to_dict()}
     try:
         trainer = PairwiseRewardTrainer(
@@ -214,7 +237,12 @@ def run_train(
             train_dataset=data.train,
             eval_dataset=data.test,
             data_collator=make_collator(cfg.packing, tokenizer.pad_token_id, row_budget(cfg)),
-            compute_metrics=make_compute_metrics([p.group for p in data.test_pairs]),
+            compute_metrics=make_compute_metrics(
+                [p.group for p in data.test_pairs],
+                sink,
+                [p.margin for p in data.test_pairs],
+                cfg.center_rewards_coef,
+            ),
             callbacks=[NonFiniteGuard(), *(callbacks or [])],
             center_rewards_coef=cfg.center_rewards_coef,
         )
@@ -224,15 +252,22 @@ def run_train(
         metrics["train_loss"] = train_out.training_loss
         metrics["train_steps"] = train_out.global_step
         result["metrics"] = metrics
+        result["log_history"] = [h for h in trainer.state.log_history if "loss" in h]
         if trainer.is_world_process_zero():
-            _test_report(trainer.model, tokenizer, cfg, data, output / REPORT_DIR)
-            _save(trainer, tokenizer, cfg, result, output)
+            _test_report(sink, data, cfg, output / REPORT_DIR, raw)
+        _save(trainer, tokenizer, cfg, result, output)
         failed = False
     finally:
         finish_tracking(report_to, result["metrics"], result["data"], failed)
-    print(f"[rmtrain] held-out metrics: {json.dumps(_headline(result['metrics']))}", flush=True)
-    print(f"[rmtrain] saved model, tokenizer, rmtrain_config.yaml, metrics.json to {output}")
+    if main:
+        print(f"[rmtrain] held-out metrics: {json.dumps(_headline(result['metrics']))}")
+        print(f"[rmtrain] saved model, tokenizer, rmtrain_config.yaml, metrics.json to {output}")
     return result
+
+
+def is_main_process() -> bool:
+    """Rank 0 (before the Trainer exists, from the launcher's environment)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def build_model(cfg: TrainConfig, pad_token_id: int) -> Any:

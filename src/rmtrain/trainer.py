@@ -58,6 +58,24 @@ class EpochSeededLengthSampler(LengthGroupedSampler):
         return super().__iter__()
 
 
+class EpochSeededRandomSampler(torch.utils.data.Sampler):
+    """A shuffle drawn from seed + epoch only: the same order in every process (so sharding
+    across ranks reproduces one process's global batches) and after a resume."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Any:
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+
 class PairwiseRewardTrainer(Trainer):
     """Bradley-Terry reward-model training on `PairCollator` batches."""
 
@@ -107,6 +125,9 @@ class PairwiseRewardTrainer(Trainer):
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         """Length grouping from each feature's token count (the features carry no input_ids)."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        if self.args.train_sampling_strategy == "random":
+            return EpochSeededRandomSampler(len(dataset), seed)
         if self.args.train_sampling_strategy != "group_by_length":
             return super()._get_train_sampler(dataset)
         return EpochSeededLengthSampler(
@@ -132,18 +153,36 @@ class PairwiseRewardTrainer(Trainer):
         with torch.no_grad():
             loss, out = self.compute_loss(model, inputs, return_outputs=True)
         rewards = torch.stack([out["chosen"], out["rejected"]], dim=1)
-        return loss.detach(), rewards.detach(), inputs["pair_index"]
+        # No batch loss: Trainer would weight it by rows, not pairs (packed rows hold several
+        # pairs). compute_metrics computes the exact eval loss over all pairs instead.
+        del loss
+        return None, rewards.detach(), inputs["pair_index"]
 
 
-def make_compute_metrics(groups: Sequence[str]) -> Callable[[EvalPrediction], dict[str, float]]:
-    """Metrics over the whole eval set; `label_ids` hold each prediction's pair index."""
+def make_compute_metrics(
+    groups: Sequence[str],
+    sink: dict[str, np.ndarray] | None = None,
+    margins: Sequence[float] | None = None,
+    center_coef: float = 0.0,
+) -> Callable[[EvalPrediction], dict[str, float]]:
+    """Metrics over the whole eval set; `label_ids` hold each prediction's pair index.
+
+    The eval `loss` is the training objective averaged over pairs (exact, whatever the batch
+    layout). `sink` receives the per-pair rewards of the last evaluation (held-out report).
+    """
 
     def compute(pred: EvalPrediction) -> dict[str, float]:
         rewards = np.asarray(pred.predictions).reshape(-1, 2)
         index = np.asarray(pred.label_ids).reshape(-1).astype(int)
         _, first = np.unique(index, return_index=True)  # a pair counted once, even if repeated
         rewards, index = rewards[first], index[first]
-        return reward_metrics(rewards[:, 0], rewards[:, 1], [groups[i] for i in index])
+        if sink is not None:
+            sink.update(chosen=rewards[:, 0], rejected=rewards[:, 1], index=index)
+        metrics = reward_metrics(rewards[:, 0], rewards[:, 1], [groups[i] for i in index])
+        margin = torch.tensor([margins[i] for i in index]) if margins is not None else None
+        chosen, rejected = torch.from_numpy(rewards[:, 0]), torch.from_numpy(rewards[:, 1])
+        metrics["loss"] = float(pairwise_loss(chosen, rejected, margin, center_coef))
+        return metrics
 
     return compute
 

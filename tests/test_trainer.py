@@ -1,0 +1,26 @@
+import numpy as np
+import pytest
+from transformers import EvalPrediction
+
+from rmtrain.trainer import EpochSeededRandomSampler, make_compute_metrics
+
+
+def test_eval_metrics_are_exact_over_pairs_and_deduplicated():
+    sink = {}
+    compute = make_compute_metrics(["a", "a", "b"], sink, margins=[0.0, 1.0, 0.0])
+    # pair 2 appears twice (padding of the last batch across ranks): counted once
+    preds = np.array([[2.0, 0.0], [0.0, 0.0], [1.0, 3.0], [1.0, 3.0]])
+    m = compute(EvalPrediction(predictions=preds, label_ids=np.array([0, 1, 2, 2])))
+    assert m["num_pairs"] == 3 and m["win_rate"] == pytest.approx(1 / 3)
+    # -log sigmoid(2) = 0.126928, -log sigmoid(0 - 1) = 1.313262, -log sigmoid(-2) = 2.126928
+    assert m["loss"] == pytest.approx((0.126928 + 1.313262 + 2.126928) / 3, abs=1e-5)
+    # prompt a: pair 0 right, pair 1 tie -> (1 + 0) / 2; prompt b: -1 -> mean -0.25
+    assert m["kendall_tau"] == pytest.approx(-0.25)
+    assert sink["index"].tolist() == [0, 1, 2]
+
+
+def test_seeded_sampler_is_the_same_in_every_process_and_epoch_dependent():
+    a, b = EpochSeededRandomSampler(10, 5), EpochSeededRandomSampler(10, 5)
+    assert list(a) == list(b) and sorted(a) == list(range(10))
+    b.set_epoch(1)
+    assert list(a) != list(b)
