@@ -46,9 +46,15 @@ class PairCollator:
         chosen = [f["prompt_ids"] + f["chosen_ids"] for f in features]
         rejected = [f["prompt_ids"] + f["rejected_ids"] for f in features]
         input_ids, mask = pad_sequences(chosen + rejected, self.pad_id, self.padding_side)
+        lm_mask = torch.zeros_like(mask, dtype=torch.bool)  # chosen response tokens
+        for i, f in enumerate(features):
+            start = 0 if self.padding_side == "right" else input_ids.shape[1] - len(chosen[i])
+            lm_mask[i, start + len(f["prompt_ids"]) : start + len(chosen[i])] = True
         return {
             "input_ids": input_ids,
             "attention_mask": mask,
+            "lm_mask": lm_mask,
+            "num_tokens": mask.sum(),
             "position_ids": position_ids_from_mask(mask),
             "margin": torch.tensor([float(f.get("margin", 0.0)) for f in features]),
             "pair_index": torch.tensor([int(f["pair_index"]) for f in features]),
@@ -153,6 +159,8 @@ def pack_units(
                 ends[(u, b)] = (r, start + k)  # the last write per branch wins
             start += len(tok)
     batch = {"input_ids": ids, "attention_mask": block_mask(seg, branch), "position_ids": pos}
+    batch["lm_mask"] = (branch == 1) & (seg >= 0)  # chosen response tokens (auxiliary LM loss)
+    batch["num_tokens"] = (seg >= 0).sum()
     return batch, ends
 
 

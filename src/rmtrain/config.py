@@ -35,10 +35,11 @@ class TrainConfig:
         "Hub name, local model folder, or a .gguf file (dequantized on load); "
         "'builtin:tiny-qwen3' is the offline demo model.",
     )
-    dataset: str = _opt(
-        "lvwerra/stack-exchange-paired",
-        "Hub name or local .json/.jsonl/.parquet/.csv file; 'builtin:demo' is the offline demo "
-        "set.",
+    dataset: list[str] = _opt(
+        ["lvwerra/stack-exchange-paired"],
+        "Hub name or local .json/.jsonl/.parquet/.csv file ('builtin:demo': the offline demo "
+        "set). Repeat to use several; 'file:0.7' gives a mixing weight (all or none weighted).",
+        action="append",
     )
     dataset_split: str = _opt("train", "Split to read from a hub data set.")
     output: str = _opt("./outputs/reward_model", "Output folder for model, config and metrics.")
@@ -74,6 +75,11 @@ class TrainConfig:
     max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 turns clipping off).")
     center_rewards_coef: float = _opt(
         0.0, "Weight of the reward-centering term mean((r_c + r_r)^2); 0 turns it off."
+    )
+    lm_loss_coef: float = _opt(
+        0.0,
+        "Weight of an auxiliary LM loss on the chosen responses (multi-task regulariser, Yang "
+        "et al. 2024); 0 turns it off. The saved model stays sequence classification.",
     )
     margin_column: str = _opt("margin", "Optional per-row margin column used when present.")
     chat_template: str = _opt(
@@ -119,6 +125,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def datasets(self) -> list[str]:
+        return [self.dataset] if isinstance(self.dataset, str) else list(self.dataset)
 
 
 def _check_ranges(cfg: TrainConfig) -> None:
@@ -190,7 +199,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfi
             kwargs.update(nargs="?", const=True, type=_parse_bool)
         else:
             kwargs["type"] = base
-            for key in ("nargs", "const"):
+            for key in ("nargs", "const", "action"):
                 if key in f.metadata:
                     kwargs[key] = f.metadata[key]
         parser.add_argument(flag, **kwargs)
@@ -220,8 +229,9 @@ def build_config(overrides: dict[str, Any], cls: type = TrainConfig) -> Any:
             f"unknown config keys {unknown}; valid keys are: {', '.join(sorted(names))}"
         )
     values = dict(overrides)
-    if isinstance(values.get("report_to"), str):
-        values["report_to"] = [values["report_to"]]
+    for key in ("report_to", "dataset"):
+        if isinstance(values.get(key), str):
+            values[key] = [values[key]]
     try:
         return cls(**values)
     except TypeError as exc:

@@ -24,3 +24,19 @@ def pairwise_loss(
     if center_coef:
         loss = loss + center_coef * ((chosen + rejected) ** 2).mean()
     return loss
+
+
+def lm_loss(
+    hidden: torch.Tensor, lm_weight: torch.Tensor, input_ids: torch.Tensor, lm_mask: torch.Tensor
+) -> torch.Tensor:
+    """Next-token cross-entropy on the tokens `lm_mask` marks (the chosen responses).
+
+    Logits are computed only at the positions that predict a marked token, so the vocabulary
+    projection costs (marked tokens x vocab), not (all tokens x vocab).
+    """
+    target_mask = lm_mask[:, 1:]
+    if not target_mask.any():
+        return hidden.sum() * 0.0
+    h = hidden[:, :-1][target_mask]
+    logits = h.to(lm_weight.dtype) @ lm_weight.T
+    return F.cross_entropy(logits.float(), input_ids[:, 1:][target_mask])

@@ -176,6 +176,22 @@ def value_head(model: Any) -> torch.nn.Module:
     raise RmtrainError(f"{type(model).__name__} has no scalar head (score/classifier)")
 
 
+def lm_head_weight(model: Any, model_id: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Weights for the auxiliary LM loss: the (trained) input embeddings when the model ties
+    them to its LM head, else the pretrained LM head, frozen. Never part of the saved model."""
+    inner = unwrap(model)
+    if getattr(inner.config, "tie_word_embeddings", False):
+        return inner.get_input_embeddings().weight
+    from transformers import AutoModelForCausalLM
+
+    path, extra = _split_gguf(model_id)
+    try:
+        causal = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **extra)
+    except (OSError, ValueError) as exc:
+        raise RmtrainError(f"--lm-loss-coef needs the model's LM head: {exc}") from None
+    return causal.get_output_embeddings().weight.detach().clone()
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions count real tokens only, so left and right padding give the same positions."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -195,8 +211,10 @@ def token_values(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The value head applied at every position: [batch, seq] (the seed's per-token values).
+    return_hidden: bool = False,
+) -> Any:
+    """The value head applied at every position: [batch, seq] (the seed's per-token values);
+    with `return_hidden`, also the final hidden states (for an auxiliary LM loss).
 
     The model's own forward runs (so DDP, FSDP, DeepSpeed ZeRO-3 and PEFT see a normal call and
     gather / sync as usual); a forward hook keeps the head's output at every position before
@@ -211,15 +229,17 @@ def token_values(
     kept: list[torch.Tensor] = []
     handle = value_head(inner).register_forward_hook(lambda _m, _i, out: kept.append(out))
     try:
-        model(
+        out = model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             use_cache=False,  # with the cache on, transformers skips packed-mask handling
+            output_hidden_states=return_hidden,
         )
     finally:
         handle.remove()
-    return kept[-1].squeeze(-1).float()
+    values = kept[-1].squeeze(-1).float()
+    return (values, out.hidden_states[-1]) if return_hidden else values
 
 
 def _mask_for_attention(model: Any, mask: torch.Tensor) -> torch.Tensor:

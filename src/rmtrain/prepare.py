@@ -111,11 +111,14 @@ def _load_posts(xml_path: Path, db: sqlite3.Connection) -> PrepareCounts:
     )
     db.execute("CREATE TABLE a (id INTEGER PRIMARY KEY, parent INTEGER, score INTEGER, body TEXT)")
     counts = PrepareCounts()
+    root = None
     try:
-        for _, elem in ET.iterparse(str(xml_path), events=("end",)):
-            if elem.tag == "row":
+        for event, elem in ET.iterparse(str(xml_path), events=("start", "end")):
+            if root is None:
+                root = elem  # the <posts> element: cleared as we go so memory stays flat
+            if event == "end" and elem.tag == "row":
                 _store_row(db, elem.attrib, counts)
-            elem.clear()
+                root.clear()
     except ET.ParseError as exc:
         line, col = exc.position
         raise RmtrainError(

@@ -10,21 +10,21 @@ import json
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainingArguments, set_seed
 
-from rmtrain.collate import make_collator, pair_tokens
+from rmtrain.collate import make_collator
 from rmtrain.config import TrainConfig, save_config
-from rmtrain.data import DataCounts, Pair, load_rows, read_pairs, split_by_group
+from rmtrain.data import DataCounts
+from rmtrain.dataprep import PreparedData, prepare_data
 from rmtrain.errors import RmtrainError
 from rmtrain.evaluate import summarise, write_report
-from rmtrain.formatting import default_prompt_floor, encode_pairs_detailed, uses_chat_template
+from rmtrain.formatting import default_prompt_floor
 from rmtrain.lora import apply_lora, merged, quantization_config
-from rmtrain.model import load_reward_model, load_tokenizer, resolve_dtype
+from rmtrain.model import lm_head_weight, load_reward_model, load_tokenizer, resolve_dtype
 from rmtrain.modelcard import render_model_card
 from rmtrain.publish import STAGE_NAME, check_output_dir, publish, staging_dir
 from rmtrain.tracking import finish_tracking, start_tracking
@@ -34,52 +34,10 @@ from rmtrain.trainer import (
     latest_checkpoint,
     make_compute_metrics,
 )
-from rmtrain.validate import check_bad_rows, record_dropped, write_data_report
+from rmtrain.validate import check_bad_rows, write_data_report
 
 REPORT_DIR = "eval_report"
 CHECKPOINT_DIR = "checkpoints"
-
-
-@dataclass
-class PreparedData:
-    train: list[dict[str, Any]]
-    test: list[dict[str, Any]]
-    test_pairs: list[Pair]
-    counts: DataCounts
-    test_truncated: int = 0
-
-
-def prepare_data(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
-    """Read, sample, split by prompt, tokenise once and cut to length; count every row."""
-    rows = load_rows(cfg.dataset, cfg.dataset_split)
-    pairs, counts = read_pairs(rows, cfg.frac, cfg.seed, cfg.margin_column)
-    if not pairs:
-        raise RmtrainError(
-            f"no usable pairs in {cfg.dataset}: {counts.rows_read} rows read, malformed "
-            f"{dict(counts.malformed)}; check the columns and values"
-        )
-    train_pairs, test_pairs = split_by_group(pairs, cfg.test_size, cfg.seed)
-    chat = uses_chat_template(tokenizer, cfg.chat_template)
-    encoded, truncated_in = {}, {}
-    for name, part in (("train", train_pairs), ("test", test_pairs)):
-        feats, truncated, dropped = encode_pairs_detailed(
-            tokenizer, part, cfg.max_length, chat, cfg.min_prompt_length
-        )
-        counts.truncated += truncated
-        truncated_in[name] = truncated
-        record_dropped(counts, part, dropped)
-        for f in feats:
-            f["length"] = pair_tokens(f, cfg.packing)
-        encoded[name] = feats
-    # Evaluation order does not matter (metrics follow pair_index): longest first packs tightly.
-    encoded["test"].sort(key=lambda f: -f["length"])
-    counts.train_pairs, counts.test_pairs = len(encoded["train"]), len(encoded["test"])
-    if not encoded["train"] or not encoded["test"]:
-        raise RmtrainError(
-            f"too few pairs to train and evaluate ({counts.train_pairs} train, "
-            f"{counts.test_pairs} test); raise --frac or --max-length, or use more data"
-        )
-    return PreparedData(encoded["train"], encoded["test"], test_pairs, counts, truncated_in["test"])
 
 
 def training_arguments(
@@ -164,24 +122,37 @@ def _save(trainer: Any, tokenizer: Any, cfg: TrainConfig, result: dict[str, Any]
     publish(stage, output)
 
 
-def _test_report(
-    sink: dict[str, Any], data: PreparedData, cfg: TrainConfig, out: Path, eval_out: dict
-) -> None:
-    """The `rmtrain eval` report for the held-out split, from the final evaluation's rewards
-    (gathered over all ranks, so it works under DDP, ZeRO-3 and FSDP alike)."""
+def _held_out(sink: dict[str, Any], data: PreparedData, eval_out: dict, n_rows: int) -> Any:
+    """One report section from an evaluation's rewards (gathered over all ranks, so it works
+    under DDP, ZeRO-3 and FSDP alike)."""
     kept = [data.test_pairs[i] for i in sink["index"]]
     counts = {
-        "rows_read": len(data.test_pairs),
+        "rows_read": n_rows,
         "malformed": {},
         "malformed_total": 0,
         "truncated": data.test_truncated,
-        "dropped_total": len(data.test_pairs) - len(kept),
+        "dropped_total": n_rows - len(kept),
         "scored_pairs": len(kept),
     }
     result = summarise(kept, sink["chosen"], sink["rejected"], counts)
-    seconds = float(eval_out.get("eval_runtime", 0.0))
+    seconds = float(next((v for k, v in eval_out.items() if k.endswith("_runtime")), 0.0))
     result.report["scoring"] = {"seconds": seconds, "pairs_per_s": len(kept) / max(seconds, 1e-9)}
-    write_report({"held-out split": result}, out, cfg.model)
+    return result
+
+
+def _evaluate(trainer: Any, data: PreparedData, sink: dict[str, Any]) -> tuple[dict, dict, dict]:
+    """Final evaluation: each data set's held-out split apart (when several), then all together.
+    Returns (overall metrics, per-data-set metrics, report sections)."""
+    per, sections = {}, {}
+    if len(data.test_sets) > 1:
+        for i, (source, feats) in enumerate(data.test_sets.items()):
+            raw = trainer.evaluate(eval_dataset=feats, metric_key_prefix=f"eval_set{i}")
+            per[source] = {k.removeprefix(f"eval_set{i}_"): v for k, v in raw.items()}
+            sections[source] = _held_out(sink, data, raw, len(feats))
+    raw = trainer.evaluate()
+    if not sections:
+        sections["held-out split"] = _held_out(sink, data, raw, len(data.test_pairs))
+    return {k.removeprefix("eval_"): v for k, v in raw.items()}, per, sections
 
 
 def _resume_path(cfg: TrainConfig, output: Path) -> str | None:
@@ -217,7 +188,7 @@ def run_train(
     data = prepare_data(cfg, tokenizer)
     _print_counts(data.counts)
     if main:
-        write_data_report(data.counts, output / "data_report.json")
+        write_data_report(data.counts, output / "data_report.json", data.per_dataset)
     check_bad_rows(data.counts, cfg.max_bad_fraction, cfg.strict, str(output / "data_report.json"))
     model = build_model(cfg, tokenizer.pad_token_id)
     check_free_disk(output, model, with_optimizer=bool(cfg.save_steps))
@@ -245,16 +216,23 @@ def run_train(
             ),
             callbacks=[NonFiniteGuard(), *(callbacks or [])],
             center_rewards_coef=cfg.center_rewards_coef,
+            lm_loss_coef=cfg.lm_loss_coef,
+            lm_head_weight=lm_head_weight(model, cfg.model) if cfg.lm_loss_coef > 0 else None,
         )
         train_out = trainer.train(resume_from_checkpoint=resume)
-        raw = trainer.evaluate()
-        metrics = {k.removeprefix("eval_"): v for k, v in raw.items()}
+        metrics, per_dataset, sections = _evaluate(trainer, data, sink)
         metrics["train_loss"] = train_out.training_loss
         metrics["train_steps"] = train_out.global_step
+        metrics["train_runtime"] = train_out.metrics.get("train_runtime")
+        metrics["train_tokens"] = trainer.tokens_seen * trainer.args.world_size
+        metrics["train_peak_memory_gib"] = peak_memory_gib()
         result["metrics"] = metrics
+        if per_dataset:
+            result["per_dataset"] = per_dataset
+            result["data_per_dataset"] = {k: c.to_dict() for k, c in data.per_dataset.items()}
         result["log_history"] = [h for h in trainer.state.log_history if "loss" in h]
         if trainer.is_world_process_zero():
-            _test_report(sink, data, cfg, output / REPORT_DIR, raw)
+            write_report(sections, output / REPORT_DIR, cfg.model)
         _save(trainer, tokenizer, cfg, result, output)
         failed = False
     finally:
@@ -263,6 +241,15 @@ def run_train(
         print(f"[rmtrain] held-out metrics: {json.dumps(_headline(result['metrics']))}")
         print(f"[rmtrain] saved model, tokenizer, rmtrain_config.yaml, metrics.json to {output}")
     return result
+
+
+def peak_memory_gib() -> float:
+    """Peak GPU memory allocated, or the process's peak resident memory on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def is_main_process() -> bool:

@@ -21,18 +21,26 @@ from transformers import EvalPrediction, Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from rmtrain.errors import RmtrainError
-from rmtrain.losses import pairwise_loss
+from rmtrain.losses import lm_loss, pairwise_loss
 from rmtrain.metrics import reward_metrics
 from rmtrain.model import last_token_index, token_values
 
 
-def pair_rewards(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen, rejected) rewards of a collated batch in one forward pass.
+def pair_rewards(model: Any, batch: dict[str, torch.Tensor], with_hidden: bool = False) -> Any:
+    """(chosen, rejected) rewards of a collated batch in one forward pass (and the final hidden
+    states when `with_hidden`).
 
     Packed batches (`PackedCollator`) carry the (row, column) of each reward token; padded
     double batches (`PairCollator`) are read at the last real token of each row.
     """
-    values = token_values(model, batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+    args = (model, batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+    if with_hidden:
+        values, hidden = token_values(*args, return_hidden=True)
+        return (*_read_rewards(values, batch), hidden)
+    return _read_rewards(token_values(*args), batch)
+
+
+def _read_rewards(values: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple:
     if "chosen_index" in batch:
         c, r = batch["chosen_index"], batch["rejected_index"]
         return values[c[:, 0], c[:, 1]], values[r[:, 0], r[:, 1]]
@@ -79,9 +87,27 @@ class EpochSeededRandomSampler(torch.utils.data.Sampler):
 class PairwiseRewardTrainer(Trainer):
     """Bradley-Terry reward-model training on `PairCollator` batches."""
 
-    def __init__(self, *args: Any, center_rewards_coef: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        center_rewards_coef: float = 0.0,
+        lm_loss_coef: float = 0.0,
+        lm_head_weight: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.center_rewards_coef = center_rewards_coef
+        self.lm_loss_coef, self.lm_head_weight = lm_loss_coef, lm_head_weight
+        self._parts: dict[str, list[float]] = {"rm_loss": [], "lm_loss": []}
+        self.tokens_seen = 0  # real (non-pad) tokens computed in training, for tokens/s and MFU
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Add the mean reward-model and LM losses since the last log (multi-task runs)."""
+        if "loss" in logs and self._parts["lm_loss"]:
+            for key, vals in self._parts.items():
+                logs[key] = sum(vals) / len(vals)
+                vals.clear()
+        super().log(logs, *args, **kwargs)
 
     def compute_loss(
         self,
@@ -90,8 +116,20 @@ class PairwiseRewardTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> Any:
-        chosen, rejected = pair_rewards(model, inputs)
+        if model.training and "num_tokens" in inputs:
+            self.tokens_seen += int(inputs["num_tokens"])
+        multitask = self.lm_loss_coef > 0 and model.training
+        if multitask:
+            chosen, rejected, hidden = pair_rewards(model, inputs, with_hidden=True)
+        else:
+            chosen, rejected = pair_rewards(model, inputs)
         loss = pairwise_loss(chosen, rejected, inputs.get("margin"), self.center_rewards_coef)
+        if multitask:
+            weight = self.lm_head_weight.to(hidden.device)
+            aux = lm_loss(hidden, weight, inputs["input_ids"], inputs["lm_mask"])
+            self._parts["rm_loss"].append(loss.item())
+            self._parts["lm_loss"].append(aux.item())
+            loss = loss + self.lm_loss_coef * aux
         if model.training and not torch.isfinite(loss):
             raise non_finite("loss", self.state.global_step + 1, self.args)
         if return_outputs:

@@ -40,8 +40,13 @@ def data_report(counts: DataCounts) -> dict[str, Any]:
     }
 
 
-def write_data_report(counts: DataCounts, path: Path) -> dict[str, Any]:
+def write_data_report(
+    counts: DataCounts, path: Path, per_dataset: dict[str, DataCounts] | None = None
+) -> dict[str, Any]:
+    """All rows together; with several data sets, each one's report too (its row indices)."""
     report = data_report(counts)
+    if per_dataset and len(per_dataset) > 1:
+        report["datasets"] = {name: data_report(c) for name, c in per_dataset.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     return report
