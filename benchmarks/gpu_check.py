@@ -16,10 +16,33 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = (
-    "the reward model reads the answer and scores how helpful clear and correct it is for the "
-    "question asked by the user in this conversation"
-).split()
+WORDS = [
+    "the",
+    "reward",
+    "model",
+    "reads",
+    "the",
+    "answer",
+    "and",
+    "scores",
+    "how",
+    "helpful",
+    "clear",
+    "and",
+    "correct",
+    "it",
+    "is",
+    "for",
+    "the",
+    "question",
+    "asked",
+    "by",
+    "the",
+    "user",
+    "in",
+    "this",
+    "conversation",
+]
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
 
 
