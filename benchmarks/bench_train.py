@@ -150,7 +150,12 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     clock = _StepClock()
     trainer = (_trl_trainer if path.startswith("trl") else _rm_trainer)(spec, train, evals, tokens)
     trainer.add_callback(clock())
-    trainer.train()
+    if spec.get("eval_only"):
+        trainer.evaluate(eval_dataset=evals[: spec["eval_batch"]])  # warm-up, not timed
+        tokens.clear()
+        clock.stamps = [0.0, 0.0, 1.0]
+    else:
+        trainer.train()
     train_tokens = sum(tokens)
     times = clock.stamps
     timed = times[-1] - times[1] if len(times) > 2 else times[-1] - times[0]
@@ -160,7 +165,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     eval_s = time.perf_counter() - t0
     return {
         "path": path,
-        "pairs_per_s": timed_steps * pairs / timed,
+        "pairs_per_s": 0.0 if spec.get("eval_only") else timed_steps * pairs / timed,
         "step_s": timed / timed_steps,
         "train_tokens_computed": train_tokens,
         "eval_pairs_per_s": len(evals) / eval_s,
@@ -275,6 +280,7 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
         train_dataset=train,
         eval_dataset=evals,
         data_collator=_count_tokens(collator, tokens),
+        eval_collator=_count_tokens(make_collator(cfg.packing, tok.pad_token_id, 0), tokens),
         compute_metrics=make_compute_metrics([str(i) for i in range(len(evals))]),
     )
 
@@ -303,6 +309,7 @@ def run_case(model: str, dataset: str, a: argparse.Namespace, paths: list[str]) 
                 "max_length": a.max_length,
                 "eval_batch": a.eval_batch,
                 "gpu_random_qwen3": a.mode == "gpu",
+                "eval_only": a.eval_only,
             }
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", json.dumps(spec)],
@@ -323,6 +330,10 @@ def run_case(model: str, dataset: str, a: argparse.Namespace, paths: list[str]) 
     return {"keep_counts": info, **summarise(results)}
 
 
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
 def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     med = {}
     for path, runs in results.items():
@@ -338,9 +349,12 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     if base:
         for path, m in med.items():
             ratios[path] = {
-                "pairs_per_s_vs_trl": m["pairs_per_s"] / base["pairs_per_s"],
-                "eval_pairs_per_s_vs_trl": m["eval_pairs_per_s"] / base["eval_pairs_per_s"],
-                "tokens_vs_trl": m["train_tokens_computed"] / base["train_tokens_computed"],
+                "pairs_per_s_vs_trl": _ratio(m["pairs_per_s"], base["pairs_per_s"]),
+                "eval_pairs_per_s_vs_trl": _ratio(m["eval_pairs_per_s"], base["eval_pairs_per_s"]),
+                "tokens_vs_trl": _ratio(m["train_tokens_computed"], base["train_tokens_computed"]),
+                "eval_tokens_vs_trl": _ratio(
+                    m["eval_tokens_computed"], base["eval_tokens_computed"]
+                ),
                 "peak_memory_vs_trl": m["peak_memory_mb"] / base["peak_memory_mb"],
             }
     return {"paths": med, "ratios": ratios}
@@ -359,6 +373,16 @@ def main() -> None:
     ap.add_argument("--eval-pairs", type=int, default=16)
     ap.add_argument("--eval-batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="time only evaluate() (scoring without gradients) on --eval-pairs",
+    )
+    ap.add_argument(
+        "--eval-only",
+        action="store_true",
+        help="time only evaluate() (scoring without gradients) on --eval-pairs",
+    )
     a = ap.parse_args()
     if a.worker:
         print(json.dumps(run_worker(json.loads(a.worker))))

@@ -59,7 +59,8 @@ class RewardScorer:
         self, features: Sequence[dict[str, Any]], progress: Progress | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(chosen, rejected) rewards of fitted pairs, in the given order; prefix-shared."""
-        collate = PackedCollator(self.tokenizer.pad_token_id, "prefix_sharing", self.token_budget)
+        # One pair per row (rows of a length-sorted group pad little); many pairs per forward.
+        collate = PackedCollator(self.tokenizer.pad_token_id, "prefix_sharing", 0)
         sizes = [
             sum(len(f[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids")) for f in features
         ]
@@ -93,9 +94,7 @@ class RewardScorer:
         """Rewards of token sequences, longest first in packed batches, returned in order."""
         out = np.zeros(len(seqs))
         for group in _batches_by_budget([len(s) for s in seqs], self.token_budget):
-            batch = pack_sequences(
-                [seqs[i] for i in group], self.tokenizer.pad_token_id, self.token_budget
-            )
+            batch = pack_sequences([seqs[i] for i in group], self.tokenizer.pad_token_id, 0)
             values = self._forward(batch)
             e = batch["end_index"]
             out[group] = values[e[:, 0], e[:, 1]].float().cpu().numpy()

@@ -208,6 +208,7 @@ def run_train(
             train_dataset=data.train,
             eval_dataset=data.test,
             data_collator=make_collator(cfg.packing, tokenizer.pad_token_id, row_budget(cfg)),
+            eval_collator=make_collator(cfg.packing, tokenizer.pad_token_id, 0),
             compute_metrics=make_compute_metrics(
                 [p.group for p in data.test_pairs],
                 sink,

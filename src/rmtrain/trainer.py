@@ -93,9 +93,11 @@ class PairwiseRewardTrainer(Trainer):
         center_rewards_coef: float = 0.0,
         lm_loss_coef: float = 0.0,
         lm_head_weight: torch.Tensor | None = None,
+        eval_collator: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.eval_collator = eval_collator
         self.center_rewards_coef = center_rewards_coef
         self.lm_loss_coef, self.lm_head_weight = lm_loss_coef, lm_head_weight
         self._parts: dict[str, list[float]] = {"rm_loss": [], "lm_loss": []}
@@ -173,6 +175,16 @@ class PairwiseRewardTrainer(Trainer):
             lengths=[int(f["length"]) for f in dataset],
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
         )
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """Evaluate with the eval collator: without gradients, one pair per row of a
+        length-sorted batch beats long packed rows (attention over a row grows quadratically)."""
+        train_collator = self.data_collator
+        self.data_collator = self.eval_collator or train_collator
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self.data_collator = train_collator
 
     def _get_eval_sampler(self, eval_dataset: Any) -> Any:
         """Keep the given order (rmtrain sorts eval pairs by length); ranks shard it as usual."""
