@@ -378,11 +378,6 @@ def main() -> None:
         action="store_true",
         help="time only evaluate() (scoring without gradients) on --eval-pairs",
     )
-    ap.add_argument(
-        "--eval-only",
-        action="store_true",
-        help="time only evaluate() (scoring without gradients) on --eval-pairs",
-    )
     a = ap.parse_args()
     if a.worker:
         print(json.dumps(run_worker(json.loads(a.worker))))
