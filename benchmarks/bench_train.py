@@ -150,9 +150,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     clock = _StepClock()
     trainer = (_trl_trainer if path.startswith("trl") else _rm_trainer)(spec, train, evals, tokens)
     trainer.add_callback(clock())
-    if spec.get("eval_only"):
-        trainer.evaluate(eval_dataset=evals[: spec["eval_batch"]])  # warm-up, not timed
-        tokens.clear()
+    if spec.get("eval_only"):  # no training, no warm-up: every path pays its first batch
         clock.stamps = [0.0, 0.0, 1.0]
     else:
         trainer.train()
