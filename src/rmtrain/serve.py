@@ -175,6 +175,34 @@ def _auth(api_key: str | None) -> Any:
     return check
 
 
+async def _invalid_body(_: Request, exc: Exception) -> JSONResponse:
+    errors = [{"loc": e.get("loc"), "msg": e.get("msg")} for e in exc.errors()]  # type: ignore[attr-defined]
+    return JSONResponse({"detail": "invalid request body", "errors": errors}, status_code=422)
+
+
+async def _rewards(
+    scorer: RewardScorer,
+    batcher: DynamicBatcher,
+    limits: ServeLimits,
+    normalize: bool,
+    items: list[Item],
+) -> dict[str, Any]:
+    """Encode with the training function, score on the shared batcher, flag cut items."""
+    if len(items) > limits.max_items:
+        raise HTTPException(413, f"at most {limits.max_items} items per request")
+    loop = asyncio.get_running_loop()
+    encoded = await loop.run_in_executor(None, encode_items, scorer, items)
+    bad = [i for i, e in enumerate(encoded) if e is None]
+    if bad:
+        raise HTTPException(422, f"items {bad} cannot fit max length {scorer.max_length}")
+    seqs = [e[0] for e in encoded]
+    try:
+        rewards = await asyncio.wait_for(batcher.score(seqs, normalize), limits.request_timeout_s)
+    except (TimeoutError, asyncio.TimeoutError):
+        raise HTTPException(503, "scoring timed out; retry with fewer items") from None
+    return {"rewards": [float(r) for r in rewards], "truncated": [e[1] for e in encoded]}
+
+
 def create_app(
     scorer: RewardScorer,
     model_name: str,
@@ -198,27 +226,10 @@ def create_app(
     app = FastAPI(title="rmtrain reward server", docs_url=None, redoc_url=None, lifespan=lifespan)
     guard = [Depends(_auth(api_key))]
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": e.get("loc"), "msg": e.get("msg")} for e in exc.errors()]
-        return JSONResponse({"detail": "invalid request body", "errors": errors}, status_code=422)
+    app.add_exception_handler(RequestValidationError, _invalid_body)
 
     async def rewards_for(items: list[Item]) -> dict[str, Any]:
-        if len(items) > limits.max_items:
-            raise HTTPException(413, f"at most {limits.max_items} items per request")
-        loop = asyncio.get_running_loop()
-        encoded = await loop.run_in_executor(None, encode_items, scorer, items)
-        bad = [i for i, e in enumerate(encoded) if e is None]
-        if bad:
-            raise HTTPException(422, f"items {bad} cannot fit max length {scorer.max_length}")
-        seqs = [e[0] for e in encoded]
-        try:
-            rewards = await asyncio.wait_for(
-                batcher.score(seqs, normalize), limits.request_timeout_s
-            )
-        except (TimeoutError, asyncio.TimeoutError):
-            raise HTTPException(503, "scoring timed out; retry with fewer items") from None
-        return {"rewards": [float(r) for r in rewards], "truncated": [e[1] for e in encoded]}
+        return await _rewards(scorer, batcher, limits, normalize, items)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

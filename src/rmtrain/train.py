@@ -202,31 +202,16 @@ def run_train(
     sink: dict[str, Any] = {}
     result: dict[str, Any] = {"metrics": {}, "data": data.counts.to_dict()}
     try:
-        trainer = PairwiseRewardTrainer(
-            model=model,
-            args=training_arguments(cfg, output, report_to, model.num_parameters()),
-            train_dataset=data.train,
-            eval_dataset=data.test,
-            data_collator=make_collator(cfg.packing, tokenizer.pad_token_id, row_budget(cfg)),
-            eval_collator=make_collator(cfg.packing, tokenizer.pad_token_id, 0),
-            compute_metrics=make_compute_metrics(
-                [p.group for p in data.test_pairs],
-                sink,
-                [p.margin for p in data.test_pairs],
-                cfg.center_rewards_coef,
-            ),
-            callbacks=[NonFiniteGuard(), *(callbacks or [])],
-            center_rewards_coef=cfg.center_rewards_coef,
-            lm_loss_coef=cfg.lm_loss_coef,
-            lm_head_weight=lm_head_weight(model, cfg.model) if cfg.lm_loss_coef > 0 else None,
-        )
+        trainer = _make_trainer(cfg, model, tokenizer, data, output, report_to, sink, callbacks)
         train_out = trainer.train(resume_from_checkpoint=resume)
         metrics, per_dataset, sections = _evaluate(trainer, data, sink)
-        metrics["train_loss"] = train_out.training_loss
-        metrics["train_steps"] = train_out.global_step
-        metrics["train_runtime"] = train_out.metrics.get("train_runtime")
-        metrics["train_tokens"] = trainer.tokens_seen * trainer.args.world_size
-        metrics["train_peak_memory_gib"] = peak_memory_gib()
+        metrics.update(
+            train_loss=train_out.training_loss,
+            train_steps=train_out.global_step,
+            train_runtime=train_out.metrics.get("train_runtime"),
+            train_tokens=trainer.tokens_seen * trainer.args.world_size,
+            train_peak_memory_gib=peak_memory_gib(),
+        )
         result["metrics"] = metrics
         if per_dataset:
             result["per_dataset"] = per_dataset
@@ -242,6 +227,37 @@ def run_train(
         print(f"[rmtrain] held-out metrics: {json.dumps(_headline(result['metrics']))}")
         print(f"[rmtrain] saved model, tokenizer, rmtrain_config.yaml, metrics.json to {output}")
     return result
+
+
+def _make_trainer(
+    cfg: TrainConfig,
+    model: Any,
+    tokenizer: Any,
+    data: PreparedData,
+    output: Path,
+    report_to: list[str],
+    sink: dict[str, Any],
+    callbacks: list[Any] | None,
+) -> PairwiseRewardTrainer:
+    pad = tokenizer.pad_token_id
+    return PairwiseRewardTrainer(
+        model=model,
+        args=training_arguments(cfg, output, report_to, model.num_parameters()),
+        train_dataset=data.train,
+        eval_dataset=data.test,
+        data_collator=make_collator(cfg.packing, pad, row_budget(cfg)),
+        eval_collator=make_collator(cfg.packing, pad, 0),
+        compute_metrics=make_compute_metrics(
+            [p.group for p in data.test_pairs],
+            sink,
+            [p.margin for p in data.test_pairs],
+            cfg.center_rewards_coef,
+        ),
+        callbacks=[NonFiniteGuard(), *(callbacks or [])],
+        center_rewards_coef=cfg.center_rewards_coef,
+        lm_loss_coef=cfg.lm_loss_coef,
+        lm_head_weight=lm_head_weight(model, cfg.model) if cfg.lm_loss_coef > 0 else None,
+    )
 
 
 def peak_memory_gib() -> float:
