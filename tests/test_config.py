@@ -15,7 +15,7 @@ def test_defaults_are_the_seed_recipe():
     cfg = parse([])
     assert (cfg.model, cfg.dataset, cfg.output) == (
         "Qwen/Qwen3-0.6B",
-        "lvwerra/stack-exchange-paired",
+        ["lvwerra/stack-exchange-paired"],
         "./outputs/reward_model",
     )
     assert (cfg.lr, cfg.epochs, cfg.batch, cfg.max_length, cfg.frac, cfg.test_size) == (
@@ -34,6 +34,11 @@ def test_flags_override_yaml(tmp_path):
     path.write_text("lr: 1.0e-4\nbatch: 8\nreport-to: none\n")
     cfg = parse(["--config", str(path), "--batch", "4", "--max-steps", "3"])
     assert (cfg.lr, cfg.batch, cfg.max_steps, cfg.report_to) == (1e-4, 4, 3, ["none"])
+
+
+def test_repeated_dataset_flags_accumulate():
+    cfg = parse(["--dataset", "a.jsonl:0.7", "--dataset", "b.jsonl:0.3"])
+    assert cfg.dataset == ["a.jsonl:0.7", "b.jsonl:0.3"]
 
 
 def test_unknown_yaml_key_is_an_error(tmp_path):
