@@ -86,3 +86,18 @@ def test_rows_are_packed_first_fit_and_pads_see_only_themselves():
     seg = torch.tensor([[0, 0, -1]])
     mask = block_mask(seg, torch.zeros_like(seg))[0, 0].int().tolist()
     assert mask == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+def test_varlen_padding_free_without_mask_equals_padded(arch):
+    """The flash-attention layout (no mask, position_ids restart per sequence), checked with
+    sdpa on CPU: transformers rebuilds the block mask from the position ids."""
+    model, pad = make_model(arch, "sdpa")
+    ref = loss_and_grads(model, PairCollator(pad)(FEATURES))
+    batch = PackedCollator(pad, "padding_free", 64, varlen=True)(FEATURES)
+    assert "attention_mask" not in batch and batch["input_ids"].shape[0] < 2 * len(FEATURES)
+    got = loss_and_grads(model, batch)
+    for a, b in zip(ref[:3], got[:3], strict=True):
+        assert torch.allclose(a, b, atol=1e-5), (a, b)
+    worst = max((ref[3][k] - got[3][k]).abs().max().item() for k in ref[3])
+    assert worst < 1e-4

@@ -104,6 +104,7 @@ class PackedCollator:
     pad_id: int
     mode: str = "prefix_sharing"
     row_budget: int = 0
+    varlen: bool = False  # padding_free only: no mask, sequences found from position_ids
 
     def _units(self, f: dict[str, Any]) -> list[tuple[list[int], list[int], list[int]]]:
         """(token ids, branch per token, position per token) of each segment of one pair."""
@@ -129,6 +130,10 @@ class PackedCollator:
         batch["rejected_index"] = torch.tensor(rejected, dtype=torch.long)
         batch["margin"] = torch.tensor([float(f.get("margin", 0.0)) for f in features])
         batch["pair_index"] = torch.tensor([int(f["pair_index"]) for f in features])
+        if self.varlen and self.mode == "padding_free":
+            # flash_attention_2 takes no 4-D mask: transformers finds the packed sequences
+            # where position_ids restart (and builds the same block mask for sdpa / eager).
+            del batch["attention_mask"]
         return batch
 
 
@@ -190,12 +195,12 @@ def block_mask(seg: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
     return mask.unsqueeze(1)
 
 
-def make_collator(mode: str, pad_id: int, row_budget: int = 0) -> Any:
+def make_collator(mode: str, pad_id: int, row_budget: int = 0, varlen: bool = False) -> Any:
     """The collator for a `--packing` mode: none | padding_free | prefix_sharing."""
     if mode == "none":
         return PairCollator(pad_id)
     if mode in ("padding_free", "prefix_sharing"):
-        return PackedCollator(pad_id, mode, row_budget)
+        return PackedCollator(pad_id, mode, row_budget, varlen)
     raise ValueError(f"unknown packing mode {mode!r}")
 
 

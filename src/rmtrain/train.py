@@ -240,13 +240,14 @@ def _make_trainer(
     callbacks: list[Any] | None,
 ) -> PairwiseRewardTrainer:
     pad = tokenizer.pad_token_id
+    varlen = cfg.attn_implementation == "flash_attention_2"
     return PairwiseRewardTrainer(
         model=model,
         args=training_arguments(cfg, output, report_to, model.num_parameters()),
         train_dataset=data.train,
         eval_dataset=data.test,
-        data_collator=make_collator(cfg.packing, pad, row_budget(cfg)),
-        eval_collator=make_collator(cfg.packing, pad, 0),
+        data_collator=make_collator(cfg.packing, pad, row_budget(cfg), varlen),
+        eval_collator=make_collator(cfg.packing, pad, 0, varlen),
         compute_metrics=make_compute_metrics(
             [p.group for p in data.test_pairs],
             sink,

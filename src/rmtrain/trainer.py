@@ -33,7 +33,7 @@ def pair_rewards(model: Any, batch: dict[str, torch.Tensor], with_hidden: bool =
     Packed batches (`PackedCollator`) carry the (row, column) of each reward token; padded
     double batches (`PairCollator`) are read at the last real token of each row.
     """
-    args = (model, batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+    args = (model, batch["input_ids"], batch.get("attention_mask"), batch["position_ids"])
     if with_hidden:
         values, hidden = token_values(*args, return_hidden=True)
         return (*_read_rewards(values, batch), hidden)
