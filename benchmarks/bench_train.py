@@ -261,6 +261,7 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
         max_steps=spec["steps"],
         max_length=spec["max_length"],
         packing=spec["path"],
+        row_budget=spec.get("row_budget"),
         report_to=["none"],
         logging_steps=10_000,
     )
@@ -308,6 +309,7 @@ def run_case(model: str, dataset: str, a: argparse.Namespace, paths: list[str]) 
                 "eval_batch": a.eval_batch,
                 "gpu_random_qwen3": a.mode == "gpu",
                 "eval_only": a.eval_only,
+                "row_budget": a.row_budget,
             }
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", json.dumps(spec)],
@@ -371,6 +373,7 @@ def main() -> None:
     ap.add_argument("--eval-pairs", type=int, default=16)
     ap.add_argument("--eval-batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--row-budget", type=int, default=None, help="rmtrain packed row budget")
     ap.add_argument(
         "--eval-only",
         action="store_true",
