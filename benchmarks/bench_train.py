@@ -262,6 +262,7 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
         max_length=spec["max_length"],
         packing=spec["path"],
         row_budget=spec.get("row_budget"),
+        gradient_checkpointing=spec.get("gradient_checkpointing"),
         report_to=["none"],
         logging_steps=10_000,
     )
@@ -310,6 +311,7 @@ def run_case(model: str, dataset: str, a: argparse.Namespace, paths: list[str]) 
                 "gpu_random_qwen3": a.mode == "gpu",
                 "eval_only": a.eval_only,
                 "row_budget": a.row_budget,
+                "gradient_checkpointing": a.gradient_checkpointing,
             }
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", json.dumps(spec)],
@@ -374,6 +376,12 @@ def main() -> None:
     ap.add_argument("--eval-batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--row-budget", type=int, default=None, help="rmtrain packed row budget")
+    ap.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        default=None,
+        help="turn gradient checkpointing on for the rmtrain paths",
+    )
     ap.add_argument(
         "--eval-only",
         action="store_true",
