@@ -61,11 +61,6 @@ class PairCollator:
         }
 
 
-def tokens_computed(batch: dict[str, torch.Tensor]) -> int:
-    """Token positions the model computes for this batch (padding included)."""
-    return int(batch["input_ids"].numel())
-
-
 def _pack_rows(lengths: Sequence[int], budget: int) -> list[list[int]]:
     """First-fit decreasing: units, longest first, go into the first row with room.
 

@@ -189,7 +189,8 @@ def _columns(rows: Sequence[Any]) -> set[str]:
     return cols
 
 
-def _is_messages(value: Any) -> bool:
+def is_messages(value: Any) -> bool:
+    """A non-empty list of {role, content} chat messages."""
     return (
         isinstance(value, list)
         and len(value) > 0
@@ -212,7 +213,7 @@ def _check_text(value: Any, allow_empty: bool = False) -> str | None:
         if "\ufffd" in value:
             return "invalid_utf8"
         return None
-    if isinstance(value, list) and (value == [] and allow_empty or _is_messages(value)):
+    if isinstance(value, list) and (value == [] and allow_empty or is_messages(value)):
         return None
     return "not_text"
 

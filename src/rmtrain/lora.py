@@ -57,10 +57,6 @@ def quantization_config(load_in_4bit: bool) -> Any:
     )
 
 
-def is_peft(model: Any) -> bool:
-    return hasattr(model, "peft_config")
-
-
 def merged(model: Any) -> Any:
     """An ordinary transformers model with the adapters folded into the weights."""
     return model.merge_and_unload()

@@ -9,7 +9,6 @@ attention mask marks real.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -267,7 +266,3 @@ def sequence_rewards(
     values = token_values(model, input_ids, attention_mask)
     index = last_token_index(attention_mask)
     return values.gather(1, index.unsqueeze(1)).squeeze(1)
-
-
-def hf_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from rmtrain.collate import PackedCollator, pack_sequences
+from rmtrain.data import is_messages
 from rmtrain.errors import RmtrainError
 from rmtrain.formatting import encode_batch, encode_pairs, fit_single, uses_chat_template
 from rmtrain.model import choose_pad_token, token_values
@@ -183,33 +184,20 @@ class Item:
     text: str | None = None
 
 
-def _is_messages(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) > 0
-        and all(
-            isinstance(m, dict)
-            and isinstance(m.get("role"), str)
-            and isinstance(m.get("content"), str)
-            for m in value
-        )
-    )
-
-
 def parse_item(obj: Any) -> Item | str:
     """An `Item`, or the reason the object cannot be scored (reported, never dropped)."""
     if not isinstance(obj, dict):
         return "item must be a JSON object"
     if "response" in obj:
         prompt, response = obj.get("prompt", ""), obj["response"]
-        if not (isinstance(prompt, str) or _is_messages(prompt)):
+        if not (isinstance(prompt, str) or is_messages(prompt)):
             return "'prompt' must be a string or a list of {role, content} messages"
-        if not ((isinstance(response, str) and response.strip()) or _is_messages(response)):
+        if not ((isinstance(response, str) and response.strip()) or is_messages(response)):
             return "'response' must be a non-empty string or a list of messages"
         return Item(prompt=prompt, response=response)
     if "messages" in obj:
         msgs = obj["messages"]
-        if not _is_messages(msgs) or msgs[-1]["role"] != "assistant":
+        if not is_messages(msgs) or msgs[-1]["role"] != "assistant":
             return "'messages' must be {role, content} messages ending with an assistant turn"
         return Item(prompt=msgs[:-1], response=msgs[-1:])
     if "text" in obj:
