@@ -64,9 +64,14 @@ class DatasetEval:
 
 
 def summarise(
-    pairs: list[Pair], chosen: np.ndarray, rejected: np.ndarray, counts: dict[str, Any]
+    pairs: list[Pair],
+    chosen: np.ndarray,
+    rejected: np.ndarray,
+    counts: dict[str, Any],
+    seconds: float | None = None,
 ) -> DatasetEval:
-    """Metrics, baselines and subsets for scored pairs (pure: testable with a stub scorer)."""
+    """Metrics, baselines and subsets for scored pairs (pure: testable with a stub scorer);
+    with `seconds`, the scoring speed too."""
     c_len = np.array([response_length(p.chosen) for p in pairs])
     r_len = np.array([response_length(p.rejected) for p in pairs])
     metrics = reward_metrics(chosen, rejected, [p.group for p in pairs])
@@ -80,6 +85,8 @@ def summarise(
         "beats_length_baseline": bool(metrics["win_rate"] > base),
         "subsets": subset_accuracy(chosen, rejected, [p.extra.get("subset") for p in pairs]),
     }
+    if seconds is not None:
+        report["scoring"] = {"seconds": seconds, "pairs_per_s": len(pairs) / max(seconds, 1e-9)}
     return DatasetEval(report, chosen, rejected, c_len, r_len)
 
 
@@ -99,9 +106,7 @@ def evaluate_pairs(scorer: Any, pairs: list[Pair], counts: dict[str, Any]) -> Da
         "dropped_total": sum(scored.dropped.values()),
         "scored_pairs": len(kept),
     }
-    result = summarise(kept, scored.chosen, scored.rejected, counts)
-    result.report["scoring"] = {"seconds": seconds, "pairs_per_s": len(kept) / max(seconds, 1e-9)}
-    return result
+    return summarise(kept, scored.chosen, scored.rejected, counts, seconds)
 
 
 def evaluate_source(scorer: Any, source: str, split: str = "train") -> DatasetEval:

@@ -163,13 +163,14 @@ def load_scorer(
         )
     model.eval().to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     settings = getattr(model.config, "rmtrain", None) or _settings_from_yaml(path)
+    max_length = max_length or int(settings.get("max_length", 512))
     return RewardScorer(
         model=model,
         tokenizer=tok,
-        max_length=max_length or int(settings.get("max_length", 512)),
+        max_length=max_length,
         chat=uses_chat_template(tok, settings.get("chat_template", "auto")),
         prompt_floor=settings.get("prompt_floor"),
-        token_budget=max(token_budget, 2 * (max_length or int(settings.get("max_length", 512)))),
+        token_budget=max(token_budget, 2 * max_length),
         reward_mean=getattr(model.config, "reward_mean", None),
         reward_std=getattr(model.config, "reward_std", None),
     )

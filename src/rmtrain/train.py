@@ -134,10 +134,8 @@ def _held_out(sink: dict[str, Any], data: PreparedData, eval_out: dict, n_rows: 
         "dropped_total": n_rows - len(kept),
         "scored_pairs": len(kept),
     }
-    result = summarise(kept, sink["chosen"], sink["rejected"], counts)
     seconds = float(next((v for k, v in eval_out.items() if k.endswith("_runtime")), 0.0))
-    result.report["scoring"] = {"seconds": seconds, "pairs_per_s": len(kept) / max(seconds, 1e-9)}
-    return result
+    return summarise(kept, sink["chosen"], sink["rejected"], counts, seconds)
 
 
 def _evaluate(trainer: Any, data: PreparedData, sink: dict[str, Any]) -> tuple[dict, dict, dict]:
