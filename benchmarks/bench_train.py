@@ -179,25 +179,14 @@ def _load_model(spec: dict[str, Any]) -> tuple[Any, Any]:
     from rmtrain.model import load_reward_model, load_tokenizer
 
     tok = load_tokenizer(model_id(spec["model"]))
-    model = load_reward_model(model_id(spec["model"]), tok.pad_token_id, torch.float32)
     if spec.get("gpu_random_qwen3"):
-        from transformers import Qwen3Config, Qwen3ForSequenceClassification
+        from transformers import Qwen3ForSequenceClassification
 
-        cfg = Qwen3Config(
-            vocab_size=len(tok),
-            hidden_size=1024,
-            intermediate_size=3072,
-            num_hidden_layers=28,
-            num_attention_heads=16,
-            num_key_value_heads=8,
-            head_dim=128,
-            num_labels=1,
-            pad_token_id=tok.pad_token_id,
-            tie_word_embeddings=True,
-            use_cache=False,
-        )
-        model = Qwen3ForSequenceClassification(cfg)
-    return model, tok
+        from rmtrain.builtin import QWEN3_0_6B_SHAPE, tiny_qwen3_config
+
+        cfg = tiny_qwen3_config(len(tok), tok.pad_token_id, **QWEN3_0_6B_SHAPE)
+        return Qwen3ForSequenceClassification(cfg), tok
+    return load_reward_model(model_id(spec["model"]), tok.pad_token_id, torch.float32), tok
 
 
 def _trl_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int]) -> Any:

@@ -47,25 +47,13 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}
 
 
 def make_model(folder: Path) -> int:
-    from transformers import Qwen3Config, Qwen3ForSequenceClassification
+    from transformers import Qwen3ForSequenceClassification
 
+    from rmtrain.builtin import QWEN3_0_6B_SHAPE, tiny_qwen3_config
     from rmtrain.model import load_tokenizer
 
     tok = load_tokenizer("builtin:tiny-qwen3")
-    cfg = Qwen3Config(
-        vocab_size=len(tok),
-        hidden_size=1024,
-        intermediate_size=3072,
-        num_hidden_layers=28,
-        num_attention_heads=16,
-        num_key_value_heads=8,
-        head_dim=128,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        num_labels=1,
-        pad_token_id=tok.pad_token_id,
-        use_cache=False,
-    )
+    cfg = tiny_qwen3_config(len(tok), tok.pad_token_id, **QWEN3_0_6B_SHAPE)
     model = Qwen3ForSequenceClassification(cfg)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)

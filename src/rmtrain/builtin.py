@@ -117,6 +117,16 @@ def tiny_qwen3_config(vocab_size: int, pad_token_id: int, **overrides: Any):
     return Qwen3Config(**params)
 
 
+QWEN3_0_6B_SHAPE = dict(  # Qwen/Qwen3-0.6B's layer sizes, for random-init GPU benchmarks
+    hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    head_dim=128,
+)
+
+
 def builtin_model(name: str, pad_token_id: int):
     from transformers import Qwen3ForSequenceClassification
 
