@@ -60,6 +60,40 @@ def qwen_model(qwen_tokenizer):
     return tiny_qwen3(qwen_tokenizer)
 
 
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_demo(path: Path, n: int, seed: int) -> Path:
+    """`n` rows of the generated demo preference set as a local JSONL file."""
+    from rmtrain.builtin import demo_rows
+
+    return write_jsonl(path, demo_rows(n, seed=seed))
+
+
+def tiny_train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    """`rmtrain train` argv for the tiny Qwen3 on a local file; later flags in `extra` win."""
+    return [
+        "train",
+        "--model",
+        "builtin:tiny-qwen3",
+        "--dataset",
+        str(data),
+        "--output",
+        str(out),
+        "--frac",
+        "1.0",
+        "--max-length",
+        "96",
+        "--batch",
+        "4",
+        "--report-to",
+        "none",
+        *extra,
+    ]
+
+
 def shared_data_or_skip() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data samples not found at {SHARED_DATA} (only on dev machines)")
@@ -68,39 +102,12 @@ def shared_data_or_skip() -> Path:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
-    from rmtrain.builtin import demo_rows
     from rmtrain.cli import main
 
     tmp = tmp_path_factory.mktemp("run")
-    data = tmp / "prefs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in demo_rows(120, seed=1)))
+    data = write_demo(tmp / "prefs.jsonl", 120, seed=1)
     out = tmp / "model"
-    code = main(
-        [
-            "train",
-            "--model",
-            "builtin:tiny-qwen3",
-            "--dataset",
-            str(data),
-            "--output",
-            str(out),
-            "--frac",
-            "1.0",
-            "--lr",
-            "1e-3",
-            "--batch",
-            "4",
-            "--max-length",
-            "96",
-            "--max-steps",
-            "6",
-            "--logging-steps",
-            "2",
-            "--report-to",
-            "mlflow",
-            "--seed",
-            "3",
-        ]
-    )
+    args = ["--lr", "1e-3", "--max-steps", "6", "--logging-steps", "2", "--report-to", "mlflow"]
+    code = main(tiny_train_args(data, out, *args, "--seed", "3"))
     assert code == 0
     return out, data

@@ -13,11 +13,7 @@ from rmtrain.data import (
     split_common_prefix,
 )
 from rmtrain.errors import RmtrainError
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+from tests.conftest import write_jsonl
 
 
 def test_stack_exchange_columns(tmp_path):

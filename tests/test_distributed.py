@@ -12,48 +12,22 @@ from pathlib import Path
 
 import pytest
 
-from rmtrain.builtin import demo_rows
+from tests.conftest import tiny_train_args, write_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_two_gloo_processes_match_one(tmp_path):
-    data = tmp_path / "prefs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in demo_rows(72, seed=6)))
-    common = [
-        "train",
-        "--model",
-        "builtin:tiny-qwen3",
-        "--dataset",
-        str(data),
-        "--frac",
-        "1.0",
-        "--lr",
-        "1e-3",
-        "--max-length",
-        "96",
-        "--max-steps",
-        "5",
-        "--logging-steps",
-        "1",
-        "--group-by-length",
-        "false",
-        "--report-to",
-        "none",
-        "--seed",
-        "3",
-    ]
+    data = write_demo(tmp_path / "prefs.jsonl", 72, seed=6)
+    common = ["--lr", "1e-3", "--max-steps", "5", "--logging-steps", "1"]
+    common += ["--group-by-length", "false", "--seed", "3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     one = subprocess.run(
         [
             sys.executable,
             "-m",
             "rmtrain",
-            *common,
-            "--batch",
-            "4",
-            "--output",
-            str(tmp_path / "one"),
+            *tiny_train_args(data, tmp_path / "one", *common, "--batch", "4"),
         ],
         cwd=ROOT,
         env=env,
@@ -71,11 +45,7 @@ def test_two_gloo_processes_match_one(tmp_path):
             "2",
             "-m",
             "rmtrain",
-            *common,
-            "--batch",
-            "2",
-            "--output",
-            str(tmp_path / "two"),
+            *tiny_train_args(data, tmp_path / "two", *common, "--batch", "2"),
         ],
         cwd=ROOT,
         env=env,

@@ -1,13 +1,11 @@
 """Optuna search over a tiny Qwen3, offline."""
 
-import json
-
 import optuna
 import pytest
 import yaml
 
-from rmtrain.builtin import demo_rows
 from rmtrain.cli import main
+from tests.conftest import write_demo
 
 SPACE = {
     "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
@@ -19,8 +17,7 @@ SPACE = {
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hpo")
-    data = tmp / "prefs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in demo_rows(60, seed=4)))
+    data = write_demo(tmp / "prefs.jsonl", 60, seed=4)
     base = {
         "model": "builtin:tiny-qwen3",
         "dataset": str(data),

@@ -6,37 +6,24 @@ import numpy as np
 import pytest
 import torch
 
-from rmtrain.builtin import demo_rows
 from rmtrain.cli import main
 from rmtrain.config import TrainConfig
 from rmtrain.lora import load_adapter_model
 from rmtrain.model import load_reward_model, load_tokenizer
 from rmtrain.score import load_scorer
 from rmtrain.train import prepare_data
+from tests.conftest import tiny_train_args, write_demo
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lora")
-    data = tmp / "prefs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in demo_rows(60, seed=8)))
+    data = write_demo(tmp / "prefs.jsonl", 60, seed=8)
     common = [
-        "--model",
-        "builtin:tiny-qwen3",
-        "--dataset",
-        str(data),
-        "--frac",
-        "1.0",
         "--lr",
         "1e-2",
-        "--batch",
-        "4",
-        "--max-length",
-        "96",
         "--max-steps",
         "5",
-        "--report-to",
-        "none",
         "--seed",
         "11",
         "--lora-r",
@@ -44,8 +31,8 @@ def runs(tmp_path_factory):
         "--lora-alpha",
         "8",
     ]
-    assert main(["train", *common, "--output", str(tmp / "adapter")]) == 0
-    assert main(["train", *common, "--output", str(tmp / "merged"), "--merge-lora"]) == 0
+    assert main(tiny_train_args(data, tmp / "adapter", *common)) == 0
+    assert main(tiny_train_args(data, tmp / "merged", *common, "--merge-lora")) == 0
     return tmp, data
 
 

@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-from rmtrain.builtin import demo_rows
 from rmtrain.cli import main
 from rmtrain.data import Pair, mix_weighted, parse_dataset_spec
 from rmtrain.errors import RmtrainError
 from rmtrain.losses import lm_loss
+from tests.conftest import tiny_train_args, write_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,14 +48,9 @@ def test_lm_loss_by_hand():
     assert lm_loss(hidden, weight, ids, mask).item() == pytest.approx(2.126928, abs=1e-5)
 
 
-def write(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def test_two_weighted_datasets_are_reported_separately(tmp_path):
-    a = write(tmp_path / "a.jsonl", demo_rows(80, seed=1))
-    b = write(tmp_path / "b.jsonl", demo_rows(40, seed=2))
+    a = write_demo(tmp_path / "a.jsonl", 80, seed=1)
+    b = write_demo(tmp_path / "b.jsonl", 40, seed=2)
     out = tmp_path / "out"
     code = main(
         [
@@ -94,35 +89,10 @@ def test_two_weighted_datasets_are_reported_separately(tmp_path):
 
 
 def test_lm_loss_is_logged_falls_and_is_not_saved(tmp_path):
-    data = write(tmp_path / "d.jsonl", demo_rows(64, seed=3))
+    data = write_demo(tmp_path / "d.jsonl", 64, seed=3)
     out = tmp_path / "out"
-    code = main(
-        [
-            "train",
-            "--model",
-            "builtin:tiny-qwen3",
-            "--dataset",
-            str(data),
-            "--output",
-            str(out),
-            "--frac",
-            "1.0",
-            "--lr",
-            "3e-3",
-            "--max-length",
-            "96",
-            "--max-steps",
-            "8",
-            "--batch",
-            "4",
-            "--logging-steps",
-            "1",
-            "--lm-loss-coef",
-            "0.5",
-            "--report-to",
-            "none",
-        ]
-    )
+    args = ["--lr", "3e-3", "--max-steps", "8", "--logging-steps", "1", "--lm-loss-coef", "0.5"]
+    code = main(tiny_train_args(data, out, *args))
     assert code == 0
     logs = json.loads((out / "metrics.json").read_text())["log_history"]
     assert all("rm_loss" in h and "lm_loss" in h for h in logs)

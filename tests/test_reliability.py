@@ -18,6 +18,7 @@ from rmtrain.cli import main
 from rmtrain.config import build_config
 from rmtrain.errors import RmtrainError
 from rmtrain.train import run_train
+from tests.conftest import tiny_train_args, write_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_KEYS = ("win_rate", "kendall_tau", "loss", "reward_mean", "reward_std", "margin_mean")
@@ -25,40 +26,12 @@ EVAL_KEYS = ("win_rate", "kendall_tau", "loss", "reward_mean", "reward_std", "ma
 
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "prefs.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in demo_rows(80, seed=5)))
-    return path
+    return write_demo(tmp_path_factory.mktemp("data") / "prefs.jsonl", 80, seed=5)
 
 
 def train_args(data, out, *extra):
-    return [
-        "train",
-        "--model",
-        "builtin:tiny-qwen3",
-        "--dataset",
-        str(data),
-        "--output",
-        str(out),
-        "--frac",
-        "1.0",
-        "--lr",
-        "1e-3",
-        "--batch",
-        "4",
-        "--max-length",
-        "96",
-        "--max-steps",
-        "8",
-        "--save-steps",
-        "2",
-        "--report-to",
-        "none",
-        "--seed",
-        "7",
-        "--logging-steps",
-        "1",
-        *extra,
-    ]
+    steps = ["--lr", "1e-3", "--max-steps", "8", "--save-steps", "2", "--seed", "7"]
+    return tiny_train_args(data, out, *steps, "--logging-steps", "1", *extra)
 
 
 def cli(args, **kw):
