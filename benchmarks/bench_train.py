@@ -127,6 +127,8 @@ def _count_tokens(collator: Any, sink: list[int]) -> Any:
         sink.append(int(batch["input_ids"].numel()))
         return batch
 
+    wrapped.takes_prompt_groups = getattr(collator, "takes_prompt_groups", False)  # type: ignore[attr-defined]
+
     return wrapped
 
 
@@ -237,7 +239,7 @@ def _trl_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[in
 
 
 def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int]) -> Any:
-    from rmtrain.collate import make_collator, pair_tokens
+    from rmtrain.collate import make_collator, make_eval_collator, pair_tokens
     from rmtrain.config import TrainConfig
     from rmtrain.train import row_budget, training_arguments
     from rmtrain.trainer import PairwiseRewardTrainer, make_compute_metrics
@@ -269,7 +271,9 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
         train_dataset=train,
         eval_dataset=evals,
         data_collator=_count_tokens(collator, tokens),
-        eval_collator=_count_tokens(make_collator(cfg.packing, tok.pad_token_id, 0), tokens),
+        eval_collator=_count_tokens(
+            make_eval_collator(cfg.packing, tok.pad_token_id, cfg.max_length), tokens
+        ),
         compute_metrics=make_compute_metrics([str(i) for i in range(len(evals))]),
     )
 

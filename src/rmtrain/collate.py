@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from rmtrain.model import position_ids_from_mask
+from rmtrain.prefix_tree import Tree, build_trees, tree_mask
 
 
 def pad_sequences(
@@ -164,16 +165,6 @@ def pack_units(
     return batch, ends
 
 
-def pack_sequences(
-    seqs: Sequence[Sequence[int]], pad_id: int, row_budget: int
-) -> dict[str, torch.Tensor]:
-    """Single sequences (scoring) packed padding-free; `end_index` is each one's last token."""
-    units = [(list(s), [1] * len(s), list(range(len(s)))) for s in seqs]
-    batch, ends = pack_units(units, pad_id, row_budget)
-    batch["end_index"] = torch.tensor([ends[(i, 1)] for i in range(len(seqs))], dtype=torch.long)
-    return batch
-
-
 def block_mask(seg: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
     """Boolean [rows, 1, L, L]: same segment, causal, and a response never sees the other one.
 
@@ -190,6 +181,88 @@ def block_mask(seg: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
     return mask.unsqueeze(1)
 
 
+def pack_trees(
+    trees: Sequence[Tree], pad_id: int, row_budget: int = 0
+) -> tuple[dict[str, torch.Tensor], list[tuple[int, int]]]:
+    """Prefix trees into rows (first-fit decreasing up to `row_budget`; 0 = one tree per row).
+
+    Returns the batch (ids, boolean 4-D tree mask, depth as position ids) and each tree's
+    (row, first column); sequence i of tree t ends at column first + `trees[t].last[i]`.
+    """
+    rows = _pack_rows([len(t) for t in trees], row_budget)
+    width = max(sum(len(trees[i]) for i in row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    pos = torch.zeros((len(rows), width), dtype=torch.long)
+    exit = torch.arange(1, width + 1).repeat(len(rows), 1)  # pads attend to themselves
+    place: list[tuple[int, int]] = [(0, 0)] * len(trees)
+    for r, row in enumerate(rows):
+        start = 0
+        for t in row:
+            tree, sl = trees[t], slice(start, start + len(trees[t]))
+            ids[r, sl], pos[r, sl] = torch.tensor(tree.tokens), torch.tensor(tree.depth)
+            exit[r, sl] = torch.tensor(tree.exit) + start
+            place[t] = (r, start)
+            start += len(tree)
+    batch = {
+        "input_ids": ids,
+        "attention_mask": tree_mask(exit).unsqueeze(1),
+        "position_ids": pos,
+        "num_tokens": torch.tensor(sum(len(t) for t in trees)),
+    }
+    return batch, place
+
+
+def group_by_prompt(features: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Pairs with the same prompt ids as one item, largest first (for `PrefixTreeCollator`):
+    a question's answers then meet in one batch whatever the batch size."""
+    groups: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+    for f in features:
+        groups.setdefault(tuple(f["prompt_ids"]), []).append(f)
+    items = []
+    for prompt, pairs in groups.items():
+        responses = {tuple(f[k]) for f in pairs for k in ("chosen_ids", "rejected_ids")}
+        items.append({"pairs": pairs, "length": len(prompt) + sum(map(len, responses))})
+    return sorted(items, key=lambda it: -it["length"])
+
+
+@dataclass
+class PrefixTreeCollator:
+    """Scoring without gradients: every prompt + response of a batch goes into prefix trees of at
+    most `cap` tokens, so a prompt shared by several pairs, or a response repeated across pairs,
+    is computed once. Takes pair features or `group_by_prompt` items.
+
+    Reward positions come per pair as in `PackedCollator`; `pair_index` is [items, most pairs
+    in an item] (-1 = no pair), so the Trainer's per-item bookkeeping (its
+    cut of a repeated last batch, its gather across ranks) stays aligned with whole items.
+    """
+
+    pad_id: int
+    cap: int
+    takes_prompt_groups = True  # the Trainer hands it `group_by_prompt` items
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        groups = [item.get("pairs", [item]) for item in items]
+        width = max(len(g) for g in groups)
+        feats = [f for g in groups for f in g]
+        seqs = [f["prompt_ids"] + f[k] for f in feats for k in ("chosen_ids", "rejected_ids")]
+        trees, tree_of = build_trees(seqs, self.cap)
+        batch, place = pack_trees(trees, self.pad_id)
+        ends = [(place[t][0], place[t][1] + trees[t].last[i]) for i, t in enumerate(tree_of)]
+        slots = torch.zeros((len(groups), width, 2, 2), dtype=torch.long)
+        index = torch.full((len(groups), width), -1, dtype=torch.long)
+        margin = torch.zeros((len(groups), width))
+        k = 0
+        for g, pairs in enumerate(groups):
+            for j, f in enumerate(pairs):
+                slots[g, j] = torch.tensor(ends[2 * k : 2 * k + 2])
+                index[g, j], margin[g, j] = int(f["pair_index"]), float(f.get("margin", 0.0))
+                k += 1
+        batch["chosen_index"] = slots[:, :, 0].reshape(-1, 2)
+        batch["rejected_index"] = slots[:, :, 1].reshape(-1, 2)
+        batch["margin"], batch["pair_index"] = margin.reshape(-1), index
+        return batch
+
+
 def make_collator(mode: str, pad_id: int, row_budget: int = 0, varlen: bool = False) -> Any:
     """The collator for a `--packing` mode: none | padding_free | prefix_sharing."""
     if mode == "none":
@@ -203,3 +276,11 @@ def pair_tokens(feature: dict[str, Any], mode: str) -> int:
     """Tokens one pair costs in a mode (what length-grouping and packing budgets count)."""
     p, c, r = (len(feature[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))
     return p + c + r if mode == "prefix_sharing" else 2 * p + c + r
+
+
+def make_eval_collator(mode: str, pad_id: int, max_length: int, varlen: bool = False) -> Any:
+    """Scoring layout for a `--packing` mode: `prefix_sharing` scores prefix trees of up to two
+    max lengths (any pair fits one tree); the other modes score one pair per row."""
+    if mode == "prefix_sharing":
+        return PrefixTreeCollator(pad_id, 2 * max_length)
+    return make_collator(mode, pad_id, 0, varlen)

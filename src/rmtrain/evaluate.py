@@ -91,11 +91,11 @@ def summarise(
 
 
 def evaluate_pairs(scorer: Any, pairs: list[Pair], counts: dict[str, Any]) -> DatasetEval:
-    """Score pairs with the shared fast path (no gradients, length-sorted, progress bar)."""
+    """Score pairs with the shared fast path (no gradients, prefix trees, progress bar)."""
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
-    with tqdm(total=len(pairs), desc="scoring pairs", unit="pair") as bar:
+    with tqdm(total=2 * len(pairs), desc="scoring", unit="response") as bar:
         scored = scorer.score_pairs(pairs, progress=bar.update)
     seconds = time.perf_counter() - start
     kept = [pairs[f["pair_index"]] for f in scored.features]

@@ -1,8 +1,9 @@
 """In-process reward scoring: one fast path for evaluation, batch scoring and serving.
 
 `RewardScorer` loads a saved model with its tokenizer and the text layout it was trained with
-(`config.rmtrain`), formats and tokenises with the same function as training, sorts by length,
-packs sequences (padding-free / prefix-shared) and runs without gradients.
+(`config.rmtrain`), formats and tokenises with the same function as training, merges the
+sequences into prefix trees (shared prompts computed once), sorts them by size and runs without
+gradients.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from rmtrain.collate import PackedCollator, pack_sequences
+from rmtrain.collate import pack_trees
 from rmtrain.data import is_messages
 from rmtrain.errors import RmtrainError
 from rmtrain.formatting import encode_batch, encode_pairs, fit_single, uses_chat_template
 from rmtrain.model import choose_pad_token, token_values
+from rmtrain.prefix_tree import build_trees
 
 Progress = Callable[[int], None]
 
@@ -59,23 +61,11 @@ class RewardScorer:
     def score_features(
         self, features: Sequence[dict[str, Any]], progress: Progress | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(chosen, rejected) rewards of fitted pairs, in the given order; prefix-shared."""
-        # One pair per row (rows of a length-sorted group pad little); many pairs per forward.
-        collate = PackedCollator(self.tokenizer.pad_token_id, "prefix_sharing", 0)
-        sizes = [
-            sum(len(f[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids")) for f in features
-        ]
-        chosen = np.zeros(len(features))
-        rejected = np.zeros(len(features))
-        for group in _batches_by_budget(sizes, self.token_budget):
-            batch = collate([features[i] for i in group])
-            values = self._forward(batch)
-            c, r = batch["chosen_index"], batch["rejected_index"]
-            chosen[group] = values[c[:, 0], c[:, 1]].float().cpu().numpy()
-            rejected[group] = values[r[:, 0], r[:, 1]].float().cpu().numpy()
-            if progress:
-                progress(len(group))
-        return chosen, rejected
+        """(chosen, rejected) rewards of fitted pairs, in the given order (`progress` counts
+        responses)."""
+        seqs = [f["prompt_ids"] + f[k] for f in features for k in ("chosen_ids", "rejected_ids")]
+        rewards = self._score_trees(seqs, progress)
+        return rewards[0::2], rewards[1::2]
 
     def score_pairs(self, pairs: Sequence[Any], progress: Progress | None = None) -> ScoredPairs:
         feats, truncated, dropped = encode_pairs(
@@ -92,14 +82,31 @@ class RewardScorer:
         return [fit_single(e, self.max_length, self.prompt_floor) for e in encoded]
 
     def score_ids(self, seqs: Sequence[list[int]], normalize: bool = False) -> np.ndarray:
-        """Rewards of token sequences, longest first in packed batches, returned in order."""
-        out = np.zeros(len(seqs))
-        for group in _batches_by_budget([len(s) for s in seqs], self.token_budget):
-            batch = pack_sequences([seqs[i] for i in group], self.tokenizer.pad_token_id, 0)
-            values = self._forward(batch)
-            e = batch["end_index"]
-            out[group] = values[e[:, 0], e[:, 1]].float().cpu().numpy()
+        """Rewards of token sequences, returned in order."""
+        out = self._score_trees(seqs)
         return self.normalize(out) if normalize else out
+
+    def _score_trees(
+        self, seqs: Sequence[list[int]], progress: Progress | None = None
+    ) -> np.ndarray:
+        """The one scoring path: sequences merged into prefix trees (a prompt shared by several
+        responses, or a repeated text, is computed once), largest trees first, as many trees
+        per forward as `token_budget` allows, one tree per row."""
+        trees, tree_of = build_trees(seqs, 2 * self.max_length)
+        members: list[list[int]] = [[] for _ in trees]
+        for i, t in enumerate(tree_of):
+            members[t].append(i)
+        out = np.zeros(len(seqs))
+        for group in _batches_by_budget([len(t) for t in trees], self.token_budget):
+            batch, place = pack_trees([trees[t] for t in group], self.tokenizer.pad_token_id)
+            values = self._forward(batch)
+            done = [i for t in group for i in members[t]]
+            rows = [place[k][0] for k, t in enumerate(group) for _ in members[t]]
+            cols = [place[k][1] + trees[t].last[i] for k, t in enumerate(group) for i in members[t]]
+            out[done] = values[rows, cols].float().cpu().numpy()
+            if progress:
+                progress(len(done))
+        return out
 
     def normalize(self, rewards: np.ndarray) -> np.ndarray:
         if self.reward_mean is None or not self.reward_std:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments, set_seed
 
-from rmtrain.collate import make_collator
+from rmtrain.collate import make_collator, make_eval_collator
 from rmtrain.config import TrainConfig, save_config
 from rmtrain.data import DataCounts
 from rmtrain.dataprep import PreparedData, prepare_data
@@ -245,7 +245,7 @@ def _make_trainer(
         train_dataset=data.train,
         eval_dataset=data.test,
         data_collator=make_collator(cfg.packing, pad, row_budget(cfg), varlen),
-        eval_collator=make_collator(cfg.packing, pad, 0, varlen),
+        eval_collator=make_eval_collator(cfg.packing, pad, cfg.max_length, varlen),
         compute_metrics=make_compute_metrics(
             [p.group for p in data.test_pairs],
             sink,

@@ -20,6 +20,7 @@ from torch.utils.data import SequentialSampler
 from transformers import EvalPrediction, Trainer, TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from rmtrain.collate import group_by_prompt
 from rmtrain.errors import RmtrainError
 from rmtrain.losses import lm_loss, pairwise_loss
 from rmtrain.metrics import reward_metrics
@@ -177,10 +178,15 @@ class PairwiseRewardTrainer(Trainer):
         )
 
     def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-        """Evaluate with the eval collator: without gradients, one pair per row of a
-        length-sorted batch beats long packed rows (attention over a row grows quadratically)."""
+        """Evaluate with the eval collator: without gradients, prefix trees (each prompt and
+        each repeated response computed once) or one pair per row of a length-sorted batch; long
+        packed rows cost more in attention than they save when there is no backward pass."""
         train_collator = self.data_collator
         self.data_collator = self.eval_collator or train_collator
+        if getattr(self.eval_collator, "takes_prompt_groups", False):
+            dataset = kwargs.get("eval_dataset")
+            dataset = self.eval_dataset if dataset is None else dataset
+            kwargs["eval_dataset"] = group_by_prompt(dataset)
         try:
             return super().evaluate(*args, **kwargs)
         finally:
@@ -202,11 +208,12 @@ class PairwiseRewardTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             loss, out = self.compute_loss(model, inputs, return_outputs=True)
-        rewards = torch.stack([out["chosen"], out["rejected"]], dim=1)
+        index = inputs["pair_index"]  # [pairs], or [items, pairs per item] for prompt groups
+        rewards = torch.stack([out["chosen"], out["rejected"]], dim=-1).reshape(*index.shape, 2)
         # No batch loss: Trainer would weight it by rows, not pairs (packed rows hold several
         # pairs). compute_metrics computes the exact eval loss over all pairs instead.
         del loss
-        return None, rewards.detach(), inputs["pair_index"]
+        return None, rewards.detach(), index
 
 
 def make_compute_metrics(
@@ -224,7 +231,9 @@ def make_compute_metrics(
     def compute(pred: EvalPrediction) -> dict[str, float]:
         rewards = np.asarray(pred.predictions).reshape(-1, 2)
         index = np.asarray(pred.label_ids).reshape(-1).astype(int)
-        _, first = np.unique(index, return_index=True)  # a pair counted once, even if repeated
+        # A pair counted once, even if repeated; index -1 marks padding, not a pair.
+        _, first = np.unique(index, return_index=True)
+        first = first[index[first] >= 0]
         rewards, index = rewards[first], index[first]
         if sink is not None:
             sink.update(chosen=rewards[:, 0], rejected=rewards[:, 1], index=index)

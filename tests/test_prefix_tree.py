@@ -1,0 +1,80 @@
+"""Prefix trees: layout by hand, and rewards equal to the plain padded forward."""
+
+import pytest
+import torch
+
+from rmtrain.collate import PairCollator, PrefixTreeCollator, group_by_prompt, pack_trees
+from rmtrain.prefix_tree import build_trees
+from rmtrain.trainer import pair_rewards
+from tests.test_packing import FEATURES, make_model
+
+# Pairs that share prompts and responses (a question with three answers, a repeated pair, a
+# response that is a prefix of another) next to the unrelated pairs of test_packing.
+SHARED = [
+    {"prompt_ids": [5, 6], "chosen_ids": [7, 8], "rejected_ids": [9], "pair_index": 4},
+    {"prompt_ids": [5, 6], "chosen_ids": [7, 8], "rejected_ids": [10, 11], "pair_index": 5},
+    {"prompt_ids": [5, 6], "chosen_ids": [9], "rejected_ids": [10, 11], "pair_index": 6},
+    {"prompt_ids": [5, 6], "chosen_ids": [7, 8], "rejected_ids": [9], "pair_index": 7},
+    {"prompt_ids": [5], "chosen_ids": [6, 7], "rejected_ids": [6, 7, 8, 3], "pair_index": 8},
+]
+
+
+def test_tree_layout_by_hand():
+    trees, tree_of = build_trees([[5, 6, 7], [5, 9], [5, 6, 8], [5, 6, 7]], cap=100)
+    (tree,) = trees
+    assert tree.tokens == [5, 6, 7, 8, 9] and tree.depth == [0, 1, 2, 2, 1]
+    assert tree.exit == [5, 4, 3, 4, 5]
+    assert tree.last == {0: 2, 3: 2, 2: 3, 1: 4} and tree_of == [0, 0, 0, 0]
+    batch, place = pack_trees(trees, pad_id=0)
+    assert place == [(0, 0)] and batch["position_ids"].tolist() == [[0, 1, 2, 2, 1]]
+    assert batch["attention_mask"][0, 0].int().tolist() == [
+        [1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0],
+        [1, 1, 0, 1, 0],  # 8 sees 5, 6 and itself, not its sibling 7
+        [1, 0, 0, 0, 1],  # 9 sees only the root
+    ]
+
+
+def test_cap_starts_new_trees_and_pads_see_only_themselves():
+    trees, tree_of = build_trees([[1, 2, 3], [1, 2, 4], [1, 5, 6, 7, 8]], cap=4)
+    assert [t.tokens for t in trees] == [[1, 2, 3, 4], [1, 5, 6, 7, 8]]
+    assert tree_of == [0, 0, 1]
+    batch, place = pack_trees(trees, pad_id=0)
+    assert place == [(1, 0), (0, 0)]  # the longest tree takes the first row
+    assert batch["input_ids"][1].tolist() == [1, 2, 3, 4, 0]
+    assert batch["attention_mask"][1, 0, 4].int().tolist() == [0, 0, 0, 0, 1]
+    assert int(batch["num_tokens"]) == 9
+    with pytest.raises(ValueError, match="empty"):
+        build_trees([[1], []], cap=4)
+
+
+def test_grouping_and_collated_positions():
+    items = group_by_prompt(SHARED)
+    assert [len(it["pairs"]) for it in items] == [4, 1]
+    assert items[0]["length"] == 2 + 2 + 1 + 2  # prompt once, each distinct response once
+    batch = PrefixTreeCollator(0, cap=100)(items)
+    # One tree across both prompts ([5] + [6, 7] is a prefix of [5, 6] + [7, 8]): 5 6 7 8 3 9 10 11
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 3, 9, 10, 11]]
+    assert batch["pair_index"].tolist() == [[4, 5, 6, 7], [8, -1, -1, -1]]
+    chosen, rejected = batch["chosen_index"].tolist(), batch["rejected_index"].tolist()
+    assert chosen[0] == chosen[1] == chosen[3] != chosen[2]  # [5, 6, 7, 8] computed once
+    assert rejected[1] == rejected[2] and rejected[0] == rejected[3] == chosen[2]
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("cap", [4, 16, 1000])
+def test_tree_rewards_equal_padded(arch, attn, cap):
+    model, pad = make_model(arch, attn)
+    feats = FEATURES + SHARED
+    with torch.no_grad():
+        ref = pair_rewards(model, PairCollator(pad)(feats))
+        batch = PrefixTreeCollator(pad, cap)(group_by_prompt(feats))
+        got = pair_rewards(model, batch)
+    index = batch["pair_index"].reshape(-1)
+    real = index >= 0
+    for a, b in zip(ref, got, strict=True):
+        assert torch.allclose(a[index[real]], b[real], atol=1e-5), (a, b)
+    if cap == 1000:  # every distinct prefix once: 3+4+1 + 2+3 + 9+1+2 + 2+6+6 + 8
+        assert int(batch["num_tokens"]) == 47
