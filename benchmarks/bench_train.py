@@ -241,6 +241,7 @@ def _trl_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[in
 def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int]) -> Any:
     from rmtrain.collate import make_collator, make_eval_collator, pair_tokens
     from rmtrain.config import TrainConfig
+    from rmtrain.model import attention_cost_ratio
     from rmtrain.train import row_budget, training_arguments
     from rmtrain.trainer import PairwiseRewardTrainer, make_compute_metrics
 
@@ -265,15 +266,15 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
     args = training_arguments(cfg, Path(tempfile.mkdtemp()), ["none"])
     args.disable_tqdm = True
     collator = make_collator(cfg.packing, tok.pad_token_id, row_budget(cfg))
+    cost = attention_cost_ratio(model.config)
+    eval_collator = make_eval_collator(cfg.packing, tok.pad_token_id, cfg.max_length, False, cost)
     return PairwiseRewardTrainer(
         model=model,
         args=args,
         train_dataset=train,
         eval_dataset=evals,
         data_collator=_count_tokens(collator, tokens),
-        eval_collator=_count_tokens(
-            make_eval_collator(cfg.packing, tok.pad_token_id, cfg.max_length), tokens
-        ),
+        eval_collator=_count_tokens(eval_collator, tokens),
         compute_metrics=make_compute_metrics([str(i) for i in range(len(evals))]),
     )
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from rmtrain.collate import PairCollator, PrefixTreeCollator, group_by_prompt, pack_trees
-from rmtrain.prefix_tree import build_trees
+from rmtrain.model import attention_cost_ratio
+from rmtrain.prefix_tree import build_trees, worth_sharing
 from rmtrain.trainer import pair_rewards
 from tests.test_packing import FEATURES, make_model
 
@@ -49,6 +50,27 @@ def test_cap_starts_new_trees_and_pads_see_only_themselves():
         build_trees([[1], []], cap=4)
 
 
+def test_sharing_pays_only_when_it_saves_more_than_attention_costs():
+    # extra query-key pairs = 2*10*(6-4) - 2*6*4 + 4*4 = 8: 4 shared tokens beat 8 x 0.1
+    assert worth_sharing(10, 6, 4, 0.1) and not worth_sharing(10, 6, 4, 1.0)
+    seqs = [[1, 2, 3], [1, 2, 4], [9, 9]]
+    free, _ = build_trees(seqs, cap=100, attention_cost=0.0)  # attention free: one forest
+    assert [t.tokens for t in free] == [[1, 2, 3, 4, 9, 9]]
+    costly, tree_of = build_trees(seqs, cap=100, attention_cost=0.01)
+    assert [t.tokens for t in costly] == [[1, 2, 3, 4], [9, 9]] and tree_of == [0, 0, 1]
+    # SmolLM2-135M's shape: 4 x 9 x 64 / (2 x 3,538,944 parameters per layer)
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(
+        hidden_size=576,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        intermediate_size=1536,
+    )
+    assert attention_cost_ratio(cfg) == pytest.approx(2304 / 7_077_888)
+
+
 def test_grouping_and_collated_positions():
     items = group_by_prompt(SHARED)
     assert [len(it["pairs"]) for it in items] == [4, 1]
@@ -64,17 +86,17 @@ def test_grouping_and_collated_positions():
 
 @pytest.mark.parametrize("arch", ["qwen3", "llama"])
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-@pytest.mark.parametrize("cap", [4, 16, 1000])
-def test_tree_rewards_equal_padded(arch, attn, cap):
+@pytest.mark.parametrize("cap,cost", [(4, 0.0), (16, 0.0), (1000, 0.0), (1000, 0.05)])
+def test_tree_rewards_equal_padded(arch, attn, cap, cost):
     model, pad = make_model(arch, attn)
     feats = FEATURES + SHARED
     with torch.no_grad():
         ref = pair_rewards(model, PairCollator(pad)(feats))
-        batch = PrefixTreeCollator(pad, cap)(group_by_prompt(feats))
+        batch = PrefixTreeCollator(pad, cap, cost)(group_by_prompt(feats))
         got = pair_rewards(model, batch)
     index = batch["pair_index"].reshape(-1)
     real = index >= 0
     for a, b in zip(ref, got, strict=True):
         assert torch.allclose(a[index[real]], b[real], atol=1e-5), (a, b)
-    if cap == 1000:  # every distinct prefix once: 3+4+1 + 2+3 + 9+1+2 + 2+6+6 + 8
+    if cap == 1000 and not cost:  # every distinct prefix once: 3+4+1 + 2+3 + 9+1+2 + 2+6+6 + 8
         assert int(batch["num_tokens"]) == 47

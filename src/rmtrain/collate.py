@@ -238,6 +238,7 @@ class PrefixTreeCollator:
 
     pad_id: int
     cap: int
+    attention_cost: float = 0.0  # see prefix_tree.worth_sharing
     takes_prompt_groups = True  # the Trainer hands it `group_by_prompt` items
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -245,7 +246,7 @@ class PrefixTreeCollator:
         width = max(len(g) for g in groups)
         feats = [f for g in groups for f in g]
         seqs = [f["prompt_ids"] + f[k] for f in feats for k in ("chosen_ids", "rejected_ids")]
-        trees, tree_of = build_trees(seqs, self.cap)
+        trees, tree_of = build_trees(seqs, self.cap, self.attention_cost)
         batch, place = pack_trees(trees, self.pad_id)
         ends = [(place[t][0], place[t][1] + trees[t].last[i]) for i, t in enumerate(tree_of)]
         slots = torch.zeros((len(groups), width, 2, 2), dtype=torch.long)
@@ -278,9 +279,11 @@ def pair_tokens(feature: dict[str, Any], mode: str) -> int:
     return p + c + r if mode == "prefix_sharing" else 2 * p + c + r
 
 
-def make_eval_collator(mode: str, pad_id: int, max_length: int, varlen: bool = False) -> Any:
+def make_eval_collator(
+    mode: str, pad_id: int, max_length: int, varlen: bool = False, attention_cost: float = 0.0
+) -> Any:
     """Scoring layout for a `--packing` mode: `prefix_sharing` scores prefix trees of up to two
     max lengths (any pair fits one tree); the other modes score one pair per row."""
     if mode == "prefix_sharing":
-        return PrefixTreeCollator(pad_id, 2 * max_length)
+        return PrefixTreeCollator(pad_id, 2 * max_length, attention_cost)
     return make_collator(mode, pad_id, 0, varlen)

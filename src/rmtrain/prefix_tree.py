@@ -43,9 +43,25 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def build_trees(seqs: Sequence[Sequence[int]], cap: int) -> tuple[list[Tree], list[int]]:
+def worth_sharing(nodes: int, length: int, shared: int, attention_cost: float) -> bool:
+    """Whether a sequence of `length` tokens, `shared` of them already in a tree of `nodes`
+    nodes, should join that tree rather than start its own.
+
+    Joining saves `shared` tokens of per-token (linear) work but widens the tree's attention,
+    which a masked kernel computes densely (nodes^2 query-key pairs): it pays when
+    shared >= attention_cost * ((nodes + length - shared)^2 - nodes^2 - length^2), with
+    `attention_cost` the cost of one query-key pair in units of one token's linear work.
+    """
+    extra = 2 * nodes * (length - shared) - 2 * length * shared + shared * shared
+    return shared >= attention_cost * extra
+
+
+def build_trees(
+    seqs: Sequence[Sequence[int]], cap: int, attention_cost: float = 0.0
+) -> tuple[list[Tree], list[int]]:
     """Merge sequences into tries of at most `cap` nodes (a longer single sequence gets a tree
-    of its own). Returns the trees and, per sequence, the index of its tree.
+    of its own), sharing a prefix only where `worth_sharing` says so. Returns the trees and,
+    per sequence, the index of its tree.
 
     Sequences are visited in lexicographic order, where each one shares its longest prefix with
     the one before it, so a greedy pass builds the trie without searching it.
@@ -59,7 +75,14 @@ def build_trees(seqs: Sequence[Sequence[int]], cap: int) -> tuple[list[Tree], li
         if not seq:
             raise ValueError("cannot score an empty token sequence")
         shared = _common_prefix(prev, seq) if trees else 0
-        if not trees or (len(trees[-1]) and len(trees[-1]) + len(seq) - shared > cap):
+        size = len(trees[-1]) if trees else 0
+        if not trees or (
+            size
+            and (
+                size + len(seq) - shared > cap
+                or not worth_sharing(size, len(seq), shared, attention_cost)
+            )
+        ):
             if trees:
                 _close(trees[-1], path, 0)
             trees.append(Tree())

@@ -21,7 +21,7 @@ from rmtrain.collate import pack_trees
 from rmtrain.data import is_messages
 from rmtrain.errors import RmtrainError
 from rmtrain.formatting import encode_batch, encode_pairs, fit_single, uses_chat_template
-from rmtrain.model import choose_pad_token, token_values
+from rmtrain.model import attention_cost_ratio, choose_pad_token, token_values
 from rmtrain.prefix_tree import build_trees
 
 Progress = Callable[[int], None]
@@ -92,7 +92,8 @@ class RewardScorer:
         """The one scoring path: sequences merged into prefix trees (a prompt shared by several
         responses, or a repeated text, is computed once), largest trees first, as many trees
         per forward as `token_budget` allows, one tree per row."""
-        trees, tree_of = build_trees(seqs, 2 * self.max_length)
+        cost = attention_cost_ratio(self.model.config)
+        trees, tree_of = build_trees(seqs, 2 * self.max_length, cost)
         members: list[list[int]] = [[] for _ in trees]
         for i, t in enumerate(tree_of):
             members[t].append(i)

@@ -24,7 +24,13 @@ from rmtrain.errors import RmtrainError
 from rmtrain.evaluate import summarise, write_report
 from rmtrain.formatting import default_prompt_floor
 from rmtrain.lora import apply_lora, merged, quantization_config
-from rmtrain.model import lm_head_weight, load_reward_model, load_tokenizer, resolve_dtype
+from rmtrain.model import (
+    attention_cost_ratio,
+    lm_head_weight,
+    load_reward_model,
+    load_tokenizer,
+    resolve_dtype,
+)
 from rmtrain.modelcard import render_model_card
 from rmtrain.publish import STAGE_NAME, check_output_dir, publish, staging_dir
 from rmtrain.tracking import finish_tracking, start_tracking
@@ -245,7 +251,9 @@ def _make_trainer(
         train_dataset=data.train,
         eval_dataset=data.test,
         data_collator=make_collator(cfg.packing, pad, row_budget(cfg), varlen),
-        eval_collator=make_eval_collator(cfg.packing, pad, cfg.max_length, varlen),
+        eval_collator=make_eval_collator(
+            cfg.packing, pad, cfg.max_length, varlen, attention_cost_ratio(model.config)
+        ),
         compute_metrics=make_compute_metrics(
             [p.group for p in data.test_pairs],
             sink,
