@@ -46,6 +46,12 @@ def test_cap_starts_new_trees_and_pads_see_only_themselves():
     assert batch["input_ids"][1].tolist() == [1, 2, 3, 4, 0]
     assert batch["attention_mask"][1, 0, 4].int().tolist() == [0, 0, 0, 0, 1]
     assert int(batch["num_tokens"]) == 9
+    # The default row budget (the largest tree) fills padding without widening the batch.
+    trees, _ = build_trees([[1, 2, 3], [7, 8], [9]], cap=3, attention_cost=1.0)
+    batch, place = pack_trees(trees, pad_id=0)
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [7, 8, 9]]
+    assert place == [(0, 0), (1, 0), (1, 2)]
+    assert batch["attention_mask"][1, 0].int().tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
     with pytest.raises(ValueError, match="empty"):
         build_trees([[1], []], cap=4)
 

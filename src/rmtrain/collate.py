@@ -182,15 +182,18 @@ def block_mask(seg: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
 
 
 def pack_trees(
-    trees: Sequence[Tree], pad_id: int, row_budget: int = 0
+    trees: Sequence[Tree], pad_id: int, row_budget: int | None = None
 ) -> tuple[dict[str, torch.Tensor], list[tuple[int, int]]]:
-    """Prefix trees into rows (first-fit decreasing up to `row_budget`; 0 = one tree per row).
+    """Prefix trees into rows, first-fit decreasing up to `row_budget` tokens (0: one tree per
+    row). The default, the largest tree's size, never widens the batch: smaller trees only
+    fill what would otherwise be padding, which a dense masked attention computes anyway.
 
     Returns the batch (ids, boolean 4-D tree mask, depth as position ids) and each tree's
     (row, first column); sequence i of tree t ends at column first + `trees[t].last[i]`.
     """
-    rows = _pack_rows([len(t) for t in trees], row_budget)
-    width = max(sum(len(trees[i]) for i in row) for row in rows)
+    sizes = [len(t) for t in trees]
+    rows = _pack_rows(sizes, max(sizes) if row_budget is None else row_budget)
+    width = max(sum(sizes[i] for i in row) for row in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), width), dtype=torch.long)
     exit = torch.arange(1, width + 1).repeat(len(rows), 1)  # pads attend to themselves
