@@ -140,11 +140,37 @@ def _peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class _RssByPhase:
+    """Peak resident memory per phase (load / train / eval), sampled every 20 ms: shows where
+    each path's peak happens, which the process-wide peak alone does not."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.phase, self.peaks = "load", {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE") / 2**20
+        while not self._stop.wait(0.02):
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * page
+            self.peaks[self.phase] = max(self.peaks.get(self.phase, 0.0), rss)
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return {k: round(v, 1) for k, v in self.peaks.items()}
+
+
 def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from transformers import set_seed
 
     set_seed(0)
+    rss = _RssByPhase()
     feats = json.loads(Path(spec["data"]).read_text())
     train, evals = feats["train"], feats["eval"]
     path, pairs, steps = spec["path"], spec["pairs"], spec["steps"]
@@ -153,13 +179,16 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     trainer = (_trl_trainer if path.startswith("trl") else _rm_trainer)(spec, train, evals, tokens)
     trainer.add_callback(clock())
     if spec.get("eval_only"):  # no training; one untimed warm-up batch, as for training
+        rss.phase = "eval"
         clock.stamps = [0.0, 0.0, 1.0]
         warm = trainer.eval_dataset
         warm = warm.select(range(2)) if hasattr(warm, "select") else warm[:2]
         trainer.evaluate(eval_dataset=warm)
         tokens.clear()
     else:
+        rss.phase = "train"
         trainer.train()
+    rss.phase = "eval"
     train_tokens = sum(tokens)
     times = clock.stamps
     timed = times[-1] - times[1] if len(times) > 2 else times[-1] - times[0]
@@ -175,6 +204,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "eval_pairs_per_s": len(evals) / eval_s,
         "eval_tokens_computed": sum(tokens) - train_tokens,
         "peak_memory_mb": _peak_memory_mb(),
+        "peak_rss_mb_by_phase": rss.stop(),
         "threads": torch.get_num_threads(),
     }
 

@@ -51,6 +51,8 @@ def test_unknown_yaml_key_is_an_error(tmp_path):
 def test_bad_values_are_reported():
     with pytest.raises(RmtrainError, match="--frac"):
         parse(["--frac", "2"])
+    with pytest.raises(RmtrainError, match="flex is not supported yet .* use sdpa"):
+        parse(["--attn-implementation", "flex_attention"])
 
 
 def test_help_documents_every_option(capsys):

@@ -149,7 +149,15 @@ def _check_ranges(cfg: TrainConfig) -> None:
     if cfg.packing not in ("none", "padding_free", "prefix_sharing"):
         problems.append(f"--packing must be none, padding_free or prefix_sharing: {cfg.packing!r}")
     attn = ("sdpa", "eager", "flash_attention_2")
-    if cfg.attn_implementation not in attn:
+    if cfg.attn_implementation in ("flex", "flex_attention"):
+        # Measured with torch 2.13 CPU: no FlexAttention backward on CPU (NotImplementedError),
+        # and its unfused fallback with a packed 4-D mask aborted the process (double free).
+        problems.append(
+            "--attn-implementation flex is not supported yet (no backward on CPU, unverified "
+            "on GPU); use sdpa (prefix sharing, the default) or flash_attention_2 with "
+            "--packing padding_free"
+        )
+    elif cfg.attn_implementation not in attn:
         problems.append(f"--attn-implementation must be one of {attn}")
     elif cfg.attn_implementation == "flash_attention_2" and cfg.packing == "prefix_sharing":
         problems.append(
