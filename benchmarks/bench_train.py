@@ -374,6 +374,7 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         med[path]["train_tokens_computed"] = runs[0]["train_tokens_computed"]
         med[path]["eval_tokens_computed"] = runs[0]["eval_tokens_computed"]
         med[path]["runs"] = [round(r["pairs_per_s"], 4) for r in runs]
+        med[path]["peak_rss_mb_by_phase"] = [r["peak_rss_mb_by_phase"] for r in runs]
     base = med.get("trl")
     ratios = {}
     if base:
