@@ -289,6 +289,7 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
         packing=spec["path"],
         row_budget=spec.get("row_budget"),
         gradient_checkpointing=spec.get("gradient_checkpointing"),
+        checkpoint_every=spec.get("checkpoint_every") or 1,
         report_to=["none"],
         logging_steps=10_000,
     )
@@ -340,6 +341,7 @@ def run_case(model: str, dataset: str, a: argparse.Namespace, paths: list[str]) 
                 "eval_only": a.eval_only,
                 "row_budget": a.row_budget,
                 "gradient_checkpointing": a.gradient_checkpointing,
+                "checkpoint_every": a.checkpoint_every,
             }
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", json.dumps(spec)],
@@ -410,6 +412,9 @@ def main() -> None:
         action="store_true",
         default=None,
         help="turn gradient checkpointing on for the rmtrain paths",
+    )
+    ap.add_argument(
+        "--checkpoint-every", type=int, default=1, help="rmtrain: checkpoint every N-th layer"
     )
     ap.add_argument(
         "--eval-only",

@@ -90,3 +90,31 @@ def test_refuses_to_overwrite_a_model(trained, capsys):
     )
     assert code == 2 and "--overwrite" in capsys.readouterr().err
     assert (Path(out) / "config.json").is_file()
+
+
+def test_checkpointing_every_other_layer_keeps_the_result(tmp_path):
+    """`--checkpoint-every 2` recomputes only layer 0 of the tiny model's two, and training
+    gives the same losses and metrics as without checkpointing."""
+    from transformers import TrainerCallback
+
+    from rmtrain.cli import build_parser
+    from rmtrain.config import TrainConfig, config_from_args
+    from rmtrain.train import run_train
+    from tests.conftest import tiny_train_args, write_demo
+
+    data = write_demo(tmp_path / "d.jsonl", 40, seed=3)
+    flags: list[list[bool]] = []
+
+    class Flags(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kw):  # noqa: ANN001
+            layers = model.model.layers
+            flags.append([bool(layer.gradient_checkpointing) for layer in layers])
+
+    results = []
+    for name, extra in (("plain", []), ("gc", ["--gradient-checkpointing", "true"])):
+        argv = tiny_train_args(data, tmp_path / name, "--max-steps", "3", "--checkpoint-every", "2")
+        cfg = config_from_args(build_parser().parse_args(argv + extra), TrainConfig)
+        results.append(run_train(cfg, callbacks=[Flags()])["metrics"])
+    assert flags[:3] == [[False, False]] * 3 and flags[3:] == [[True, False]] * 3
+    for key in ("loss", "win_rate", "reward_mean"):
+        assert results[1][key] == pytest.approx(results[0][key], abs=1e-5)

@@ -91,6 +91,11 @@ class TrainConfig:
     gradient_checkpointing: bool | None = _opt(
         None, "Recompute activations in backward (default: on for models over 1B parameters)."
     )
+    checkpoint_every: int = _opt(
+        1,
+        "With gradient checkpointing: recompute every N-th decoder layer only (1: all; 2: half, "
+        "less recomputation for more memory).",
+    )
     attn_implementation: str = _opt(
         "sdpa",
         "Attention kernel: sdpa, eager, flash_attention_2 (padding_free / none packing only).",
@@ -142,6 +147,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
         problems.append(f"--max-length must be at least 8, got {cfg.max_length}")
     if not 0 <= cfg.max_bad_fraction <= 1:
         problems.append(f"--max-bad-fraction must be in [0, 1], got {cfg.max_bad_fraction}")
+    if cfg.checkpoint_every < 1:
+        problems.append(f"--checkpoint-every must be at least 1, got {cfg.checkpoint_every}")
     if cfg.save_steps is not None and cfg.save_steps < 1:
         problems.append(f"--save-steps must be at least 1, got {cfg.save_steps}")
     if cfg.chat_template not in ("auto", "plain"):

@@ -80,7 +80,10 @@ def training_arguments(
         bf16=mixed_bf16,
         fp16=cfg.fp16,
         activation_checkpointing=checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing_kwargs={
+            "use_reentrant": False,
+            "every_n_layers": cfg.checkpoint_every,
+        },
         use_cpu=not on_gpu,
         remove_unused_columns=False,
         label_names=["pair_index"],
