@@ -215,6 +215,17 @@ def pack_trees(
     return batch, place
 
 
+def sequence_ends(
+    trees: Sequence[Tree], place: Sequence[tuple[int, int]]
+) -> dict[int, tuple[int, int]]:
+    """(row, column) of each sequence's last token, by sequence index, from `pack_trees`."""
+    return {
+        i: (row, first + node)
+        for tree, (row, first) in zip(trees, place, strict=True)
+        for i, node in tree.last.items()
+    }
+
+
 def group_by_prompt(features: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Pairs with the same prompt ids as one item, largest first (for `PrefixTreeCollator`):
     a question's answers then meet in one batch whatever the batch size."""
@@ -249,16 +260,16 @@ class PrefixTreeCollator:
         width = max(len(g) for g in groups)
         feats = [f for g in groups for f in g]
         seqs = [f["prompt_ids"] + f[k] for f in feats for k in ("chosen_ids", "rejected_ids")]
-        trees, tree_of = build_trees(seqs, self.cap, self.attention_cost)
+        trees, _ = build_trees(seqs, self.cap, self.attention_cost)
         batch, place = pack_trees(trees, self.pad_id)
-        ends = [(place[t][0], place[t][1] + trees[t].last[i]) for i, t in enumerate(tree_of)]
+        ends = sequence_ends(trees, place)
         slots = torch.zeros((len(groups), width, 2, 2), dtype=torch.long)
         index = torch.full((len(groups), width), -1, dtype=torch.long)
         margin = torch.zeros((len(groups), width))
         k = 0
         for g, pairs in enumerate(groups):
             for j, f in enumerate(pairs):
-                slots[g, j] = torch.tensor(ends[2 * k : 2 * k + 2])
+                slots[g, j] = torch.tensor([ends[2 * k], ends[2 * k + 1]])
                 index[g, j], margin[g, j] = int(f["pair_index"]), float(f.get("margin", 0.0))
                 k += 1
         batch["chosen_index"] = slots[:, :, 0].reshape(-1, 2)

@@ -74,14 +74,12 @@ def build_trees(
         seq = seqs[i]
         if not seq:
             raise ValueError("cannot score an empty token sequence")
-        shared = _common_prefix(prev, seq) if trees else 0
-        size = len(trees[-1]) if trees else 0
-        if not trees or (
-            size
-            and (
-                size + len(seq) - shared > cap
-                or not worth_sharing(size, len(seq), shared, attention_cost)
-            )
+        shared = _common_prefix(prev, seq)  # prev is () before the first tree
+        size = len(trees[-1]) if trees else 0  # a tree is never empty once started
+        if (
+            not trees
+            or size + len(seq) - shared > cap
+            or not worth_sharing(size, len(seq), shared, attention_cost)
         ):
             if trees:
                 _close(trees[-1], path, 0)

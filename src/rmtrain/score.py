@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rmtrain.collate import pack_trees
+from rmtrain.collate import pack_trees, sequence_ends
 from rmtrain.data import is_messages
 from rmtrain.errors import RmtrainError
 from rmtrain.formatting import encode_batch, encode_pairs, fit_single, uses_chat_template
@@ -93,20 +93,17 @@ class RewardScorer:
         responses, or a repeated text, is computed once), largest trees first, as many trees
         per forward as `token_budget` allows, one tree per row."""
         cost = attention_cost_ratio(self.model.config)
-        trees, tree_of = build_trees(seqs, 2 * self.max_length, cost)
-        members: list[list[int]] = [[] for _ in trees]
-        for i, t in enumerate(tree_of):
-            members[t].append(i)
+        trees, _ = build_trees(seqs, 2 * self.max_length, cost)
         out = np.zeros(len(seqs))
         for group in _batches_by_budget([len(t) for t in trees], self.token_budget):
-            batch, place = pack_trees([trees[t] for t in group], self.tokenizer.pad_token_id)
+            batch_trees = [trees[t] for t in group]
+            batch, place = pack_trees(batch_trees, self.tokenizer.pad_token_id)
             values = self._forward(batch)
-            done = [i for t in group for i in members[t]]
-            rows = [place[k][0] for k, t in enumerate(group) for _ in members[t]]
-            cols = [place[k][1] + trees[t].last[i] for k, t in enumerate(group) for i in members[t]]
-            out[done] = values[rows, cols].float().cpu().numpy()
+            ends = sequence_ends(batch_trees, place)
+            rows, cols = zip(*ends.values(), strict=True)
+            out[list(ends)] = values[list(rows), list(cols)].float().cpu().numpy()
             if progress:
-                progress(len(done))
+                progress(len(ends))
         return out
 
     def normalize(self, rewards: np.ndarray) -> np.ndarray:
