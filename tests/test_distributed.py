@@ -22,38 +22,21 @@ def test_two_gloo_processes_match_one(tmp_path):
     common = ["--lr", "1e-3", "--max-steps", "5", "--logging-steps", "1"]
     common += ["--group-by-length", "false", "--seed", "3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    one = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rmtrain",
-            *tiny_train_args(data, tmp_path / "one", *common, "--batch", "4"),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "rmtrain",
-            *tiny_train_args(data, tmp_path / "two", *common, "--batch", "2"),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
+
+    def train(launcher: list[str], out: str, batch: str) -> None:
+        argv = tiny_train_args(data, tmp_path / out, *common, "--batch", batch)
+        run = subprocess.run(
+            [*launcher, "-m", "rmtrain", *argv],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+
+    train([sys.executable], "one", "4")
+    train([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"], "two", "2")
     r1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
     r2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
     losses1 = [h["loss"] for h in r1["log_history"]]

@@ -14,6 +14,7 @@ from rmtrain.collate import PairCollator
 from rmtrain.data import Pair
 from rmtrain.formatting import encode_pairs
 from rmtrain.trainer import pair_rewards
+from tests.conftest import tiny_train_args
 
 
 def test_writes_every_output(trained):
@@ -75,19 +76,7 @@ def test_reloaded_model_gives_rmtrain_rewards(trained):
 
 def test_refuses_to_overwrite_a_model(trained, capsys):
     out, data = trained
-    code = main(
-        [
-            "train",
-            "--model",
-            "builtin:tiny-qwen3",
-            "--dataset",
-            str(data),
-            "--output",
-            str(out),
-            "--report-to",
-            "none",
-        ]
-    )
+    code = main(tiny_train_args(data, out))
     assert code == 2 and "--overwrite" in capsys.readouterr().err
     assert (Path(out) / "config.json").is_file()
 
@@ -100,7 +89,7 @@ def test_checkpointing_every_other_layer_keeps_the_result(tmp_path):
     from rmtrain.cli import build_parser
     from rmtrain.config import TrainConfig, config_from_args
     from rmtrain.train import run_train
-    from tests.conftest import tiny_train_args, write_demo
+    from tests.conftest import write_demo
 
     data = write_demo(tmp_path / "d.jsonl", 40, seed=3)
     flags: list[list[bool]] = []
