@@ -129,7 +129,7 @@ class PackedCollator:
         if self.varlen and self.mode == "padding_free":
             # flash_attention_2 takes no 4-D mask: transformers finds the packed sequences
             # where position_ids restart (and builds the same block mask for sdpa / eager).
-            del batch["attention_mask"]
+            del batch["attention_mask"], batch["attention_blocks"]
         return batch
 
 
@@ -160,6 +160,7 @@ def pack_units(
                 ends[(u, b)] = (r, start + k)  # the last write per branch wins
             start += len(tok)
     batch = {"input_ids": ids, "attention_mask": block_mask(seg, branch), "position_ids": pos}
+    batch["attention_blocks"] = row_blocks([[len(units[i][0]) for i in row] for row in rows])
     batch["lm_mask"] = (branch == 1) & (seg >= 0)  # chosen response tokens (auxiliary LM loss)
     batch["num_tokens"] = (seg >= 0).sum()
     return batch, ends
@@ -211,8 +212,19 @@ def pack_trees(
         "attention_mask": tree_mask(exit).unsqueeze(1),
         "position_ids": pos,
         "num_tokens": torch.tensor(sum(len(t) for t in trees)),
+        "attention_blocks": row_blocks([[sizes[t] for t in row] for row in rows]),
     }
     return batch, place
+
+
+def row_blocks(sizes: Sequence[Sequence[int]]) -> torch.Tensor:
+    """[rows, most blocks in a row]: each row's block sizes in column order, 0-padded. Rows are
+    block diagonal (no token attends outside its pair or tree), which lets attention run per
+    block (`rmtrain.attention`)."""
+    out = torch.zeros((len(sizes), max(len(row) for row in sizes)), dtype=torch.long)
+    for r, row in enumerate(sizes):
+        out[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
 
 
 def sequence_ends(

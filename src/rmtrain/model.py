@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from rmtrain.attention import block_sizes
+from rmtrain.attention import install as install_block_attention
 from rmtrain.errors import RmtrainError
 
 PAD_CANDIDATES = ("<|endoftext|>", "<pad>", "<|pad|>", "<|finetune_right_pad_id|>", "<unk>")
@@ -211,6 +213,7 @@ def token_values(
     attention_mask: torch.Tensor | None = None,
     position_ids: torch.Tensor | None = None,
     return_hidden: bool = False,
+    blocks: torch.Tensor | None = None,
 ) -> Any:
     """The value head applied at every position: [batch, seq] (the seed's per-token values);
     with `return_hidden`, also the final hidden states (for an auxiliary LM loss).
@@ -218,13 +221,18 @@ def token_values(
     The model's own forward runs (so DDP, FSDP, DeepSpeed ZeRO-3 and PEFT see a normal call and
     gather / sync as usual); a forward hook keeps the head's output at every position before
     the stock pooling discards it. `attention_mask` may be 2-D (padding) or a 4-D mask
-    (packed / prefix-shared rows).
+    (packed / prefix-shared rows); `blocks` [rows, k], the sizes of a packed row's independent
+    blocks, lets SDPA attend within each block alone (`rmtrain.attention`).
     """
     if attention_mask is not None and position_ids is None and attention_mask.dim() == 2:
         position_ids = position_ids_from_mask(attention_mask)
     inner = unwrap(model)
+    extra: dict[str, Any] = {}
     if attention_mask is not None and attention_mask.dim() == 4:
         attention_mask = _mask_for_attention(inner, attention_mask)
+        if blocks is not None and inner.config._attn_implementation == "sdpa":
+            install_block_attention()
+            extra["attention_blocks"] = block_sizes(blocks)
     kept: list[torch.Tensor] = []
     handle = value_head(inner).register_forward_hook(lambda _m, _i, out: kept.append(out))
     try:
@@ -234,6 +242,7 @@ def token_values(
             position_ids=position_ids,
             use_cache=False,  # with the cache on, transformers skips packed-mask handling
             output_hidden_states=return_hidden,
+            **extra,
         )
     finally:
         handle.remove()

@@ -55,7 +55,11 @@ class RewardScorer:
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with torch.inference_mode():
             return token_values(
-                self.model, batch["input_ids"], batch["attention_mask"], batch["position_ids"]
+                self.model,
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["position_ids"],
+                blocks=batch["attention_blocks"],
             )
 
     def score_features(

@@ -35,10 +35,11 @@ def pair_rewards(model: Any, batch: dict[str, torch.Tensor], with_hidden: bool =
     double batches (`PairCollator`) are read at the last real token of each row.
     """
     args = (model, batch["input_ids"], batch.get("attention_mask"), batch["position_ids"])
+    blocks = batch.get("attention_blocks")
     if with_hidden:
-        values, hidden = token_values(*args, return_hidden=True)
+        values, hidden = token_values(*args, return_hidden=True, blocks=blocks)
         return (*_read_rewards(values, batch), hidden)
-    return _read_rewards(token_values(*args), batch)
+    return _read_rewards(token_values(*args, blocks=blocks), batch)
 
 
 def _read_rewards(values: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple:

@@ -1,0 +1,82 @@
+"""Attention over the independent blocks of a packed row.
+
+A packed row (pairs side by side, or prefix trees side by side) is block diagonal: no token
+attends outside its own block. SDPA given the row's dense 4-D mask computes every query-key pair
+of the row, masked or not (on CPU there is no variable-length kernel). Here each block runs
+alone, so a row of k blocks of n tokens costs k n^2 instead of (k n)^2, and grouped-query
+models keep their keys and values un-repeated (SDPA's `enable_gqa`) instead of copying them
+per query head and keeping the copies for backward.
+
+transformers picks the attention function by name at every call; `install()` wraps its "sdpa"
+entry. A call without `attention_blocks` runs the stock function unchanged, so other models in
+the process, and rmtrain's padded path, see plain SDPA.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+Blocks = tuple[tuple[int, ...], ...]  # per row, the sizes of its blocks from column 0
+
+
+def block_sizes(sizes: torch.Tensor) -> Blocks:
+    """[rows, k] block sizes (0 = no block) as the plain tuples the attention call takes."""
+    return tuple(tuple(n for n in row if n > 0) for row in sizes.tolist())
+
+
+def block_sdpa(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    attention_blocks: Blocks | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA attention, one block at a time when `attention_blocks` is given.
+
+    query [rows, heads, L, d], key / value [rows, kv_heads, L, d], attention_mask a 4-D mask
+    whose off-block entries are all blocked. Columns after a row's last block are padding:
+    their output is zero (nothing reads it).
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if attention_blocks is None or attention_mask is None or attention_mask.dim() != 4:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    gqa = getattr(module, "num_key_value_groups", 1) > 1
+    width, rows = query.shape[2], []
+    for r, sizes in enumerate(attention_blocks):
+        pieces, start = [], 0
+        for n in sizes:
+            s = slice(start, start + n)
+            pieces.append(
+                F.scaled_dot_product_attention(
+                    query[r : r + 1, :, s],
+                    key[r : r + 1, :, s],
+                    value[r : r + 1, :, s],
+                    attn_mask=attention_mask[r : r + 1, :, s, s],
+                    dropout_p=dropout,
+                    scale=scaling,
+                    enable_gqa=gqa,
+                )
+            )
+            start += n
+        if start < width:
+            pieces.append(query.new_zeros(1, query.shape[1], width - start, value.shape[-1]))
+        rows.append(torch.cat(pieces, dim=2))
+    return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+
+
+def install() -> None:
+    """Route transformers' "sdpa" attention through `block_sdpa` (idempotent)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    if ALL_ATTENTION_FUNCTIONS.get("sdpa") is not block_sdpa:
+        AttentionInterface.register("sdpa", block_sdpa)
