@@ -275,6 +275,7 @@ def _trl_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[in
 def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int]) -> Any:
     from rmtrain.collate import make_collator, make_eval_collator, pair_tokens
     from rmtrain.config import TrainConfig
+    from rmtrain.lean import make_lean
     from rmtrain.model import attention_cost_ratio
     from rmtrain.train import row_budget, training_arguments
     from rmtrain.trainer import PairwiseRewardTrainer, make_compute_metrics
@@ -290,9 +291,12 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
         row_budget=spec.get("row_budget"),
         gradient_checkpointing=spec.get("gradient_checkpointing"),
         checkpoint_every=spec.get("checkpoint_every") or 1,
+        lean_activations=spec.get("lean_activations", True),
         report_to=["none"],
         logging_steps=10_000,
     )
+    if cfg.lean_activations:
+        make_lean(model)
     for f in train + evals:
         f["length"] = pair_tokens(f, cfg.packing)
     evals.sort(key=lambda f: -f["length"])
@@ -342,6 +346,7 @@ def run_case(model: str, dataset: str, a: argparse.Namespace, paths: list[str]) 
                 "row_budget": a.row_budget,
                 "gradient_checkpointing": a.gradient_checkpointing,
                 "checkpoint_every": a.checkpoint_every,
+                "lean_activations": a.lean_activations == "true",
             }
             out = subprocess.run(
                 [sys.executable, __file__, "--worker", json.dumps(spec)],
@@ -415,6 +420,12 @@ def main() -> None:
     )
     ap.add_argument(
         "--checkpoint-every", type=int, default=1, help="rmtrain: checkpoint every N-th layer"
+    )
+    ap.add_argument(
+        "--lean-activations",
+        choices=("true", "false"),
+        default="true",
+        help="rmtrain: lean RMSNorm / SiLU-MLP activations (the training default)",
     )
     ap.add_argument(
         "--eval-only",

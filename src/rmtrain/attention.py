@@ -56,22 +56,24 @@ def block_sdpa(
         pieces, start = [], 0
         for n in sizes:
             s = slice(start, start + n)
-            pieces.append(
-                F.scaled_dot_product_attention(
-                    query[r : r + 1, :, s],
-                    key[r : r + 1, :, s],
-                    value[r : r + 1, :, s],
-                    attn_mask=attention_mask[r : r + 1, :, s, s],
-                    dropout_p=dropout,
-                    scale=scaling,
-                    enable_gqa=gqa,
-                )
+            out = F.scaled_dot_product_attention(
+                query[r : r + 1, :, s],
+                key[r : r + 1, :, s],
+                value[r : r + 1, :, s],
+                attn_mask=attention_mask[r : r + 1, :, s, s],
+                dropout_p=dropout,
+                scale=scaling,
+                enable_gqa=gqa,
             )
+            pieces.append(out.transpose(1, 2))  # [1, n, heads, d], the layout o_proj reads
             start += n
         if start < width:
-            pieces.append(query.new_zeros(1, query.shape[1], width - start, value.shape[-1]))
-        rows.append(torch.cat(pieces, dim=2))
-    return torch.cat(rows, dim=0).transpose(1, 2).contiguous(), None
+            pieces.append(query.new_zeros(1, width - start, query.shape[1], value.shape[-1]))
+        rows.extend(pieces)
+    # One copy into [rows, L, heads, d] (what transformers' SDPA path returns); the row
+    # boundaries fall between pieces because every row's pieces add up to L.
+    out = torch.cat(rows, dim=1).view(len(attention_blocks), width, *rows[0].shape[2:])
+    return out, None
 
 
 def install() -> None:

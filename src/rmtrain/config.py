@@ -96,6 +96,11 @@ class TrainConfig:
         "With gradient checkpointing: recompute every N-th decoder layer only (1: all; 2: half, "
         "less recomputation for more memory).",
     )
+    lean_activations: bool = _opt(
+        True,
+        "Keep fewer activations for backward in Llama / Qwen-style RMSNorm and SiLU MLPs "
+        "(same gradients, about 23 percent fewer kept activations; a few elementwise ops redone).",
+    )
     attn_implementation: str = _opt(
         "sdpa",
         "Attention kernel: sdpa, eager, flash_attention_2 (padding_free / none packing only).",

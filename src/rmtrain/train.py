@@ -23,6 +23,7 @@ from rmtrain.dataprep import PreparedData, prepare_data
 from rmtrain.errors import RmtrainError
 from rmtrain.evaluate import summarise, write_report
 from rmtrain.formatting import default_prompt_floor
+from rmtrain.lean import make_lean
 from rmtrain.lora import apply_lora, merged, quantization_config
 from rmtrain.model import (
     attention_cost_ratio,
@@ -295,6 +296,8 @@ def build_model(cfg: TrainConfig, pad_token_id: int) -> Any:
         cfg.attn_implementation,
         quantization_config(cfg.load_in_4bit),
     )
+    if cfg.lean_activations:
+        make_lean(model)
     if cfg.lora_r > 0:
         if cfg.load_in_4bit:
             from peft import prepare_model_for_kbit_training

@@ -1,0 +1,78 @@
+"""Lean RMSNorm / SiLU-MLP: the same loss and gradients, fewer floats kept for backward."""
+
+import copy
+
+import pytest
+import torch
+
+from rmtrain.collate import PackedCollator, PairCollator
+from rmtrain.lean import make_lean
+from tests.test_packing import FEATURES, loss_and_grads, make_model
+
+
+def _saved_floats(model, batch) -> int:
+    """Floats in the distinct tensors autograd keeps for backward (parameters excluded)."""
+    from rmtrain.losses import pairwise_loss
+    from rmtrain.trainer import pair_rewards
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            kept[storage.data_ptr()] = storage.nbytes() // t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        pairwise_loss(*pair_rewards(model, batch))
+    return sum(kept.values())
+
+
+# (modules made lean, floats per token no longer kept) for the tiny test models: 2 layers of
+# hidden 64 and MLP width 128; per layer two norms (64 each) and SiLU(gate) (128), plus the
+# final norm (64). Qwen3 also normalises q (4 heads x 16) and k (2 x 16) in every layer.
+EXPECTED = {"llama": (2 * 3 + 1, 2 * (64 + 64 + 128) + 64), "qwen3": (2 * 5 + 1, 2 * 352 + 64)}
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+@pytest.mark.parametrize("layout", ["padded", "prefix_sharing"])
+def test_lean_model_gives_the_same_loss_and_gradients_and_keeps_less(arch, layout):
+    model, pad = make_model(arch, "sdpa")
+    lean = copy.deepcopy(model)
+    modules, per_token = EXPECTED[arch]
+    assert make_lean(lean) == modules
+    if layout == "padded":
+        batch = PairCollator(pad)(FEATURES)
+    else:
+        batch = PackedCollator(pad, "prefix_sharing", 64)(FEATURES)
+    want, got = loss_and_grads(model, batch), loss_and_grads(lean, batch)
+    for a, b in zip(want[:3], got[:3], strict=True):
+        assert torch.allclose(a, b, atol=1e-6), (a, b)
+    assert want[3].keys() == got[3].keys()
+    assert max((want[3][k] - got[3][k]).abs().max().item() for k in want[3]) < 1e-5
+    tokens = batch["input_ids"].numel()
+    assert _saved_floats(model, batch) - _saved_floats(lean, batch) == per_token * tokens
+
+
+def test_other_modules_are_left_alone():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    assert make_lean(net) == 0
+    assert "forward" not in vars(net[1])
+
+
+def test_lean_norm_keeps_bf16_outputs_like_transformers():
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    torch.manual_seed(0)
+    norm = LlamaRMSNorm(8).to(torch.bfloat16)
+    norm.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(3, 8, dtype=torch.bfloat16, requires_grad=True)
+    want = norm(x)
+    gw, gx = torch.autograd.grad(want.float().sum(), (norm.weight, x))
+    assert make_lean(norm) == 1
+    got = norm(x)
+    assert got.dtype == want.dtype and torch.equal(got, want)
+    hw, hx = torch.autograd.grad(got.float().sum(), (norm.weight, x))
+    assert torch.allclose(hw.float(), gw.float(), atol=2e-2)
+    assert torch.allclose(hx.float(), gx.float(), atol=2e-2)
