@@ -222,7 +222,7 @@ def token_values(
     gather / sync as usual); a forward hook keeps the head's output at every position before
     the stock pooling discards it. `attention_mask` may be 2-D (padding) or a 4-D mask
     (packed / prefix-shared rows); `blocks` [rows, k], the sizes of a packed row's independent
-    blocks, lets SDPA attend within each block alone (`rmtrain.attention`).
+    blocks, lets SDPA on CPU attend within each block alone (`rmtrain.attention`).
     """
     if attention_mask is not None and position_ids is None and attention_mask.dim() == 2:
         position_ids = position_ids_from_mask(attention_mask)
@@ -230,7 +230,10 @@ def token_values(
     extra: dict[str, Any] = {}
     if attention_mask is not None and attention_mask.dim() == 4:
         attention_mask = _mask_for_attention(inner, attention_mask)
-        if blocks is not None and inner.config._attn_implementation == "sdpa":
+        # Per-block attention is measured on CPU only (one kernel call per block per layer; on
+        # GPUs the dense masked call may win for rows of many small blocks: unmeasured).
+        on_cpu = input_ids.device.type == "cpu"
+        if blocks is not None and on_cpu and inner.config._attn_implementation == "sdpa":
             install_block_attention()
             extra["attention_blocks"] = block_sizes(blocks)
     kept: list[torch.Tensor] = []
