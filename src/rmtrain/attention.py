@@ -51,9 +51,9 @@ def block_sdpa(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     gqa = getattr(module, "num_key_value_groups", 1) > 1
-    width, rows = query.shape[2], []
+    heads, width, pieces = query.shape[1], query.shape[2], []
     for r, sizes in enumerate(attention_blocks):
-        pieces, start = [], 0
+        start = 0
         for n in sizes:
             s = slice(start, start + n)
             out = F.scaled_dot_product_attention(
@@ -68,11 +68,10 @@ def block_sdpa(
             pieces.append(out.transpose(1, 2))  # [1, n, heads, d], the layout o_proj reads
             start += n
         if start < width:
-            pieces.append(query.new_zeros(1, width - start, query.shape[1], value.shape[-1]))
-        rows.extend(pieces)
-    # One copy into [rows, L, heads, d] (what transformers' SDPA path returns); the row
-    # boundaries fall between pieces because every row's pieces add up to L.
-    out = torch.cat(rows, dim=1).view(len(attention_blocks), width, *rows[0].shape[2:])
+            pieces.append(query.new_zeros(1, width - start, heads, value.shape[-1]))
+    # One copy into [rows, L, heads, d] (what transformers' SDPA path returns): every row's
+    # pieces add up to L, so row boundaries fall between pieces.
+    out = torch.cat(pieces, dim=1).view(len(attention_blocks), width, heads, value.shape[-1])
     return out, None
 
 
