@@ -394,6 +394,11 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                     m["eval_tokens_computed"], base["eval_tokens_computed"]
                 ),
                 "peak_memory_vs_trl": m["peak_memory_mb"] / base["peak_memory_mb"],
+                # repeat k of this path over repeat k of TRL (run next to each other): the
+                # spread says how far the median ratio can be trusted on a noisy machine
+                "pairs_per_s_vs_trl_by_run": [
+                    round(a / b, 3) for a, b in zip(m["runs"], base["runs"], strict=True) if b
+                ],
             }
     return {"paths": med, "ratios": ratios}
 
