@@ -54,6 +54,21 @@ def test_without_blocks_it_is_the_stock_function():
     assert torch.equal(a, b)
 
 
+def test_arguments_it_does_not_apply_send_it_to_the_dense_call():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, 4, 8), torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8)
+    mask = block_mask(torch.tensor([[0, 0, 1, 1]]), torch.zeros(1, 4, dtype=torch.long))
+    bias = torch.randn(1, 4, 4, 4)
+    blocks = ((2, 2),)
+    a, _ = attention.block_sdpa(
+        _Layer(), q, k, v, mask, attention_blocks=blocks, position_bias=bias
+    )
+    b, _ = sdpa_attention_forward(_Layer(), q, k, v, mask, position_bias=bias)
+    assert torch.equal(a, b)
+
+
 def _count_sdpa_calls(monkeypatch) -> list[int]:
     calls = []
     real = attention.F.scaled_dot_product_attention

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 Blocks = tuple[tuple[int, ...], ...]  # per row, the sizes of its blocks from column 0
+# Attention arguments the per-block path does not apply: with any of them the dense call runs.
+_DENSE_ONLY = ("position_bias", "softcap", "s_aux", "sliding_window")
 
 
 def block_sizes(sizes: torch.Tensor) -> Blocks:
@@ -46,7 +48,8 @@ def block_sdpa(
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if attention_blocks is None or attention_mask is None or attention_mask.dim() != 4:
+    special = any(kwargs.get(k) is not None for k in _DENSE_ONLY)
+    if attention_blocks is None or attention_mask is None or attention_mask.dim() != 4 or special:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )

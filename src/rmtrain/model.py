@@ -233,7 +233,8 @@ def token_values(
         # Per-block attention is measured on CPU only (one kernel call per block per layer; on
         # GPUs the dense masked call may win for rows of many small blocks: unmeasured).
         on_cpu = input_ids.device.type == "cpu"
-        if blocks is not None and on_cpu and inner.config._attn_implementation == "sdpa":
+        sdpa = inner.config._attn_implementation == "sdpa"
+        if blocks is not None and on_cpu and sdpa and _passes_attention_kwargs(inner):
             install_block_attention()
             extra["attention_blocks"] = block_sizes(blocks)
     kept: list[torch.Tensor] = []
@@ -251,6 +252,14 @@ def token_values(
         handle.remove()
     values = kept[-1].squeeze(-1).float()
     return (values, out.hidden_states[-1]) if return_hidden else values
+
+
+def _passes_attention_kwargs(model: Any) -> bool:
+    """transformers' generic classification heads (Llama, Qwen, Mistral, ...) hand extra keyword
+    arguments down to the attention function; other heads may reject them."""
+    from transformers.modeling_layers import GenericForSequenceClassification
+
+    return isinstance(model, GenericForSequenceClassification)
 
 
 def _mask_for_attention(model: Any, mask: torch.Tensor) -> torch.Tensor:
