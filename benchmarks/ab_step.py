@@ -1,0 +1,114 @@
+"""In-process A/B of one training-step ingredient on SmolLM2-135M at 512 tokens, same batches
+(2 pairs each, prefix sharing), variants alternating so machine noise hits both alike.
+
+    python benchmarks/ab_step.py blocks hh   # fwd+bwd time: attention per block vs dense mask
+    python benchmarks/ab_step.py saved se    # MB autograd keeps for one step: plain vs lean
+    python benchmarks/ab_step.py steps hh lean   # 6 full steps (clip + fused AdamW), one
+    python benchmarks/ab_step.py steps hh plain  #   variant per process: run them alternately
+    python benchmarks/ab_step.py profile hh  # top ops of 3 full steps under torch.profiler
+
+For peak memory under another allocator setting, prefix the command, e.g.
+`MALLOC_MMAP_THRESHOLD_=1048576 python benchmarks/ab_step.py steps se lean`.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train import build_features, model_id  # noqa: E402
+
+from rmtrain.collate import make_collator  # noqa: E402
+from rmtrain.lean import make_lean  # noqa: E402
+from rmtrain.losses import pairwise_loss  # noqa: E402
+from rmtrain.model import load_reward_model, load_tokenizer  # noqa: E402
+from rmtrain.trainer import pair_rewards  # noqa: E402
+
+
+def setup(dataset: str, steps: int) -> tuple:
+    tok = load_tokenizer(model_id("smollm2"))
+    model = load_reward_model(model_id("smollm2"), tok.pad_token_id).train()
+    feats = build_features("smollm2", dataset, 512)["features"][: 2 * steps]
+    collate = make_collator("prefix_sharing", tok.pad_token_id, 4 * 512)
+    return model, [collate(feats[i : i + 2]) for i in range(0, 2 * steps, 2)]
+
+
+def step(model, batch, opt=None) -> None:  # noqa: ANN001
+    pairwise_loss(*pair_rewards(model, batch)).backward()
+    if opt is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    model.zero_grad(set_to_none=True)
+
+
+def blocks(dataset: str) -> None:
+    model, batches = setup(dataset, 6)
+    total = {"blocks": 0.0, "dense": 0.0}
+    for order in (("blocks", "dense"), ("dense", "blocks")):
+        for name in order:
+            for b in batches:
+                b = b if name == "blocks" else {**b, "attention_blocks": None}
+                start = time.perf_counter()
+                step(model, b)
+                total[name] += time.perf_counter() - start
+    print(dataset, "fwd+bwd s over 12 steps:", {k: round(v, 2) for k, v in total.items()})
+
+
+def saved(dataset: str) -> None:
+    model, batches = setup(dataset, 1)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    for name in ("plain", "lean"):
+        if name == "lean":
+            make_lean(model)
+        kept: dict[int, int] = {}
+
+        def pack(t: torch.Tensor, kept: dict[int, int] = kept) -> torch.Tensor:
+            if t.untyped_storage().data_ptr() not in params:
+                kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            pairwise_loss(*pair_rewards(model, batches[0]))
+        tokens = batches[0]["input_ids"].numel()
+        print(f"{name}: {tokens} tokens, {sum(kept.values()) / 2**20:.0f} MB kept for backward")
+
+
+def steps(dataset: str, variant: str) -> None:
+    """One variant per process (run `plain` and `lean` alternately): 7 full steps, the first
+    untimed; peak RSS of the whole process."""
+    model, batches = setup(dataset, 7)
+    if variant == "lean":
+        make_lean(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
+    step(model, batches[0], opt)
+    start = time.perf_counter()
+    for b in batches[1:]:
+        step(model, b, opt)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{dataset} {variant}: steps 2-7 {time.perf_counter() - start:.2f} s, peak {peak:.0f} MB")
+
+
+def profile(dataset: str) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as run_profiler
+
+    model, batches = setup(dataset, 4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
+    step(model, batches[0], opt)  # warm-up
+    with run_profiler(activities=[ProfilerActivity.CPU]) as prof:
+        for b in batches[1:]:
+            step(model, b, opt)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+
+
+if __name__ == "__main__":
+    what, data = sys.argv[1], sys.argv[2]
+    if what == "steps":
+        steps(data, sys.argv[3])
+    else:
+        {"blocks": blocks, "saved": saved, "profile": profile}[what](data)
