@@ -204,6 +204,9 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "eval_pairs_per_s": len(evals) / eval_s,
         "eval_tokens_computed": sum(tokens) - train_tokens,
         "peak_memory_mb": _peak_memory_mb(),
+        "cuda_peak_reserved_mb": (
+            torch.cuda.max_memory_reserved() / 2**20 if torch.cuda.is_available() else None
+        ),
         "peak_rss_mb_by_phase": rss.stop(),
         "threads": torch.get_num_threads(),
     }
@@ -281,16 +284,18 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
     from rmtrain.trainer import PairwiseRewardTrainer, make_compute_metrics
 
     model, tok = _load_model(spec)
+    # a path such as "prefix_sharing+gc3": that layout with checkpointing every 3rd layer
+    packing, gc_flag, every = spec["path"].partition("+gc")
     cfg = TrainConfig(
         model=spec["model"],
         batch=spec["pairs"],
         eval_batch=spec["eval_batch"],
         max_steps=spec["steps"],
         max_length=spec["max_length"],
-        packing=spec["path"],
+        packing=packing,
         row_budget=spec.get("row_budget"),
-        gradient_checkpointing=spec.get("gradient_checkpointing"),
-        checkpoint_every=spec.get("checkpoint_every") or 1,
+        gradient_checkpointing=True if gc_flag else spec.get("gradient_checkpointing"),
+        checkpoint_every=int(every or 0) or spec.get("checkpoint_every") or 1,
         lean_activations=spec.get("lean_activations", True),
         report_to=["none"],
         logging_steps=10_000,
@@ -358,6 +363,9 @@ def run_case(model: str, dataset: str, a: argparse.Namespace, paths: list[str]) 
                 raise SystemExit(f"{path} failed:\n{out.stderr[-3000:]}")
             res = json.loads(out.stdout.strip().splitlines()[-1])
             results[path].append(res)
+            if a.runs_log:  # each run as it ends: a run cut short still leaves its data
+                with open(a.runs_log, "a") as fh:
+                    fh.write(json.dumps({"case": f"{model}/{dataset}", "rep": rep, **res}) + "\n")
             print(
                 f"  {model}/{dataset} rep {rep} {path}: {res['pairs_per_s']:.3f} pairs/s, "
                 f"eval {res['eval_pairs_per_s']:.2f} pairs/s",
@@ -409,7 +417,13 @@ def main() -> None:
     ap.add_argument("--mode", choices=("small", "gpu"), default="small")
     ap.add_argument("--models", nargs="+", default=None, help="tiny, smollm2 or a model path")
     ap.add_argument("--datasets", nargs="+", default=["se", "hh"], choices=("se", "hh"))
-    ap.add_argument("--paths", nargs="+", default=list(PATHS), help="also: trl_nogc")
+    ap.add_argument(
+        "--paths",
+        nargs="+",
+        default=list(PATHS),
+        help="also: trl_nogc; an rmtrain path + gc or gcN: checkpointing (every N-th layer)",
+    )
+    ap.add_argument("--runs-log", default=None, help="append each run's JSON to this file")
     ap.add_argument("--max-length", type=int, default=None)
     ap.add_argument("--pairs", type=int, default=2, help="pairs per optimizer step")
     ap.add_argument("--steps", type=int, default=None)

@@ -1,0 +1,112 @@
+"""The test suite's path-equality checks, run on a GPU (CI has none): every packed training path
+and the prefix-tree scoring path against the plain padded forward, on CUDA.
+
+    python benchmarks/gpu_equal.py          # prints one JSON line; exit 1 if a bound fails
+
+float32 with TF32 off must meet the issue's bound (max abs difference < 1e-4 for rewards and loss
+gradients); under bf16 autocast (how training runs on a GPU) the differences are reported, with a
+loose sanity bound, since bf16 rounding differs with the layout. The lean activations (RMSNorm /
+SiLU-MLP) are checked against the stock modules the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rmtrain.collate import PackedCollator, PairCollator, PrefixTreeCollator, group_by_prompt  # noqa: E402
+from rmtrain.lean import make_lean  # noqa: E402
+from rmtrain.losses import pairwise_loss  # noqa: E402
+from rmtrain.trainer import pair_rewards  # noqa: E402
+from tests.test_packing import FEATURES, make_model  # noqa: E402
+from tests.test_prefix_tree import SHARED  # noqa: E402
+
+FP32_BOUND, BF16_BOUND = 1e-4, 5e-2
+DEV = torch.device(os.environ.get("RMTRAIN_CHECK_DEVICE", "cuda"))  # "cpu": a dry run
+
+
+def _on(batch: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.to(DEV) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _run(model: Any, batch: dict[str, Any], bf16: bool) -> tuple[torch.Tensor, dict[str, Any]]:
+    model.zero_grad()
+    ctx = torch.autocast(DEV.type, torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with ctx:
+        chosen, rejected = pair_rewards(model, _on(batch))
+        loss = pairwise_loss(chosen, rejected)
+    loss.backward()
+    grads = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return torch.cat([chosen.detach().float(), rejected.detach().float()]), grads
+
+
+def _diff(ref: tuple, got: tuple) -> float:
+    worst = (ref[0] - got[0]).abs().max().item()
+    return max([worst] + [(ref[1][k] - got[1][k]).abs().max().item() for k in ref[1]])
+
+
+def check_training(arch: str, attn: str, bf16: bool) -> dict[str, float]:
+    model, pad = make_model(arch, attn)
+    model.to(DEV)
+    ref = _run(model, PairCollator(pad)(FEATURES), bf16)
+    out = {}
+    for mode, budget in [("prefix_sharing", 0), ("prefix_sharing", 40), ("padding_free", 64)]:
+        out[f"{mode}/{budget}"] = _diff(
+            ref, _run(model, PackedCollator(pad, mode, budget)(FEATURES), bf16)
+        )
+    if attn == "sdpa":
+        varlen = PackedCollator(pad, "padding_free", 64, varlen=True)(FEATURES)
+        out["padding_free/varlen"] = _diff(ref, _run(model, varlen, bf16))
+    lean = copy.deepcopy(model)
+    make_lean(lean)
+    batch = PackedCollator(pad, "prefix_sharing", 40)(FEATURES)
+    out["lean_vs_stock"] = _diff(_run(model, batch, bf16), _run(lean, batch, bf16))
+    return out
+
+
+def check_trees(arch: str, attn: str, bf16: bool) -> float:
+    model, pad = make_model(arch, attn)
+    model.to(DEV)
+    feats = FEATURES + SHARED
+    ctx = torch.autocast(DEV.type, torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with torch.no_grad(), ctx:
+        ref = pair_rewards(model, _on(PairCollator(pad)(feats)))
+        batch = PrefixTreeCollator(pad, 1000, 0.0)(group_by_prompt(feats))
+        got = pair_rewards(model, _on(batch))
+    index = batch["pair_index"].reshape(-1).to(DEV)
+    real = index >= 0
+    return max((a[index[real]] - b[real]).abs().max().item() for a, b in zip(ref, got, strict=True))
+
+
+def main() -> None:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu"
+    }
+    failed = []
+    for bf16 in (False, True):
+        bound = BF16_BOUND if bf16 else FP32_BOUND
+        for arch in ("qwen3", "llama"):
+            for attn in ("sdpa", "eager"):
+                key = f"{'bf16' if bf16 else 'fp32'}/{arch}/{attn}"
+                res = check_training(arch, attn, bf16)
+                res["prefix_trees_eval"] = check_trees(arch, attn, bf16)
+                results[key] = {k: float(f"{v:.3g}") for k, v in res.items()}
+                failed += [f"{key}/{k}" for k, v in res.items() if not v < bound]
+    results["failed"] = failed
+    print(json.dumps(results))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

