@@ -41,7 +41,9 @@ def smollm2_path() -> str:
 
 
 def model_id(name: str) -> str:
-    return {"tiny": "builtin:tiny-qwen3", "smollm2": smollm2_path()}.get(name, name)
+    if name == "smollm2":  # only then: the GPU machine has no SmolLM2 package
+        return smollm2_path()
+    return {"tiny": "builtin:tiny-qwen3"}.get(name, name)
 
 
 # ----------------------------------------------------------------------------- data (parent)
