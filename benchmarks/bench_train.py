@@ -178,6 +178,9 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     path, pairs, steps = spec["path"], spec["pairs"], spec["steps"]
     tokens: list[int] = []
     clock = _StepClock()
+    if path.endswith("+nocudnn"):  # any path: SDPA without cuDNN for the whole process
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        spec = {**spec, "path": path.removesuffix("+nocudnn")}
     trainer = (_trl_trainer if path.startswith("trl") else _rm_trainer)(spec, train, evals, tokens)
     trainer.add_callback(clock())
     if spec.get("eval_only"):  # no training; one untimed warm-up batch, as for training
@@ -226,7 +229,8 @@ def _load_model(spec: dict[str, Any]) -> tuple[Any, Any]:
         from rmtrain.builtin import QWEN3_0_6B_SHAPE, tiny_qwen3_config
 
         cfg = tiny_qwen3_config(len(tok), tok.pad_token_id, **QWEN3_0_6B_SHAPE)
-        return Qwen3ForSequenceClassification(cfg), tok
+        with torch.device("cuda"):  # random init on the GPU: seconds, not a minute of CPU
+            return Qwen3ForSequenceClassification(cfg), tok
     return load_reward_model(model_id(spec["model"]), tok.pad_token_id, torch.float32), tok
 
 
@@ -423,7 +427,8 @@ def main() -> None:
         "--paths",
         nargs="+",
         default=list(PATHS),
-        help="also: trl_nogc; an rmtrain path + gc or gcN: checkpointing (every N-th layer)",
+        help="also trl_nogc; rmtrain path+gc / +gcN: checkpointing (every N-th layer); "
+        "any path+nocudnn: SDPA without cuDNN",
     )
     ap.add_argument("--runs-log", default=None, help="append each run's JSON to this file")
     ap.add_argument("--max-length", type=int, default=None)

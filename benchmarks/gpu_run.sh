@@ -24,6 +24,7 @@ python3 -c "import torch, transformers, trl, datasets, pyarrow; print(torch.__ve
 transformers.__version__, trl.__version__, datasets.__version__, pyarrow.__version__)" || exit 1
 timeout "${EQUAL_S:-150}" python3 benchmarks/gpu_equal.py | tee "$OUT/gpu_equal.json"
 timeout "${BENCH_S:-420}" python3 benchmarks/bench_train.py --mode gpu --datasets hh se \
-  --pairs "${PAIRS:-8}" --steps "${STEPS:-40}" --repeats "${REPEATS:-2}" --eval-pairs 64 \
-  --eval-batch 16 --paths trl prefix_sharing prefix_sharing+gc --runs-log "$OUT/runs.jsonl" \
+  --pairs "${PAIRS:-8}" --steps "${STEPS:-30}" --repeats "${REPEATS:-1}" --eval-pairs 64 \
+  --eval-batch 16 --paths trl trl+nocudnn prefix_sharing prefix_sharing+gc \
+  --runs-log "$OUT/runs.jsonl" \
   2> >(tee "$OUT/bench.log" >&2) | tee "$OUT/bench_gpu.json"

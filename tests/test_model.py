@@ -112,3 +112,23 @@ def test_smollm2_tokenizer_pad_equals_eos_gets_a_distinct_pad():
     tok = load_tokenizer(gguf)
     assert tok.eos_token == "<|im_end|>"
     assert tok.pad_token_id != tok.eos_token_id
+
+
+def test_attention_backends_leave_out_cudnn_on_cuda_only():
+    """cuDNN SDPA rebuilds a graph per new shape (every packed batch): off on CUDA, the other
+    kernels kept; the flags come back on exit; nothing changes for CPU tensors."""
+    from rmtrain.model import attention_backends
+
+    cuda = torch.backends.cuda
+    before = [cuda.cudnn_sdp_enabled(), cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled()]
+    with attention_backends(torch.device("cuda")):
+        assert not cuda.cudnn_sdp_enabled()
+        assert cuda.flash_sdp_enabled() and cuda.mem_efficient_sdp_enabled()
+        assert cuda.math_sdp_enabled()
+    assert [
+        cuda.cudnn_sdp_enabled(),
+        cuda.flash_sdp_enabled(),
+        cuda.mem_efficient_sdp_enabled(),
+    ] == before
+    with attention_backends(torch.device("cpu")):
+        assert cuda.cudnn_sdp_enabled() == before[0]

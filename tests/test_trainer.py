@@ -24,3 +24,39 @@ def test_seeded_sampler_is_the_same_in_every_process_and_epoch_dependent():
     assert list(a) == list(b) and sorted(a) == list(range(10))
     b.set_epoch(1)
     assert list(a) != list(b)
+
+
+def test_training_step_runs_backward_under_the_attention_backends(tmp_path, monkeypatch):
+    """Checkpointed layers recompute their forward during backward: the SDPA kernel choice must
+    hold there too, so the whole step, backward included, runs inside `attention_backends`."""
+    import contextlib
+
+    from transformers import TrainingArguments
+
+    import rmtrain.trainer as trainer_mod
+    from rmtrain.collate import PairCollator
+    from rmtrain.trainer import PairwiseRewardTrainer
+    from tests.test_packing import FEATURES, make_model
+
+    model, pad = make_model("llama", "sdpa")
+    state = {"inside": False, "grad_seen_inside": []}
+
+    @contextlib.contextmanager
+    def recording(device):
+        state["inside"] = True
+        try:
+            yield
+        finally:
+            state["inside"] = False
+
+    monkeypatch.setattr(trainer_mod, "attention_backends", recording)
+    model.model.embed_tokens.weight.register_hook(
+        lambda g: state["grad_seen_inside"].append(state["inside"])
+    )
+    args = TrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, report_to=[], remove_unused_columns=False
+    )
+    trainer = PairwiseRewardTrainer(model=model, args=args, data_collator=PairCollator(pad))
+    trainer.current_gradient_accumulation_steps = 1  # set by train() in a real run
+    loss = trainer.training_step(trainer.model, PairCollator(pad)(FEATURES[:2]))
+    assert float(loss) > 0 and state["grad_seen_inside"] == [True] and not state["inside"]

@@ -9,6 +9,7 @@ attention mask marks real.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -239,19 +240,39 @@ def token_values(
             extra["attention_blocks"] = block_sizes(blocks)
     kept: list[torch.Tensor] = []
     handle = value_head(inner).register_forward_hook(lambda _m, _i, out: kept.append(out))
+    backends = attention_backends(input_ids.device)
     try:
-        out = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=False,  # with the cache on, transformers skips packed-mask handling
-            output_hidden_states=return_hidden,
-            **extra,
-        )
+        with backends:
+            out = model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,  # with the cache on, transformers skips packed-mask handling
+                output_hidden_states=return_hidden,
+                **extra,
+            )
     finally:
         handle.remove()
     values = kept[-1].squeeze(-1).float()
     return (values, out.hidden_states[-1]) if return_hidden else values
+
+
+def attention_backends(device: torch.device) -> contextlib.AbstractContextManager:
+    """On CUDA, SDPA may pick flash, memory-efficient or math kernels but not cuDNN.
+
+    cuDNN attention builds a graph for every new input shape. Packed and prefix-shared rows (and
+    padded batches) change shape nearly every batch, so it rebuilds all the time: on an H100
+    (torch 2.11, bf16, Qwen3-0.6B shape, 8 HH pairs a step) its forward and backward took 14 ms
+    of CPU time per call against 0.12 / 0.29 ms on the GPU, 72% of a prefix-sharing step's wall
+    time (benchmarks/README.md, GPU section). The backward kernel follows the forward's choice.
+    """
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(
+        [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    )
 
 
 def _passes_attention_kwargs(model: Any) -> bool:

@@ -24,7 +24,7 @@ from rmtrain.collate import group_by_prompt
 from rmtrain.errors import RmtrainError
 from rmtrain.losses import lm_loss, pairwise_loss
 from rmtrain.metrics import reward_metrics
-from rmtrain.model import last_token_index, token_values
+from rmtrain.model import attention_backends, last_token_index, token_values
 
 
 def pair_rewards(model: Any, batch: dict[str, torch.Tensor], with_hidden: bool = False) -> Any:
@@ -112,6 +112,12 @@ class PairwiseRewardTrainer(Trainer):
                 logs[key] = sum(vals) / len(vals)
                 vals.clear()
         super().log(logs, *args, **kwargs)
+
+    def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kw: Any) -> Any:
+        """Forward and backward (recomputed checkpointed layers too) under the SDPA kernel
+        choice of every rmtrain forward (`model.attention_backends`)."""
+        with attention_backends(self.args.device):
+            return super().training_step(model, inputs, *args, **kw)
 
     def compute_loss(
         self,
