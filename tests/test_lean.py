@@ -1,5 +1,6 @@
 """Lean RMSNorm / SiLU-MLP: the same loss and gradients, fewer floats kept for backward."""
 
+import contextlib
 import copy
 
 import pytest
@@ -30,9 +31,16 @@ def _saved_floats(model, batch) -> int:
 
 
 # (modules made lean, floats per token no longer kept) for the tiny test models: 2 layers of
-# hidden 64 and MLP width 128; per layer two norms (64 each) and SiLU(gate) (128), plus the
+# hidden 64 and MLP width 128. Modules per layer: two norms, the MLP and its three projections,
+# q/k/v; plus the final norm. Floats per layer: each norm's normalised output (64 + 64) and
+# SiLU(gate) (128); the input the q/k/v projections keep (the attention norm's output, 64), the
+# input gate/up keep (the MLP norm's output, 64) and down's input SiLU(gate) * up (128); plus the
 # final norm (64). Qwen3 also normalises q (4 heads x 16) and k (2 x 16) in every layer.
-EXPECTED = {"llama": (2 * 3 + 1, 2 * (64 + 64 + 128) + 64), "qwen3": (2 * 5 + 1, 2 * 352 + 64)}
+PER_LAYER = 64 + 64 + 128 + 64 + 64 + 128
+EXPECTED = {
+    "llama": (2 * 9 + 1, 2 * PER_LAYER + 64),
+    "qwen3": (2 * 11 + 1, 2 * (PER_LAYER + 64 + 32) + 64),
+}
 
 
 @pytest.mark.parametrize("arch", ["qwen3", "llama"])
@@ -76,3 +84,28 @@ def test_lean_norm_keeps_bf16_outputs_like_transformers():
     hw, hx = torch.autograd.grad(got.float().sum(), (norm.weight, x))
     assert torch.allclose(hw.float(), gw.float(), atol=2e-2)
     assert torch.allclose(hx.float(), gx.float(), atol=2e-2)
+
+
+@pytest.mark.parametrize("mode", ["checkpointing", "autocast", "lora"])
+def test_lean_projections_agree_with_stock_under_checkpointing_autocast_and_lora(mode):
+    """Checkpointed layers recompute through the lean ops; under autocast and for LoRA-wrapped
+    projections the projections fall back to the plain linear: the same gradients either way."""
+    model, pad = make_model("qwen3", "sdpa")
+    if mode == "lora":
+        from rmtrain.lora import apply_lora
+
+        model = apply_lora(model, 4, 8, 0.0, ["q_proj", "v_proj"])
+    lean = copy.deepcopy(model)
+    assert make_lean(lean) > 0
+    batch = PackedCollator(pad, "prefix_sharing", 64)(FEATURES)
+    if mode == "checkpointing":
+        for m in (model, lean):
+            m.gradient_checkpointing_enable({"use_reentrant": False})
+            m.train()
+    ctx = torch.autocast("cpu", torch.bfloat16) if mode == "autocast" else contextlib.nullcontext()
+    with ctx:
+        want, got = loss_and_grads(model, batch), loss_and_grads(lean, batch)
+    bound = 2e-2 if mode == "autocast" else 1e-5
+    assert want[3].keys() == got[3].keys() and len(want[3]) > 0
+    assert max((want[3][k] - got[3][k]).abs().max().item() for k in want[3]) < bound
+    assert torch.allclose(want[2], got[2], atol=bound)

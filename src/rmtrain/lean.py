@@ -1,15 +1,19 @@
-"""Activation-lean RMSNorm and gated-MLP activation for training: same outputs and gradients,
-fewer tensors kept for backward, no extra matrix products.
+"""Activation-lean RMSNorm, gated MLP and input projections for training: same outputs and
+gradients, fewer tensors kept for backward, no extra matrix products.
 
-Autograd keeps every intermediate an op needs for its backward. In a Llama / Qwen3 layer two
-pieces keep more than they must:
+Autograd keeps every intermediate an op needs for its backward. In a Llama / Qwen3 layer several
+are cheap to recompute from tensors that are kept anyway:
 - RMSNorm keeps its input, 1/rms and the normalised input: the last is recomputed here from the
   first two (one multiply), saving hidden-size floats per token per norm;
-- the gated MLP's SiLU(gate) * up keeps gate, SiLU(gate) and up: SiLU(gate) is recomputed here
-  in backward, saving intermediate-size floats per token.
-On SmolLM2-135M that is 2,688 of the ~11,800 floats autograd keeps per token and layer (23%),
-all of them elementwise work to redo. Only the module types listed below are touched (their
-forward is the same formula as transformers' own); others keep theirs.
+- the gated MLP's SiLU(gate) * up keeps gate, SiLU(gate) and up: SiLU(gate) is recomputed;
+- the projections that read a norm's output (q/k/v, gate/up) and the MLP's down projection
+  (reads SiLU(gate) * up) keep their input for the weight gradient: here they keep the
+  recipe (the norm's input and 1/rms, or gate and up) and recompute the input in backward.
+On SmolLM2-135M the first two are 2,688 of the ~11,800 floats autograd keeps per token and layer
+(23%), the projections 2 x hidden + MLP width more (another 2,688); all of it elementwise work to
+redo. Only the module types listed below are touched (their forward is the same formula as
+transformers' own; projections only when they are plain `nn.Linear`, outside autocast and
+DeepSpeed ZeRO-3); others keep theirs.
 """
 
 from __future__ import annotations
@@ -22,20 +26,22 @@ import torch.nn.functional as F
 
 NORMS = {"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm"}
 GATED_MLPS = {"LlamaMLP", "Qwen2MLP", "Qwen3MLP", "MistralMLP"}
+ATTENTIONS = {"LlamaAttention", "Qwen2Attention", "Qwen3Attention", "MistralAttention"}
+PROJECTIONS = {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"}
 
 
 class _RMSNorm(torch.autograd.Function):
     """weight * (x / rms(x)), computed in float32 like transformers' RMSNorm; keeps x and 1/rms."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        x32 = x.float()
-        rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> Any:
+        rstd = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
         ctx.save_for_backward(x, weight, rstd)
-        return weight * (x32 * rstd).to(x.dtype)
+        ctx.mark_non_differentiable(rstd)
+        return _normed(x, weight, rstd), rstd
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+    def backward(ctx: Any, grad: torch.Tensor, _grad_rstd: Any) -> tuple[Any, ...]:
         x, weight, rstd = ctx.saved_tensors
         xhat = x.float() * rstd
         grad_w = None
@@ -52,7 +58,7 @@ class _SiluMul(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(gate, up)
-        return F.silu(gate) * up
+        return _silu_mul(gate, up)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,12 +69,62 @@ class _SiluMul(torch.autograd.Function):
         return grad_gate, grad * silu
 
 
+class _RecomputedInputLinear(torch.autograd.Function):
+    """x @ W.T + b where x = recipe(*parts) can be recomputed: keeps the parts (kept anyway by
+    the op that made x) instead of x, and recomputes x, bit for bit, for the weight gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Any, recipe: Any, *parts):
+        ctx.recipe, ctx.has_bias = recipe, bias is not None
+        ctx.save_for_backward(weight, *parts)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        weight, *parts = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad @ weight
+        if ctx.needs_input_grad[1]:
+            x = ctx.recipe(*parts)
+            grad_w = grad.reshape(-1, grad.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.reshape(-1, grad.shape[-1]).sum(0)
+        return (grad_x, grad_w, grad_b, None) + (None,) * len(parts)
+
+
+def _normed(x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+    return weight * (x.float() * rstd).to(x.dtype)
+
+
+def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.silu(gate) * up
+
+
 def _norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
-    return _RMSNorm.apply(hidden_states, self.weight, self.variance_epsilon)
+    out, rstd = _RMSNorm.apply(hidden_states, self.weight, self.variance_epsilon)
+    out._rmtrain_recipe = (_normed, (hidden_states, self.weight, rstd))
+    return out
 
 
 def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
-    return self.down_proj(_SiluMul.apply(self.gate_proj(x), self.up_proj(x)))
+    gate, up = self.gate_proj(x), self.up_proj(x)
+    hidden = _SiluMul.apply(gate, up)
+    hidden._rmtrain_recipe = (_silu_mul, (gate, up))
+    return self.down_proj(hidden)
+
+
+def _linear_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    recipe = getattr(x, "_rmtrain_recipe", None)
+    if (
+        recipe is None
+        or not torch.is_grad_enabled()
+        or torch.is_autocast_enabled(x.device.type)  # F.linear would cast x: keep it simple
+        or hasattr(self.weight, "ds_id")  # ZeRO-3 partitions and patches linear itself
+    ):
+        return F.linear(x, self.weight, self.bias)
+    fn, parts = recipe
+    return _RecomputedInputLinear.apply(x, self.weight, self.bias, fn, *parts)
 
 
 def make_lean(model: torch.nn.Module) -> int:
@@ -81,9 +137,24 @@ def make_lean(model: torch.nn.Module) -> int:
             module.forward = types.MethodType(_norm_forward, module)
         elif name in GATED_MLPS and _is_silu(getattr(module, "act_fn", None)):
             module.forward = types.MethodType(_mlp_forward, module)
+            changed += _lean_projections(module)
+        elif name in ATTENTIONS:
+            changed += _lean_projections(module)
+            continue
         else:
             continue
         changed += 1
+    return changed
+
+
+def _lean_projections(module: torch.nn.Module) -> int:
+    """Plain `nn.Linear` input projections (not LoRA / quantised wrappers) get the lean forward."""
+    changed = 0
+    for name in PROJECTIONS:
+        proj = getattr(module, name, None)
+        if type(proj) is torch.nn.Linear:
+            proj.forward = types.MethodType(_linear_forward, proj)
+            changed += 1
     return changed
 
 
