@@ -3,6 +3,7 @@
 
     python benchmarks/ab_step.py blocks hh   # fwd+bwd time: attention per block vs dense mask
     python benchmarks/ab_step.py saved se    # MB autograd keeps for one step: plain vs lean
+    python benchmarks/ab_step.py projections hh  # fwd+bwd time: lean with / without projections
     python benchmarks/ab_step.py steps hh lean   # 6 full steps (clip + fused AdamW), one
     python benchmarks/ab_step.py steps hh plain  #   variant per process: run them alternately
     python benchmarks/ab_step.py profile hh  # top ops of 3 full steps under torch.profiler
@@ -59,6 +60,25 @@ def blocks(dataset: str) -> None:
     print(dataset, "fwd+bwd s over 12 steps:", {k: round(v, 2) for k, v in total.items()})
 
 
+def projections(dataset: str) -> None:
+    """fwd+bwd time of the lean model with and without the lean projections (two copies of the
+    model, same batches, alternating)."""
+    import copy
+
+    model, batches = setup(dataset, 6)
+    models = {"norm_mlp": copy.deepcopy(model), "with_projections": model}
+    make_lean(models["norm_mlp"], projections=False)
+    make_lean(models["with_projections"])
+    total = dict.fromkeys(models, 0.0)
+    for order in (list(models), list(reversed(models))):
+        for name in order:
+            for b in batches:
+                start = time.perf_counter()
+                step(models[name], b)
+                total[name] += time.perf_counter() - start
+    print(dataset, "fwd+bwd s over 12 steps:", {k: round(v, 2) for k, v in total.items()})
+
+
 def saved(dataset: str) -> None:
     model, batches = setup(dataset, 1)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -111,4 +131,6 @@ if __name__ == "__main__":
     if what == "steps":
         steps(data, sys.argv[3])
     else:
-        {"blocks": blocks, "saved": saved, "profile": profile}[what](data)
+        {"blocks": blocks, "saved": saved, "profile": profile, "projections": projections}[what](
+            data
+        )

@@ -69,6 +69,26 @@ class _SiluMul(torch.autograd.Function):
         return grad_gate, grad * silu
 
 
+class _Recipe:
+    """How to recompute a tensor from tensors kept anyway. The projections reading the same input
+    (q/k/v, gate/up) share one recomputed value in backward; the last of them drops it."""
+
+    __slots__ = ("fn", "users", "value")
+
+    def __init__(self, fn: Any) -> None:
+        self.fn, self.users, self.value = fn, 0, None
+
+    def get(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        if self.value is None:
+            self.value = self.fn(*parts)
+        return self.value
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users <= 0:
+            self.value = None
+
+
 class _RecomputedInputLinear(torch.autograd.Function):
     """x @ W.T + b where x = recipe(*parts) can be recomputed: keeps the parts (kept anyway by
     the op that made x) instead of x, and recomputes x, bit for bit, for the weight gradient."""
@@ -76,6 +96,7 @@ class _RecomputedInputLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Any, recipe: Any, *parts):
         ctx.recipe, ctx.has_bias = recipe, bias is not None
+        recipe.users += 1
         ctx.save_for_backward(weight, *parts)
         return F.linear(x, weight, bias)
 
@@ -86,8 +107,10 @@ class _RecomputedInputLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = grad @ weight
         if ctx.needs_input_grad[1]:
-            x = ctx.recipe(*parts)
+            x = ctx.recipe.get(parts)
             grad_w = grad.reshape(-1, grad.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+        ctx.recipe.release()
+        ctx.recipe = None  # the node outlives its backward: do not keep the value through it
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.reshape(-1, grad.shape[-1]).sum(0)
         return (grad_x, grad_w, grad_b, None) + (None,) * len(parts)
@@ -103,14 +126,16 @@ def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 def _norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
     out, rstd = _RMSNorm.apply(hidden_states, self.weight, self.variance_epsilon)
-    out._rmtrain_recipe = (_normed, (hidden_states, self.weight, rstd))
+    if torch.is_grad_enabled():  # the recipe holds the norm's input: only while it is kept anyway
+        out._rmtrain_recipe = (_Recipe(_normed), (hidden_states, self.weight, rstd))
     return out
 
 
 def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     gate, up = self.gate_proj(x), self.up_proj(x)
     hidden = _SiluMul.apply(gate, up)
-    hidden._rmtrain_recipe = (_silu_mul, (gate, up))
+    if torch.is_grad_enabled():
+        hidden._rmtrain_recipe = (_Recipe(_silu_mul), (gate, up))
     return self.down_proj(hidden)
 
 
@@ -127,9 +152,10 @@ def _linear_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     return _RecomputedInputLinear.apply(x, self.weight, self.bias, fn, *parts)
 
 
-def make_lean(model: torch.nn.Module) -> int:
-    """Give the listed RMSNorm and SiLU-gated MLP modules of `model` the lean forward; returns
-    how many modules changed (0 for other architectures, which then train as before)."""
+def make_lean(model: torch.nn.Module, projections: bool = True) -> int:
+    """Give the listed RMSNorm and SiLU-gated MLP modules of `model` (and, with `projections`,
+    their input projections) the lean forward; returns how many modules changed (0 for other
+    architectures, which then train as before)."""
     changed = 0
     for module in model.modules():
         name = type(module).__name__
@@ -137,9 +163,9 @@ def make_lean(model: torch.nn.Module) -> int:
             module.forward = types.MethodType(_norm_forward, module)
         elif name in GATED_MLPS and _is_silu(getattr(module, "act_fn", None)):
             module.forward = types.MethodType(_mlp_forward, module)
-            changed += _lean_projections(module)
+            changed += _lean_projections(module) if projections else 0
         elif name in ATTENTIONS:
-            changed += _lean_projections(module)
+            changed += _lean_projections(module) if projections else 0
             continue
         else:
             continue
