@@ -53,6 +53,8 @@ def test_bad_values_are_reported():
         parse(["--frac", "2"])
     with pytest.raises(RmtrainError, match="flex is not supported yet .* use sdpa"):
         parse(["--attn-implementation", "flex_attention"])
+    with pytest.raises(RmtrainError, match="--group-by-prompt .* --packing prefix_sharing"):
+        parse(["--group-by-prompt", "true", "--packing", "none"])
 
 
 def test_help_documents_every_option(capsys):

@@ -106,3 +106,27 @@ def test_tree_rewards_equal_padded(arch, attn, cap, cost):
         assert (a[index[real]] - b[real]).abs().max() < 1e-4  # the issue's float32 bound
     if cap == 1000 and not cost:  # every distinct prefix once: 3+4+1 + 2+3 + 9+1+2 + 2+6+6 + 8
         assert int(batch["num_tokens"]) == 47
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+@pytest.mark.parametrize("cap,budget", [(1000, 0), (16, 16)])
+def test_tree_training_batches_give_the_padded_loss_and_gradients(arch, cap, budget):
+    """`--group-by-prompt` trains on prefix trees of a batch's pairs: the loss and every
+    gradient equal the padded two-sequence forward's, with one tree or several trees packed
+    into rows; shared prompts / answers computed once."""
+    from rmtrain.collate import make_collator
+    from tests.test_packing import loss_and_grads
+
+    model, pad = make_model(arch, "sdpa")
+    feats = FEATURES + SHARED
+    ref = loss_and_grads(model, PairCollator(pad)(feats))
+    batch = make_collator("prefix_sharing", pad, budget, tree_cap=cap)(feats)
+    if cap == 1000:
+        assert int(batch["num_tokens"]) == 47  # every distinct prefix once (see above)
+    else:
+        assert batch["input_ids"].shape[0] > 1
+    got = loss_and_grads(model, batch)
+    for a, b in zip(ref[:3], got[:3], strict=True):
+        assert torch.allclose(a, b, atol=1e-5), (a, b)
+    worst = max((ref[3][k] - got[3][k]).abs().max().item() for k in ref[3])
+    assert worst < 1e-4

@@ -107,3 +107,22 @@ def test_checkpointing_every_other_layer_keeps_the_result(tmp_path):
     assert flags[:3] == [[False, False]] * 3 and flags[3:] == [[True, False]] * 3
     for key in ("loss", "win_rate", "reward_mean"):
         assert results[1][key] == pytest.approx(results[0][key], abs=1e-5)
+
+
+def test_group_by_prompt_trains_on_prefix_trees(tmp_path):
+    """`--group-by-prompt`: training batches are prefix trees (fewer tokens than the pair rows
+    for data whose prompts have several pairs) and the run ends with a saved model."""
+    from rmtrain.cli import build_parser
+    from rmtrain.config import TrainConfig, config_from_args
+    from rmtrain.train import run_train
+    from tests.conftest import write_demo
+
+    data = write_demo(tmp_path / "d.jsonl", 40, seed=3)
+    tokens = {}
+    for name, extra in (("pairs", []), ("trees", ["--group-by-prompt", "true"])):
+        argv = tiny_train_args(data, tmp_path / name, "--max-steps", "3")
+        cfg = config_from_args(build_parser().parse_args(argv + extra), TrainConfig)
+        result = run_train(cfg)
+        tokens[name] = result["metrics"]["train_tokens"]
+        assert (tmp_path / name / "config.json").exists()
+    assert 0 < tokens["trees"] <= tokens["pairs"]

@@ -60,3 +60,21 @@ def test_training_step_runs_backward_under_the_attention_backends(tmp_path, monk
     trainer.current_gradient_accumulation_steps = 1  # set by train() in a real run
     loss = trainer.training_step(trainer.model, PairCollator(pad)(FEATURES[:2]))
     assert float(loss) > 0 and state["grad_seen_inside"] == [True] and not state["inside"]
+
+
+def test_prompt_grouped_sampler_keeps_a_prompts_pairs_together():
+    from rmtrain.trainer import PromptGroupedSampler
+
+    keys = ["a", "b", "a", "c", "b", "a", "d"]
+    sampler = PromptGroupedSampler(keys, seed=7)
+    order = list(sampler)
+    assert sorted(order) == list(range(7)) and len(sampler) == 7
+    runs = [keys[i] for i in order]
+    # each prompt's pairs are one contiguous run
+    assert len([k for j, k in enumerate(runs) if j == 0 or runs[j - 1] != k]) == 4
+    assert list(PromptGroupedSampler(keys, seed=7)) == order  # same in every process
+    orders = set()
+    for epoch in range(6):
+        sampler.set_epoch(epoch)
+        orders.add(tuple(sampler))
+    assert len(orders) > 1  # reshuffled per epoch

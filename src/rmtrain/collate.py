@@ -265,6 +265,7 @@ class PrefixTreeCollator:
     pad_id: int
     cap: int
     attention_cost: float = 0.0  # see prefix_tree.worth_sharing
+    row_budget: int | None = None  # see pack_trees
     takes_prompt_groups = True  # the Trainer hands it `group_by_prompt` items
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -273,7 +274,7 @@ class PrefixTreeCollator:
         feats = [f for g in groups for f in g]
         seqs = [f["prompt_ids"] + f[k] for f in feats for k in ("chosen_ids", "rejected_ids")]
         trees, _ = build_trees(seqs, self.cap, self.attention_cost)
-        batch, place = pack_trees(trees, self.pad_id)
+        batch, place = pack_trees(trees, self.pad_id, self.row_budget)
         ends = sequence_ends(trees, place)
         slots = torch.zeros((len(groups), width, 2, 2), dtype=torch.long)
         index = torch.full((len(groups), width), -1, dtype=torch.long)
@@ -290,13 +291,32 @@ class PrefixTreeCollator:
         return batch
 
 
-def make_collator(mode: str, pad_id: int, row_budget: int = 0, varlen: bool = False) -> Any:
-    """The collator for a `--packing` mode: none | padding_free | prefix_sharing."""
+def make_collator(
+    mode: str,
+    pad_id: int,
+    row_budget: int = 0,
+    varlen: bool = False,
+    tree_cap: int = 0,
+    attention_cost: float = 0.0,
+) -> Any:
+    """The collator for a `--packing` mode: none | padding_free | prefix_sharing. With
+    `tree_cap` (prefix sharing only) a batch's pairs go into prefix trees of at most that many
+    tokens, packed into rows of `row_budget`: pairs of one prompt in a batch (see
+    `PromptGroupedSampler`) compute the prompt, and an answer they repeat, once."""
+    if tree_cap and mode == "prefix_sharing":
+        return _PairTrees(pad_id, tree_cap, attention_cost, row_budget or None)
     if mode == "none":
         return PairCollator(pad_id)
     if mode in ("padding_free", "prefix_sharing"):
         return PackedCollator(pad_id, mode, row_budget, varlen)
     raise ValueError(f"unknown packing mode {mode!r}")
+
+
+class _PairTrees(PrefixTreeCollator):
+    """Prefix trees over a training batch of pair features (one pair per item: the loss sees
+    every pair, in batch order)."""
+
+    takes_prompt_groups = False
 
 
 def pair_tokens(feature: dict[str, Any], mode: str) -> int:

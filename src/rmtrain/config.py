@@ -61,6 +61,12 @@ class TrainConfig:
         None, "Tokens per packed row (default: 4 x max_length; 0 = one pair per row)."
     )
     group_by_length: bool = _opt(True, "Batch pairs of similar length together (less padding).")
+    group_by_prompt: bool = _opt(
+        False,
+        "Put the pairs of one prompt into the same training steps (InstructGPT-style; replaces "
+        "length grouping) and compute each prompt, and an answer repeated across its pairs, once "
+        "per step. Needs --packing prefix_sharing. Changes which pairs share a step.",
+    )
     frac: float = _opt(0.01, "Fraction of the data set to use, sampled deterministically.")
     test_size: float = _opt(0.2, "Held-out fraction (split by prompt, deterministic).")
     max_steps: int = _opt(-1, "Stop after this many optimizer steps (-1: run all epochs).")
@@ -161,6 +167,11 @@ def _check_ranges(cfg: TrainConfig) -> None:
         problems.append(f"--chat-template must be 'auto' or 'plain', got {cfg.chat_template!r}")
     if cfg.packing not in ("none", "padding_free", "prefix_sharing"):
         problems.append(f"--packing must be none, padding_free or prefix_sharing: {cfg.packing!r}")
+    elif cfg.group_by_prompt and cfg.packing != "prefix_sharing":
+        problems.append(
+            "--group-by-prompt shares prompts through prefix trees: use it with "
+            "--packing prefix_sharing"
+        )
     attn = ("sdpa", "eager", "flash_attention_2")
     if cfg.attn_implementation in ("flex", "flex_attention"):
         # Measured with torch 2.13 CPU: no FlexAttention backward on CPU (NotImplementedError),

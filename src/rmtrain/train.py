@@ -254,7 +254,14 @@ def _make_trainer(
         args=training_arguments(cfg, output, report_to, model.num_parameters()),
         train_dataset=data.train,
         eval_dataset=data.test,
-        data_collator=make_collator(cfg.packing, pad, row_budget(cfg), varlen),
+        data_collator=make_collator(
+            cfg.packing,
+            pad,
+            row_budget(cfg),
+            varlen,
+            2 * cfg.max_length if cfg.group_by_prompt else 0,
+            attention_cost_ratio(model.config),
+        ),
         eval_collator=make_eval_collator(
             cfg.packing, pad, cfg.max_length, varlen, attention_cost_ratio(model.config)
         ),
@@ -268,6 +275,7 @@ def _make_trainer(
         center_rewards_coef=cfg.center_rewards_coef,
         lm_loss_coef=cfg.lm_loss_coef,
         lm_head_weight=lm_head_weight(model, cfg.model) if cfg.lm_loss_coef > 0 else None,
+        group_by_prompt=cfg.group_by_prompt,
     )
 
 

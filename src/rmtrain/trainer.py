@@ -86,6 +86,34 @@ class EpochSeededRandomSampler(torch.utils.data.Sampler):
         return iter(torch.randperm(self.n, generator=gen).tolist())
 
 
+class PromptGroupedSampler(torch.utils.data.Sampler):
+    """Pairs of one prompt next to each other, prompts and the pairs within each shuffled from
+    seed + epoch: consecutive pairs fill a batch, so a question's answers meet in one step
+    (InstructGPT trains on all comparisons of a prompt together) and prefix trees compute the
+    question, and an answer repeated across its pairs, once."""
+
+    def __init__(self, keys: Sequence[Any], seed: int) -> None:
+        self.groups: dict[Any, list[int]] = {}
+        for i, key in enumerate(keys):
+            self.groups.setdefault(key, []).append(i)
+        self.n, self.seed, self.epoch = len(keys), seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Any:
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        groups = list(self.groups.values())
+        order = []
+        for g in torch.randperm(len(groups), generator=gen).tolist():
+            members = groups[g]
+            order += [members[i] for i in torch.randperm(len(members), generator=gen).tolist()]
+        return iter(order)
+
+
 class PairwiseRewardTrainer(Trainer):
     """Bradley-Terry reward-model training on `PairCollator` batches."""
 
@@ -96,10 +124,11 @@ class PairwiseRewardTrainer(Trainer):
         lm_loss_coef: float = 0.0,
         lm_head_weight: torch.Tensor | None = None,
         eval_collator: Any = None,
+        group_by_prompt: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.eval_collator = eval_collator
+        self.eval_collator, self.group_by_prompt = eval_collator, group_by_prompt
         self.center_rewards_coef = center_rewards_coef
         self.lm_loss_coef, self.lm_head_weight = lm_loss_coef, lm_head_weight
         self._parts: dict[str, list[float]] = {"rm_loss": [], "lm_loss": []}
@@ -174,6 +203,8 @@ class PairwiseRewardTrainer(Trainer):
         """Length grouping from each feature's token count (the features carry no input_ids)."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        if self.group_by_prompt:
+            return PromptGroupedSampler([tuple(f["prompt_ids"]) for f in dataset], seed)
         if self.args.train_sampling_strategy == "random":
             return EpochSeededRandomSampler(len(dataset), seed)
         if self.args.train_sampling_strategy != "group_by_length":
