@@ -290,8 +290,10 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
     from rmtrain.trainer import PairwiseRewardTrainer, make_compute_metrics
 
     model, tok = _load_model(spec)
-    # a path such as "prefix_sharing+gc3": that layout with checkpointing every 3rd layer
-    packing, gc_flag, every = spec["path"].partition("+gc")
+    # "prefix_sharing+gc3": that layout with checkpointing every 3rd layer; "+grouped": with
+    # --group-by-prompt (the pairs of one prompt in the same steps, trained on prefix trees)
+    packing, *flags = spec["path"].split("+")
+    gc = next((f[2:] for f in flags if f.startswith("gc")), None)
     cfg = TrainConfig(
         model=spec["model"],
         batch=spec["pairs"],
@@ -300,8 +302,9 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
         max_length=spec["max_length"],
         packing=packing,
         row_budget=spec.get("row_budget"),
-        gradient_checkpointing=True if gc_flag else spec.get("gradient_checkpointing"),
-        checkpoint_every=int(every or 0) or spec.get("checkpoint_every") or 1,
+        gradient_checkpointing=True if gc is not None else spec.get("gradient_checkpointing"),
+        checkpoint_every=int(gc or 0) or spec.get("checkpoint_every") or 1,
+        group_by_prompt="grouped" in flags,
         lean_activations=spec.get("lean_activations", True),
         report_to=["none"],
         logging_steps=10_000,
@@ -315,8 +318,9 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
         f["pair_index"] = i
     args = training_arguments(cfg, Path(tempfile.mkdtemp()), ["none"])
     args.disable_tqdm = True
-    collator = make_collator(cfg.packing, tok.pad_token_id, row_budget(cfg))
     cost = attention_cost_ratio(model.config)
+    cap = 2 * cfg.max_length if cfg.group_by_prompt else 0
+    collator = make_collator(cfg.packing, tok.pad_token_id, row_budget(cfg), False, cap, cost)
     eval_collator = make_eval_collator(cfg.packing, tok.pad_token_id, cfg.max_length, False, cost)
     return PairwiseRewardTrainer(
         model=model,
@@ -326,6 +330,7 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
         data_collator=_count_tokens(collator, tokens),
         eval_collator=_count_tokens(eval_collator, tokens),
         compute_metrics=make_compute_metrics([str(i) for i in range(len(evals))]),
+        group_by_prompt=cfg.group_by_prompt,
     )
 
 
@@ -427,8 +432,8 @@ def main() -> None:
         "--paths",
         nargs="+",
         default=list(PATHS),
-        help="also trl_nogc; rmtrain path+gc / +gcN: checkpointing (every N-th layer); "
-        "any path+nocudnn: SDPA without cuDNN",
+        help="also trl_nogc; rmtrain path+gc / +gcN: checkpointing (every N-th layer), "
+        "prefix_sharing+grouped: --group-by-prompt; any path+nocudnn: SDPA without cuDNN",
     )
     ap.add_argument("--runs-log", default=None, help="append each run's JSON to this file")
     ap.add_argument("--max-length", type=int, default=None)
