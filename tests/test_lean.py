@@ -88,8 +88,9 @@ def test_lean_norm_keeps_bf16_outputs_like_transformers():
 
 @pytest.mark.parametrize("mode", ["checkpointing", "autocast", "lora"])
 def test_lean_projections_agree_with_stock_under_checkpointing_autocast_and_lora(mode):
-    """Checkpointed layers recompute through the lean ops; under autocast and for LoRA-wrapped
-    projections the projections fall back to the plain linear: the same gradients either way."""
+    """Checkpointed layers recompute through the lean ops; under autocast the projections cast
+    as autocast's linear does (and keep neither the cast input nor the cast weight); LoRA-wrapped
+    projections fall back to the plain linear: the same gradients in every case."""
     model, pad = make_model("qwen3", "sdpa")
     if mode == "lora":
         from rmtrain.lora import apply_lora
@@ -105,7 +106,10 @@ def test_lean_projections_agree_with_stock_under_checkpointing_autocast_and_lora
     ctx = torch.autocast("cpu", torch.bfloat16) if mode == "autocast" else contextlib.nullcontext()
     with ctx:
         want, got = loss_and_grads(model, batch), loss_and_grads(lean, batch)
-    bound = 2e-2 if mode == "autocast" else 1e-5
+    bound = 1e-2 if mode == "autocast" else 1e-5  # bf16 rounds the lean norm differently
+    if mode == "autocast":
+        with ctx:
+            assert _saved_floats(lean, batch) < _saved_floats(model, batch) / 2
     assert want[3].keys() == got[3].keys() and len(want[3]) > 0
     assert max((want[3][k] - got[3][k]).abs().max().item() for k in want[3]) < bound
     assert torch.allclose(want[2], got[2], atol=bound)

@@ -12,8 +12,8 @@ are cheap to recompute from tensors that are kept anyway:
 On SmolLM2-135M the first two are 2,688 of the ~11,800 floats autograd keeps per token and layer
 (23%), the projections 2 x hidden + MLP width more (another 2,688); all of it elementwise work to
 redo. Only the module types listed below are touched (their forward is the same formula as
-transformers' own; projections only when they are plain `nn.Linear`, outside autocast and
-DeepSpeed ZeRO-3); others keep theirs.
+transformers' own; projections only when they are plain `nn.Linear` outside DeepSpeed ZeRO-3;
+under autocast they cast as autocast's linear does); others keep theirs.
 """
 
 from __future__ import annotations
@@ -95,25 +95,39 @@ class _RecomputedInputLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Any, recipe: Any, *parts):
-        ctx.recipe, ctx.has_bias = recipe, bias is not None
+        # Under autocast, compute as autocast's linear does (inputs cast to its dtype), but keep
+        # the recipe instead of the cast copy of x that autocast's linear would keep.
+        device = x.device.type
+        ctx.cast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        ctx.recipe, ctx.has_bias, ctx.x_dtype = recipe, bias is not None, x.dtype
         recipe.users += 1
         ctx.save_for_backward(weight, *parts)
-        return F.linear(x, weight, bias)
+        with torch.autocast(device, enabled=False):
+            return F.linear(*_cast(ctx.cast, x, weight, bias))
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         weight, *parts = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
+        (w,) = _cast(ctx.cast, weight)
         if ctx.needs_input_grad[0]:
-            grad_x = grad @ weight
+            grad_x = (grad @ w).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
-            x = ctx.recipe.get(parts)
+            (x,) = _cast(ctx.cast, ctx.recipe.get(parts))
             grad_w = grad.reshape(-1, grad.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+            grad_w = grad_w.to(weight.dtype)
         ctx.recipe.release()
         ctx.recipe = None  # the node outlives its backward: do not keep the value through it
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.reshape(-1, grad.shape[-1]).sum(0)
+            grad_b = grad.reshape(-1, grad.shape[-1]).sum(0).to(weight.dtype)
         return (grad_x, grad_w, grad_b, None) + (None,) * len(parts)
+
+
+def _cast(dtype: torch.dtype | None, *tensors: Any) -> list[Any]:
+    """Floating tensors to autocast's dtype (None: unchanged)."""
+    if dtype is None:
+        return list(tensors)
+    return [t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors]
 
 
 def _normed(x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
@@ -144,7 +158,6 @@ def _linear_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     if (
         recipe is None
         or not torch.is_grad_enabled()
-        or torch.is_autocast_enabled(x.device.type)  # F.linear would cast x: keep it simple
         or hasattr(self.weight, "ds_id")  # ZeRO-3 partitions and patches linear itself
     ):
         return F.linear(x, self.weight, self.bias)
