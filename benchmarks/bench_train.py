@@ -282,11 +282,11 @@ def _trl_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[in
 
 
 def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int]) -> Any:
-    from rmtrain.collate import make_collator, make_eval_collator, pair_tokens
+    from rmtrain.collate import make_eval_collator, pair_tokens
     from rmtrain.config import TrainConfig
     from rmtrain.lean import make_lean
     from rmtrain.model import attention_cost_ratio
-    from rmtrain.train import row_budget, training_arguments
+    from rmtrain.train import train_collator, training_arguments
     from rmtrain.trainer import PairwiseRewardTrainer, make_compute_metrics
 
     model, tok = _load_model(spec)
@@ -319,8 +319,7 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
     args = training_arguments(cfg, Path(tempfile.mkdtemp()), ["none"])
     args.disable_tqdm = True
     cost = attention_cost_ratio(model.config)
-    cap = 2 * cfg.max_length if cfg.group_by_prompt else 0
-    collator = make_collator(cfg.packing, tok.pad_token_id, row_budget(cfg), False, cap, cost)
+    collator = train_collator(cfg, tok.pad_token_id, cost)
     eval_collator = make_eval_collator(cfg.packing, tok.pad_token_id, cfg.max_length, False, cost)
     return PairwiseRewardTrainer(
         model=model,

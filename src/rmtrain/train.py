@@ -249,22 +249,14 @@ def _make_trainer(
 ) -> PairwiseRewardTrainer:
     pad = tokenizer.pad_token_id
     varlen = cfg.attn_implementation == "flash_attention_2"
+    cost = attention_cost_ratio(model.config)
     return PairwiseRewardTrainer(
         model=model,
         args=training_arguments(cfg, output, report_to, model.num_parameters()),
         train_dataset=data.train,
         eval_dataset=data.test,
-        data_collator=make_collator(
-            cfg.packing,
-            pad,
-            row_budget(cfg),
-            varlen,
-            2 * cfg.max_length if cfg.group_by_prompt else 0,
-            attention_cost_ratio(model.config),
-        ),
-        eval_collator=make_eval_collator(
-            cfg.packing, pad, cfg.max_length, varlen, attention_cost_ratio(model.config)
-        ),
+        data_collator=train_collator(cfg, pad, cost),
+        eval_collator=make_eval_collator(cfg.packing, pad, cfg.max_length, varlen, cost),
         compute_metrics=make_compute_metrics(
             [p.group for p in data.test_pairs],
             sink,
@@ -325,6 +317,14 @@ def check_free_disk(output: Path, model: Any, with_optimizer: bool) -> None:
             f"{output} has {free / 2**20:.0f} MiB free; one checkpoint needs about "
             f"{need / 2**20:.0f} MiB. Free some space or choose another --output"
         )
+
+
+def train_collator(cfg: TrainConfig, pad_id: int, attention_cost: float) -> Any:
+    """The training collator the config asks for: `--packing`, and with `--group-by-prompt`
+    prefix trees of up to two max lengths (any pair fits one tree)."""
+    varlen = cfg.attn_implementation == "flash_attention_2"
+    tree_cap = 2 * cfg.max_length if cfg.group_by_prompt else 0
+    return make_collator(cfg.packing, pad_id, row_budget(cfg), varlen, tree_cap, attention_cost)
 
 
 def row_budget(cfg: TrainConfig) -> int:

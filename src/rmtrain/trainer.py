@@ -86,23 +86,17 @@ class EpochSeededRandomSampler(torch.utils.data.Sampler):
         return iter(torch.randperm(self.n, generator=gen).tolist())
 
 
-class PromptGroupedSampler(torch.utils.data.Sampler):
+class PromptGroupedSampler(EpochSeededRandomSampler):
     """Pairs of one prompt next to each other, prompts and the pairs within each shuffled from
     seed + epoch: consecutive pairs fill a batch, so a question's answers meet in one step
     (InstructGPT trains on all comparisons of a prompt together) and prefix trees compute the
     question, and an answer repeated across its pairs, once."""
 
     def __init__(self, keys: Sequence[Any], seed: int) -> None:
+        super().__init__(len(keys), seed)
         self.groups: dict[Any, list[int]] = {}
         for i, key in enumerate(keys):
             self.groups.setdefault(key, []).append(i)
-        self.n, self.seed, self.epoch = len(keys), seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
 
     def __iter__(self) -> Any:
         gen = torch.Generator().manual_seed(self.seed + self.epoch)
