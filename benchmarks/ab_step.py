@@ -2,11 +2,14 @@
 (2 pairs each, prefix sharing), variants alternating so machine noise hits both alike.
 
     python benchmarks/ab_step.py blocks hh   # fwd+bwd time: attention per block vs dense mask
+    python benchmarks/ab_step.py fuse se     # fwd+bwd time: elementwise work compiled vs eager
     python benchmarks/ab_step.py saved se    # MB autograd keeps for one step: plain vs lean
     python benchmarks/ab_step.py projections hh  # fwd+bwd time: lean with / without projections
     python benchmarks/ab_step.py steps hh lean   # 6 full steps (clip + fused AdamW), one
     python benchmarks/ab_step.py steps hh plain  #   variant per process: run them alternately
-    python benchmarks/ab_step.py profile hh  # top ops of 3 full steps under torch.profiler
+    python benchmarks/ab_step.py steps hh fused  #   (fused: lean with compiled elementwise work)
+    python benchmarks/ab_step.py profile hh [plain|lean|fused]  # top ops of 3 full steps under
+                                             # torch.profiler
 
 For peak memory under another allocator setting, prefix the command, e.g.
 `MALLOC_MMAP_THRESHOLD_=1048576 python benchmarks/ab_step.py steps se lean`.
@@ -79,6 +82,24 @@ def projections(dataset: str) -> None:
     print(dataset, "fwd+bwd s over 12 steps:", {k: round(v, 2) for k, v in total.items()})
 
 
+def fuse(dataset: str) -> None:
+    """fwd+bwd time of the lean model with eager and with compiled elementwise work (one model,
+    the flag switched between batches, alternating; compilation happens in an untimed step)."""
+    model, batches = setup(dataset, 6)
+    make_lean(model, fuse=True)
+    lean = [m for m in model.modules() if hasattr(m, "_rmtrain_fused")]
+    step(model, batches[0])
+    total = {"eager": 0.0, "fused": 0.0}
+    for b in batches + batches:
+        for name in total if b is batches[0] else reversed(total):
+            for m in lean:
+                m._rmtrain_fused = name == "fused"
+            start = time.perf_counter()
+            step(model, b)
+            total[name] += time.perf_counter() - start
+    print(dataset, "fwd+bwd s over 12 steps:", {k: round(v, 2) for k, v in total.items()})
+
+
 def saved(dataset: str) -> None:
     model, batches = setup(dataset, 1)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -102,8 +123,8 @@ def steps(dataset: str, variant: str) -> None:
     """One variant per process (run `plain` and `lean` alternately): 7 full steps, the first
     untimed; peak RSS of the whole process."""
     model, batches = setup(dataset, 7)
-    if variant == "lean":
-        make_lean(model)
+    if variant in ("lean", "fused"):
+        make_lean(model, fuse=variant == "fused")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
     step(model, batches[0], opt)
     start = time.perf_counter()
@@ -113,11 +134,13 @@ def steps(dataset: str, variant: str) -> None:
     print(f"{dataset} {variant}: steps 2-7 {time.perf_counter() - start:.2f} s, peak {peak:.0f} MB")
 
 
-def profile(dataset: str) -> None:
+def profile(dataset: str, variant: str = "plain") -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as run_profiler
 
     model, batches = setup(dataset, 4)
+    if variant in ("lean", "fused"):
+        make_lean(model, fuse=variant == "fused")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
     step(model, batches[0], opt)  # warm-up
     with run_profiler(activities=[ProfilerActivity.CPU]) as prof:
@@ -127,10 +150,7 @@ def profile(dataset: str) -> None:
 
 
 if __name__ == "__main__":
-    what, data = sys.argv[1], sys.argv[2]
-    if what == "steps":
-        steps(data, sys.argv[3])
-    else:
-        {"blocks": blocks, "saved": saved, "profile": profile, "projections": projections}[what](
-            data
-        )
+    what, data, *rest = sys.argv[1:]
+    modes = {"blocks": blocks, "fuse": fuse, "saved": saved}
+    modes |= {"profile": profile, "projections": projections, "steps": steps}
+    modes[what](data, *rest)

@@ -284,14 +284,14 @@ def _trl_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[in
 def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int]) -> Any:
     from rmtrain.collate import make_eval_collator, pair_tokens
     from rmtrain.config import TrainConfig
-    from rmtrain.lean import make_lean
     from rmtrain.model import attention_cost_ratio
-    from rmtrain.train import train_collator, training_arguments
+    from rmtrain.train import apply_lean, train_collator, training_arguments
     from rmtrain.trainer import PairwiseRewardTrainer, make_compute_metrics
 
     model, tok = _load_model(spec)
     # "prefix_sharing+gc3": that layout with checkpointing every 3rd layer; "+grouped": with
-    # --group-by-prompt (the pairs of one prompt in the same steps, trained on prefix trees)
+    # --group-by-prompt (the pairs of one prompt in the same steps, trained on prefix trees);
+    # "+eager": --fuse-elementwise false
     packing, *flags = spec["path"].split("+")
     gc = next((f[2:] for f in flags if f.startswith("gc")), None)
     cfg = TrainConfig(
@@ -306,11 +306,11 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
         checkpoint_every=int(gc or 0) or spec.get("checkpoint_every") or 1,
         group_by_prompt="grouped" in flags,
         lean_activations=spec.get("lean_activations", True),
+        fuse_elementwise=False if "eager" in flags else None,
         report_to=["none"],
         logging_steps=10_000,
     )
-    if cfg.lean_activations:
-        make_lean(model)
+    apply_lean(model, cfg)
     for f in train + evals:
         f["length"] = pair_tokens(f, cfg.packing)
     evals.sort(key=lambda f: -f["length"])
@@ -432,7 +432,8 @@ def main() -> None:
         nargs="+",
         default=list(PATHS),
         help="also trl_nogc; rmtrain path+gc / +gcN: checkpointing (every N-th layer), "
-        "prefix_sharing+grouped: --group-by-prompt; any path+nocudnn: SDPA without cuDNN",
+        "prefix_sharing+grouped: --group-by-prompt; +eager: --fuse-elementwise false; any "
+        "path+nocudnn: SDPA without cuDNN",
     )
     ap.add_argument("--runs-log", default=None, help="append each run's JSON to this file")
     ap.add_argument("--max-length", type=int, default=None)

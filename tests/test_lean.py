@@ -43,13 +43,14 @@ EXPECTED = {
 }
 
 
+@pytest.mark.parametrize("fuse", [False, True], ids=["eager", "fused"])
 @pytest.mark.parametrize("arch", ["qwen3", "llama"])
 @pytest.mark.parametrize("layout", ["padded", "prefix_sharing"])
-def test_lean_model_gives_the_same_loss_and_gradients_and_keeps_less(arch, layout):
+def test_lean_model_gives_the_same_loss_and_gradients_and_keeps_less(arch, layout, fuse):
     model, pad = make_model(arch, "sdpa")
     lean = copy.deepcopy(model)
     modules, per_token = EXPECTED[arch]
-    assert make_lean(lean) == modules
+    assert make_lean(lean, fuse=fuse) == modules
     if layout == "padded":
         batch = PairCollator(pad)(FEATURES)
     else:

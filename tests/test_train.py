@@ -126,3 +126,32 @@ def test_group_by_prompt_trains_on_prefix_trees(tmp_path):
         tokens[name] = result["metrics"]["train_tokens"]
         assert (tmp_path / name / "config.json").exists()
     assert 0 < tokens["trees"] <= tokens["pairs"]
+
+
+def test_fused_elementwise_is_the_cpu_default_and_trains_the_same(tmp_path):
+    """On CPU the lean modules run compiled elementwise kernels unless `--fuse-elementwise
+    false`; both give the same losses and metrics."""
+    from transformers import TrainerCallback
+
+    from rmtrain.cli import build_parser
+    from rmtrain.config import TrainConfig, config_from_args
+    from rmtrain.train import run_train
+    from tests.conftest import write_demo
+
+    data = write_demo(tmp_path / "d.jsonl", 40, seed=3)
+    fused: list[set[bool]] = []
+
+    class Flags(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kw):  # noqa: ANN001
+            fused.append(
+                {m._rmtrain_fused for m in model.modules() if hasattr(m, "_rmtrain_fused")}
+            )
+
+    results = []
+    for name, extra in (("fused", []), ("eager", ["--fuse-elementwise", "false"])):
+        argv = tiny_train_args(data, tmp_path / name, "--max-steps", "3")
+        cfg = config_from_args(build_parser().parse_args(argv + extra), TrainConfig)
+        results.append(run_train(cfg, callbacks=[Flags()])["metrics"])
+    assert fused == [{True}] * 3 + [{False}] * 3
+    for key in ("loss", "win_rate", "reward_mean"):
+        assert results[1][key] == pytest.approx(results[0][key], abs=1e-5)

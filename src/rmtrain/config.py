@@ -108,6 +108,14 @@ class TrainConfig:
         "projections reading them (same gradients, about 46 percent fewer kept activations on "
         "SmolLM2; a few elementwise ops redone in backward).",
     )
+    fuse_elementwise: bool | None = _opt(
+        None,
+        "With lean activations: compile their elementwise work (RMSNorm, SiLU gate, forward and "
+        "backward) into fused loops with torch.compile, once per process for any length "
+        "(seconds; cached on disk). Default: on when training on CPU (7 percent faster steps "
+        "on SmolLM2), off on GPUs (not measured there). Without a C++ compiler it warns once "
+        "and runs eagerly.",
+    )
     attn_implementation: str = _opt(
         "sdpa",
         "Attention kernel: sdpa, eager, flash_attention_2 (padding_free / none packing only).",

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from rmtrain.kernels import EAGER, Kernels, fused
+
 NORMS = {"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm"}
 GATED_MLPS = {"LlamaMLP", "Qwen2MLP", "Qwen3MLP", "MistralMLP"}
 ATTENTIONS = {"LlamaAttention", "Qwen2Attention", "Qwen3Attention", "MistralAttention"}
@@ -34,39 +36,33 @@ class _RMSNorm(torch.autograd.Function):
     """weight * (x / rms(x)), computed in float32 like transformers' RMSNorm; keeps x and 1/rms."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> Any:
-        rstd = torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float, k: Kernels) -> Any:
+        out, rstd = k.rms_norm(x, weight, eps)
         ctx.save_for_backward(x, weight, rstd)
         ctx.mark_non_differentiable(rstd)
-        return _normed(x, weight, rstd), rstd
+        ctx.kernels = k
+        return out, rstd
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor, _grad_rstd: Any) -> tuple[Any, ...]:
         x, weight, rstd = ctx.saved_tensors
-        xhat = x.float() * rstd
-        grad_w = None
-        if ctx.needs_input_grad[1]:
-            grad_w = (grad * xhat.to(x.dtype)).reshape(-1, x.shape[-1]).sum(0).to(weight.dtype)
-        gx = (grad * weight).float()  # d loss / d xhat
-        grad_x = rstd * (gx - xhat * (gx * xhat).mean(-1, keepdim=True))
-        return grad_x.to(x.dtype), grad_w, None
+        grad_x, grad_w = ctx.kernels.rms_norm_backward(grad, x, weight, rstd)
+        return grad_x, grad_w if ctx.needs_input_grad[1] else None, None, None
 
 
 class _SiluMul(torch.autograd.Function):
     """silu(gate) * up; keeps gate and up only."""
 
     @staticmethod
-    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor, k: Kernels) -> torch.Tensor:
         ctx.save_for_backward(gate, up)
-        return _silu_mul(gate, up)
+        ctx.kernels = k
+        return k.silu_mul(gate, up)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         gate, up = ctx.saved_tensors
-        sig = torch.sigmoid(gate)
-        silu = gate * sig
-        grad_gate = grad * up * (sig * (1 + gate * (1 - sig)))
-        return grad_gate, grad * silu
+        return (*ctx.kernels.silu_mul_backward(grad, gate, up), None)
 
 
 class _Recipe:
@@ -130,26 +126,20 @@ def _cast(dtype: torch.dtype | None, *tensors: Any) -> list[Any]:
     return [t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors]
 
 
-def _normed(x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
-    return weight * (x.float() * rstd).to(x.dtype)
-
-
-def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    return F.silu(gate) * up
-
-
 def _norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
-    out, rstd = _RMSNorm.apply(hidden_states, self.weight, self.variance_epsilon)
+    k = fused() if self._rmtrain_fused else EAGER
+    out, rstd = _RMSNorm.apply(hidden_states, self.weight, self.variance_epsilon, k)
     if torch.is_grad_enabled():  # the recipe holds the norm's input: only while it is kept anyway
-        out._rmtrain_recipe = (_Recipe(_normed), (hidden_states, self.weight, rstd))
+        out._rmtrain_recipe = (_Recipe(k.normed), (hidden_states, self.weight, rstd))
     return out
 
 
 def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     gate, up = self.gate_proj(x), self.up_proj(x)
-    hidden = _SiluMul.apply(gate, up)
+    k = fused() if self._rmtrain_fused else EAGER
+    hidden = _SiluMul.apply(gate, up, k)
     if torch.is_grad_enabled():
-        hidden._rmtrain_recipe = (_Recipe(_silu_mul), (gate, up))
+        hidden._rmtrain_recipe = (_Recipe(k.silu_mul), (gate, up))
     return self.down_proj(hidden)
 
 
@@ -165,17 +155,20 @@ def _linear_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     return _RecomputedInputLinear.apply(x, self.weight, self.bias, fn, *parts)
 
 
-def make_lean(model: torch.nn.Module, projections: bool = True) -> int:
+def make_lean(model: torch.nn.Module, projections: bool = True, fuse: bool = False) -> int:
     """Give the listed RMSNorm and SiLU-gated MLP modules of `model` (and, with `projections`,
-    their input projections) the lean forward; returns how many modules changed (0 for other
-    architectures, which then train as before)."""
+    their input projections) the lean forward, with `fuse` its elementwise work compiled
+    (`rmtrain.kernels`); returns how many modules changed (0 for other architectures, which
+    then train as before)."""
     changed = 0
     for module in model.modules():
         name = type(module).__name__
         if name in NORMS and hasattr(module, "variance_epsilon"):
             module.forward = types.MethodType(_norm_forward, module)
+            module._rmtrain_fused = fuse
         elif name in GATED_MLPS and _is_silu(getattr(module, "act_fn", None)):
             module.forward = types.MethodType(_mlp_forward, module)
+            module._rmtrain_fused = fuse
             changed += _lean_projections(module) if projections else 0
         elif name in ATTENTIONS:
             changed += _lean_projections(module) if projections else 0

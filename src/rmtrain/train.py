@@ -296,8 +296,7 @@ def build_model(cfg: TrainConfig, pad_token_id: int) -> Any:
         cfg.attn_implementation,
         quantization_config(cfg.load_in_4bit),
     )
-    if cfg.lean_activations:
-        make_lean(model)
+    apply_lean(model, cfg)
     if cfg.lora_r > 0:
         if cfg.load_in_4bit:
             from peft import prepare_model_for_kbit_training
@@ -305,6 +304,13 @@ def build_model(cfg: TrainConfig, pad_token_id: int) -> Any:
             model = prepare_model_for_kbit_training(model)
         model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target)
     return model
+
+
+def apply_lean(model: Any, cfg: TrainConfig) -> None:
+    """--lean-activations, with its elementwise work compiled by default when training on CPU."""
+    if cfg.lean_activations:
+        fuse = cfg.fuse_elementwise
+        make_lean(model, fuse=not torch.cuda.is_available() if fuse is None else fuse)
 
 
 def check_free_disk(output: Path, model: Any, with_optimizer: bool) -> None:
