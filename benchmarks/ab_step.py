@@ -2,6 +2,7 @@
 (2 pairs each, prefix sharing), variants alternating so machine noise hits both alike.
 
     python benchmarks/ab_step.py blocks hh   # fwd+bwd time: attention per block vs dense mask
+    python benchmarks/ab_step.py forks se    # fwd+bwd time: pairs as causal + tail attention
     python benchmarks/ab_step.py fuse se     # fwd+bwd time: elementwise work compiled vs eager
     python benchmarks/ab_step.py saved se    # MB autograd keeps for one step: plain vs lean
     python benchmarks/ab_step.py projections hh  # fwd+bwd time: lean with / without projections
@@ -82,6 +83,26 @@ def projections(dataset: str) -> None:
     print(dataset, "fwd+bwd s over 12 steps:", {k: round(v, 2) for k, v in total.items()})
 
 
+def forks(dataset: str) -> None:
+    """fwd+bwd time of the lean, fused model with each pair's attention as a causal call plus
+    its rejected tail vs one masked call per pair (same batches, alternating)."""
+    model, batches = setup(dataset, 6)
+    make_lean(model, fuse=True)
+    step(model, batches[0])
+    variants = {
+        "forked": batches,
+        "masked": [{**b, "attention_blocks": b["attention_blocks"][..., 0]} for b in batches],
+    }
+    total = dict.fromkeys(variants, 0.0)
+    for order in (list(variants), list(reversed(variants))):
+        for name in order:
+            for b in variants[name]:
+                start = time.perf_counter()
+                step(model, b)
+                total[name] += time.perf_counter() - start
+    print(dataset, "fwd+bwd s over 12 steps:", {k: round(v, 2) for k, v in total.items()})
+
+
 def fuse(dataset: str) -> None:
     """fwd+bwd time of the lean model with eager and with compiled elementwise work (one model,
     the flag switched between batches, alternating; compilation happens in an untimed step)."""
@@ -151,6 +172,6 @@ def profile(dataset: str, variant: str = "plain") -> None:
 
 if __name__ == "__main__":
     what, data, *rest = sys.argv[1:]
-    modes = {"blocks": blocks, "fuse": fuse, "saved": saved}
+    modes = {"blocks": blocks, "forks": forks, "fuse": fuse, "saved": saved}
     modes |= {"profile": profile, "projections": projections, "steps": steps}
     modes[what](data, *rest)

@@ -44,6 +44,55 @@ def test_block_sdpa_equals_dense_masked_sdpa_and_zeroes_the_pad_tail():
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def _forks(branches: list[list[int]]) -> list:
+    from rmtrain.collate import _fork
+
+    return [_fork(b) for b in branches]
+
+
+def test_forked_blocks_equal_dense_masked_sdpa():
+    """Pairs (prompt 2 / chosen 2 / rejected 3; an empty prompt) and plain causal runs (a
+    prompt + response segment with or without chosen) as causal + tail calls: the same output
+    and gradients as the dense masked call."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(0)
+    rows = [[[0, 0, 1, 1, 2, 2, 2], [1, 2, 2]], [[0, 0, 0, 1, 1], [0, 0, 0, 2, 2]]]
+    forks = [_forks(r) for r in rows]
+    assert forks == [[(2, 4), (0, 1)], [(3, 5), (3, 5)]]
+    seg = torch.tensor([[0] * 7 + [1] * 3, [0] * 5 + [1] * 5])
+    branch = torch.tensor([sum(r, []) for r in rows])
+    mask = block_mask(seg, branch)
+    blocks = attention.block_sizes(row_blocks([[7, 3], [5, 5]], forks))
+    assert blocks == (((7, 2, 4), (3, 0, 1)), ((5, 3, 5), (5, 3, 5)))
+    q = torch.randn(2, 4, 10, 8, requires_grad=True)
+    k = torch.randn(2, 2, 10, 8, requires_grad=True)
+    v = torch.randn(2, 2, 10, 8, requires_grad=True)
+    dense, _ = sdpa_attention_forward(_Layer(), q, k, v, mask, scaling=0.5)
+    got, _ = attention.block_sdpa(_Layer(), q, k, v, mask, scaling=0.5, attention_blocks=blocks)
+    assert (got - dense).abs().max().item() < 1e-6
+    grad = torch.randn_like(dense)
+    want = torch.autograd.grad(dense, (q, k, v), grad)
+    have = torch.autograd.grad(got, (q, k, v), grad)
+    for a, b in zip(want, have, strict=True):
+        assert (a - b).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["prefix_sharing", "padding_free"])
+def test_packed_blocks_describe_the_same_mask_as_the_batch(mode):
+    """The (size, p, c) of every block, expanded into a mask, is the batch's 4-D mask."""
+    batch = PackedCollator(0, mode, 64)(FEATURES)
+    mask = batch["attention_mask"][:, 0]
+    for r, row in enumerate(batch["attention_blocks"].tolist()):
+        want, start = torch.zeros_like(mask[r]), 0
+        for n, p, c in (b for b in row if b[0]):
+            block = torch.ones(n, n, dtype=torch.bool).tril()
+            block[c:, p:c] = False  # the tail does not see the chosen tokens
+            want[start : start + n, start : start + n] = block
+            start += n
+        assert torch.equal(mask[r, :start, :start], want[:start, :start])
+
+
 def test_without_blocks_it_is_the_stock_function():
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -91,9 +140,12 @@ def test_packed_forward_runs_one_attention_per_block_with_the_same_rewards(arch,
     model.zero_grad()
     chosen, rejected = pair_rewards(model, batch)
     pairwise_loss(chosen, rejected).backward()
-    sizes = [n for row in batch["attention_blocks"].tolist() for n in row if n]
-    assert len(sizes) == len(FEATURES) * (1 if mode == "prefix_sharing" else 2)
-    assert calls == sizes * model.config.num_hidden_layers
+    blocks = [b for row in batch["attention_blocks"].tolist() for b in row if b[0]]
+    assert len(blocks) == len(FEATURES) * (1 if mode == "prefix_sharing" else 2)
+    # a pair: its causal run [prompt][chosen], then its rejected tokens; padding-free: one run
+    per_layer = [x for n, _, c in blocks for x in ([c] if c == n else [c, n - c])]
+    assert len(per_layer) == len(FEATURES) * 2
+    assert calls == per_layer * model.config.num_hidden_layers
     assert torch.allclose(chosen, dense[0], atol=1e-5)
     assert torch.allclose(rejected, dense[1], atol=1e-5)
 

@@ -18,9 +18,11 @@ def _saved_floats(model, batch) -> int:
 
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     kept: dict[int, int] = {}
+    alive = []  # a saved tensor whose node is dropped early must not lend its address to another
 
     def pack(t):
         storage = t.untyped_storage()
+        alive.append(t)
         if storage.data_ptr() not in params:
             kept[storage.data_ptr()] = storage.nbytes() // t.element_size()
         return t

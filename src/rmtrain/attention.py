@@ -14,19 +14,26 @@ the process, and rmtrain's padded path, see plain SDPA.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-Blocks = tuple[tuple[int, ...], ...]  # per row, the sizes of its blocks from column 0
+# Per row, its blocks from column 0: a size n (any mask within the block), or (n, p, c) for a
+# forked block: its first c tokens are one causal sequence and the n - c after them see the
+# first p tokens and, causally, themselves (a prefix-shared pair: [prompt][chosen][rejected]).
+Blocks = tuple[tuple[int | tuple[int, int, int], ...], ...]
 # Attention arguments the per-block path does not apply: with any of them the dense call runs.
 _DENSE_ONLY = ("position_bias", "softcap", "s_aux", "sliding_window")
 
 
 def block_sizes(sizes: torch.Tensor) -> Blocks:
-    """[rows, k] block sizes (0 = no block) as the plain tuples the attention call takes."""
-    return tuple(tuple(n for n in row if n > 0) for row in sizes.tolist())
+    """[rows, k] block sizes or [rows, k, 3] forked blocks (size 0 = no block) as the plain
+    tuples the attention call takes."""
+    if sizes.dim() == 2:
+        return tuple(tuple(n for n in row if n > 0) for row in sizes.tolist())
+    return tuple(tuple(tuple(b) for b in row if b[0] > 0) for row in sizes.tolist())
 
 
 def block_sdpa(
@@ -57,19 +64,17 @@ def block_sdpa(
     width, rows = query.shape[2], []
     for r, sizes in enumerate(attention_blocks):
         pieces, start = [], 0
-        for n in sizes:
+        for block in sizes:
+            n = block if isinstance(block, int) else block[0]
             s = slice(start, start + n)
-            pieces.append(
-                F.scaled_dot_product_attention(
-                    query[r : r + 1, :, s],
-                    key[r : r + 1, :, s],
-                    value[r : r + 1, :, s],
-                    attn_mask=attention_mask[r : r + 1, :, s, s],
-                    dropout_p=dropout,
-                    scale=scaling,
-                    enable_gqa=gqa,
-                )
+            q, k, v = query[r : r + 1, :, s], key[r : r + 1, :, s], value[r : r + 1, :, s]
+            sdpa = functools.partial(
+                F.scaled_dot_product_attention, dropout_p=dropout, scale=scaling, enable_gqa=gqa
             )
+            if isinstance(block, int):
+                pieces.append(sdpa(q, k, v, attn_mask=attention_mask[r : r + 1, :, s, s]))
+            else:
+                pieces.extend(_forked(sdpa, q, k, v, *block[1:]))
             start += n
         if start < width:
             pieces.append(query.new_zeros(1, query.shape[1], width - start, value.shape[-1]))
@@ -79,6 +84,26 @@ def block_sdpa(
     # hh`: equal to the dense call) than concatenating transposed blocks (7-15% slower).
     out = torch.cat(rows, dim=0).transpose(1, 2).contiguous()
     return out, None
+
+
+def _forked(sdpa: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: int, c: int) -> list:
+    """Attention of a forked block as two unmasked-or-small calls: the causal run [0, c) with
+    `is_causal` (the CPU kernel skips the blocks above the diagonal), then the tail's queries
+    against the first p keys and its own. A dense masked call would compute every pair of the
+    block; for a pair this is about half the work."""
+    head = sdpa(q[:, :, :c], k[:, :, :c], v[:, :, :c], is_causal=True)
+    tail = q.shape[2] - c
+    if tail == 0:
+        return [head]
+    keys = torch.cat((k[:, :, :p], k[:, :, c:]), dim=2)
+    values = torch.cat((v[:, :, :p], v[:, :, c:]), dim=2)
+    return [head, sdpa(q[:, :, c:], keys, values, attn_mask=_tail_mask(tail, p, q.device))]
+
+
+@functools.lru_cache(maxsize=64)
+def _tail_mask(tail: int, p: int, device: torch.device) -> torch.Tensor:
+    """[tail, p + tail]: tail token i sees the p prefix keys and tail tokens 0..i."""
+    return torch.ones(tail, p + tail, dtype=torch.bool, device=device).tril(p)
 
 
 def install() -> None:

@@ -160,7 +160,10 @@ def pack_units(
                 ends[(u, b)] = (r, start + k)  # the last write per branch wins
             start += len(tok)
     batch = {"input_ids": ids, "attention_mask": block_mask(seg, branch), "position_ids": pos}
-    batch["attention_blocks"] = row_blocks([[len(units[i][0]) for i in row] for row in rows])
+    batch["attention_blocks"] = row_blocks(
+        [[len(units[i][0]) for i in row] for row in rows],
+        [[_fork(units[i][1]) for i in row] for row in rows],
+    )
     batch["lm_mask"] = (branch == 1) & (seg >= 0)  # chosen response tokens (auxiliary LM loss)
     batch["num_tokens"] = (seg >= 0).sum()
     return batch, ends
@@ -217,14 +220,30 @@ def pack_trees(
     return batch, place
 
 
-def row_blocks(sizes: Sequence[Sequence[int]]) -> torch.Tensor:
-    """[rows, most blocks in a row]: each row's block sizes in column order, 0-padded. Rows are
-    block diagonal (no token attends outside its pair or tree), which lets attention run per
-    block (`rmtrain.attention`)."""
-    out = torch.zeros((len(sizes), max(len(row) for row in sizes)), dtype=torch.long)
-    for r, row in enumerate(sizes):
-        out[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+def row_blocks(
+    sizes: Sequence[Sequence[int]], forks: Sequence[Sequence[tuple[int, int]]] | None = None
+) -> torch.Tensor:
+    """[rows, most blocks in a row]: each row's block sizes in column order, 0-padded; with
+    `forks`, [rows, blocks, 3] of (size, p, c) (`rmtrain.attention.Blocks`). Rows are block
+    diagonal (no token attends outside its pair or tree), which lets attention run per block."""
+    width = max(len(row) for row in sizes)
+    if forks is None:
+        out = torch.zeros((len(sizes), width), dtype=torch.long)
+        for r, row in enumerate(sizes):
+            out[r, : len(row)] = torch.tensor(row, dtype=torch.long)
+        return out
+    out = torch.zeros((len(sizes), width, 3), dtype=torch.long)
+    for r, (row, fork) in enumerate(zip(sizes, forks, strict=True)):
+        out[r, : len(row)] = torch.tensor([(n, *f) for n, f in zip(row, fork, strict=True)])
     return out
+
+
+def _fork(branch: list[int]) -> tuple[int, int]:
+    """(p, c) of a packed segment: its p prompt tokens, and the c tokens from its start that
+    form one causal sequence; after them only a prefix-shared pair's rejected tokens, which
+    see the prompt and themselves (`block_mask`)."""
+    tail = branch.count(2) if 1 in branch else 0
+    return branch.count(0), len(branch) - tail
 
 
 def sequence_ends(

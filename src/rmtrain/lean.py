@@ -13,7 +13,8 @@ On SmolLM2-135M the first two are 2,688 of the ~11,800 floats autograd keeps per
 (23%), the projections 2 x hidden + MLP width more (another 2,688); all of it elementwise work to
 redo. Only the module types listed below are touched (their forward is the same formula as
 transformers' own; projections only when they are plain `nn.Linear` outside DeepSpeed ZeRO-3;
-under autocast they cast as autocast's linear does); others keep theirs.
+under autocast they cast as autocast's linear does); others keep theirs. The elementwise work
+itself is in `rmtrain.kernels`, eager or compiled (`make_lean(..., fuse=True)`).
 """
 
 from __future__ import annotations
