@@ -291,7 +291,7 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
     model, tok = _load_model(spec)
     # "prefix_sharing+gc3": that layout with checkpointing every 3rd layer; "+grouped": with
     # --group-by-prompt (the pairs of one prompt in the same steps, trained on prefix trees);
-    # "+eager": --fuse-elementwise false
+    # "+fused": --fuse-elementwise true
     packing, *flags = spec["path"].split("+")
     gc = next((f[2:] for f in flags if f.startswith("gc")), None)
     cfg = TrainConfig(
@@ -306,7 +306,7 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
         checkpoint_every=int(gc or 0) or spec.get("checkpoint_every") or 1,
         group_by_prompt="grouped" in flags,
         lean_activations=spec.get("lean_activations", True),
-        fuse_elementwise=False if "eager" in flags else None,
+        fuse_elementwise="fused" in flags,
         report_to=["none"],
         logging_steps=10_000,
     )
@@ -432,7 +432,7 @@ def main() -> None:
         nargs="+",
         default=list(PATHS),
         help="also trl_nogc; rmtrain path+gc / +gcN: checkpointing (every N-th layer), "
-        "prefix_sharing+grouped: --group-by-prompt; +eager: --fuse-elementwise false; any "
+        "prefix_sharing+grouped: --group-by-prompt; +fused: --fuse-elementwise true; any "
         "path+nocudnn: SDPA without cuDNN",
     )
     ap.add_argument("--runs-log", default=None, help="append each run's JSON to this file")

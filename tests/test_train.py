@@ -128,9 +128,9 @@ def test_group_by_prompt_trains_on_prefix_trees(tmp_path):
     assert 0 < tokens["trees"] <= tokens["pairs"]
 
 
-def test_fused_elementwise_is_the_cpu_default_and_trains_the_same(tmp_path):
-    """On CPU the lean modules run compiled elementwise kernels unless `--fuse-elementwise
-    false`; both give the same losses and metrics."""
+def test_fused_elementwise_trains_the_same(tmp_path):
+    """`--fuse-elementwise true` gives the lean modules compiled elementwise kernels (off by
+    default); both give the same losses and metrics."""
     from transformers import TrainerCallback
 
     from rmtrain.cli import build_parser
@@ -148,10 +148,10 @@ def test_fused_elementwise_is_the_cpu_default_and_trains_the_same(tmp_path):
             )
 
     results = []
-    for name, extra in (("fused", []), ("eager", ["--fuse-elementwise", "false"])):
+    for name, extra in (("eager", []), ("fused", ["--fuse-elementwise", "true"])):
         argv = tiny_train_args(data, tmp_path / name, "--max-steps", "3")
         cfg = config_from_args(build_parser().parse_args(argv + extra), TrainConfig)
         results.append(run_train(cfg, callbacks=[Flags()])["metrics"])
-    assert fused == [{True}] * 3 + [{False}] * 3
+    assert fused == [{False}] * 3 + [{True}] * 3
     for key in ("loss", "win_rate", "reward_mean"):
         assert results[1][key] == pytest.approx(results[0][key], abs=1e-5)

@@ -87,23 +87,24 @@ def block_sdpa(
 
 
 def _forked(sdpa: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: int, c: int) -> list:
-    """Attention of a forked block as two unmasked-or-small calls: the causal run [0, c) with
-    `is_causal` (the CPU kernel skips the blocks above the diagonal), then the tail's queries
-    against the first p keys and its own. A dense masked call would compute every pair of the
-    block; for a pair this is about half the work."""
+    """Attention of a forked block as two calls: the causal run [0, c) with `is_causal` (the
+    CPU kernel skips the blocks above the diagonal), then the tail's queries against the
+    block's keys with the run after the prefix masked. A dense masked call computes every pair
+    of the block. The tail reads views of the keys and values: a copy of just the prefix and
+    tail keys would skip the masked columns but be kept for backward (more memory)."""
     head = sdpa(q[:, :, :c], k[:, :, :c], v[:, :, :c], is_causal=True)
     tail = q.shape[2] - c
     if tail == 0:
         return [head]
-    keys = torch.cat((k[:, :, :p], k[:, :, c:]), dim=2)
-    values = torch.cat((v[:, :, :p], v[:, :, c:]), dim=2)
-    return [head, sdpa(q[:, :, c:], keys, values, attn_mask=_tail_mask(tail, p, q.device))]
+    return [head, sdpa(q[:, :, c:], k, v, attn_mask=_tail_mask(tail, p, c, q.device))]
 
 
 @functools.lru_cache(maxsize=64)
-def _tail_mask(tail: int, p: int, device: torch.device) -> torch.Tensor:
-    """[tail, p + tail]: tail token i sees the p prefix keys and tail tokens 0..i."""
-    return torch.ones(tail, p + tail, dtype=torch.bool, device=device).tril(p)
+def _tail_mask(tail: int, p: int, c: int, device: torch.device) -> torch.Tensor:
+    """[tail, c + tail]: tail token i sees keys 0..p-1 (the prefix) and c..c+i (itself)."""
+    mask = torch.ones(tail, c + tail, dtype=torch.bool, device=device).tril(c)
+    mask[:, p:c] = False
+    return mask
 
 
 def install() -> None:

@@ -108,13 +108,12 @@ class TrainConfig:
         "projections reading them (same gradients, about 46 percent fewer kept activations on "
         "SmolLM2; a few elementwise ops redone in backward).",
     )
-    fuse_elementwise: bool | None = _opt(
-        None,
+    fuse_elementwise: bool = _opt(
+        False,
         "With lean activations: compile their elementwise work (RMSNorm, SiLU gate, forward and "
-        "backward) into fused loops with torch.compile, once per process for any length "
-        "(seconds; cached on disk). Default: on when training on CPU (7 percent faster steps "
-        "on SmolLM2), off on GPUs (not measured there). Without a C++ compiler it warns once "
-        "and runs eagerly.",
+        "backward) into fused loops with torch.compile, once per process for any length. 7 "
+        "percent off forward + backward in isolation on CPU, but no gain measured end to end "
+        "(see benchmarks/README.md), hence off. Without a C++ compiler it warns and runs eagerly.",
     )
     attn_implementation: str = _opt(
         "sdpa",

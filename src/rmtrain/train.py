@@ -307,10 +307,9 @@ def build_model(cfg: TrainConfig, pad_token_id: int) -> Any:
 
 
 def apply_lean(model: Any, cfg: TrainConfig) -> None:
-    """--lean-activations, with its elementwise work compiled by default when training on CPU."""
+    """--lean-activations, with its elementwise work compiled if --fuse-elementwise."""
     if cfg.lean_activations:
-        fuse = cfg.fuse_elementwise
-        make_lean(model, fuse=not torch.cuda.is_available() if fuse is None else fuse)
+        make_lean(model, fuse=cfg.fuse_elementwise)
 
 
 def check_free_disk(output: Path, model: Any, with_optimizer: bool) -> None:
