@@ -3,6 +3,7 @@
 
     python benchmarks/ab_step.py blocks hh   # fwd+bwd time: attention per block vs dense mask
     python benchmarks/ab_step.py forks se    # fwd+bwd time: pairs as causal + tail attention
+    python benchmarks/ab_step.py sdpa 250,200,200  # ms of SDPA alone: masked, causal, forked
     python benchmarks/ab_step.py fuse se     # fwd+bwd time: elementwise work compiled vs eager
     python benchmarks/ab_step.py saved se    # MB autograd keeps for one step: plain vs lean
     python benchmarks/ab_step.py projections hh  # fwd+bwd time: lean with / without projections
@@ -103,6 +104,44 @@ def forks(dataset: str) -> None:
     print(dataset, "fwd+bwd s over 12 steps:", {k: round(v, 2) for k, v in total.items()})
 
 
+def sdpa(sizes: str) -> None:
+    """SDPA alone (SmolLM2's 9 query / 3 key-value heads of 64) on one pair of prompt,chosen,
+    rejected tokens (e.g. `250,200,200`): ms forward and forward+backward for the masked call,
+    plain causal attention over the whole block, and the forked pair."""
+    import functools
+
+    import torch.nn.functional as F
+
+    from rmtrain.attention import _forked
+    from rmtrain.collate import block_mask
+
+    p, c, r = map(int, sizes.split(","))
+    n = p + c + r
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, h, n, 64, requires_grad=True) for h in (9, 3, 3))
+    mask = block_mask(
+        torch.zeros(1, n, dtype=torch.long), torch.tensor([[0] * p + [1] * c + [2] * r])
+    )
+    call = functools.partial(F.scaled_dot_product_attention, enable_gqa=True)
+    variants = {
+        "masked": lambda: call(q, k, v, attn_mask=mask),
+        "causal": lambda: call(q, k, v, is_causal=True),
+        "forked": lambda: torch.cat(_forked(call, q, k, v, p, p + c), dim=2),
+    }
+
+    def ms(fn, backward: bool, reps: int = 10) -> float:
+        start = time.perf_counter()
+        for _ in range(reps):
+            out = fn()
+            if backward:
+                out.sum().backward()
+        return round((time.perf_counter() - start) / reps * 1e3, 2)
+
+    for fn in variants.values():
+        ms(fn, True, 2)
+    print(sizes, {name: (ms(fn, False), ms(fn, True)) for name, fn in variants.items()})
+
+
 def fuse(dataset: str) -> None:
     """fwd+bwd time of the lean model with eager and with compiled elementwise work (one model,
     the flag switched between batches, alternating; compilation happens in an untimed step)."""
@@ -173,5 +212,5 @@ def profile(dataset: str, variant: str = "plain") -> None:
 if __name__ == "__main__":
     what, data, *rest = sys.argv[1:]
     modes = {"blocks": blocks, "forks": forks, "fuse": fuse, "saved": saved}
-    modes |= {"profile": profile, "projections": projections, "steps": steps}
+    modes |= {"profile": profile, "projections": projections, "sdpa": sdpa, "steps": steps}
     modes[what](data, *rest)
