@@ -71,3 +71,26 @@ def test_a_failed_compilation_warns_once_and_runs_eagerly(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert torch.equal(compiled(gate, up), kernels.silu_mul(gate, up))
+
+
+def test_evaluation_and_new_lengths_after_training_compile_nothing_new():
+    """Once a training step compiled the kernels, scoring without gradients and batches of
+    other lengths reuse them (a recompilation costs seconds inside a step)."""
+    from torch._dynamo.utils import counters
+
+    from rmtrain.collate import PackedCollator
+    from rmtrain.lean import make_lean
+    from rmtrain.trainer import pair_rewards
+    from tests.test_packing import FEATURES, loss_and_grads, make_model
+
+    model, pad = make_model("llama", "sdpa")
+    make_lean(model, fuse=True)
+    batches = [PackedCollator(pad, "prefix_sharing", 64)(FEATURES[:n]) for n in (3, 2)]
+    loss_and_grads(model, batches[0])
+    compiled = counters["stats"]["unique_graphs"]
+    assert compiled > 0
+    for batch in batches:
+        with torch.no_grad():
+            pair_rewards(model, batch)
+        loss_and_grads(model, batch)
+    assert counters["stats"]["unique_graphs"] == compiled

@@ -79,8 +79,11 @@ class _Compiled:
 
     def __call__(self, *args: Any) -> Any:
         if self.compiled is not None:
+            # Called where autograd is off anyway (inside autograd Functions): detached inputs
+            # keep the compiled graph's guards the same in training and evaluation.
+            detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
             try:
-                return self.compiled(*args)
+                return self.compiled(*detached)
             except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
                 self.compiled = None
                 warnings.warn(
