@@ -75,10 +75,10 @@ def test_a_failed_compilation_warns_once_and_runs_eagerly(monkeypatch):
 
 def test_evaluation_and_new_lengths_after_training_compile_nothing_new():
     """Once a training step compiled the kernels, scoring without gradients and batches of
-    other lengths reuse them (a recompilation costs seconds inside a step)."""
+    other lengths or several rows reuse them (a recompilation costs seconds inside a step)."""
     from torch._dynamo.utils import counters
 
-    from rmtrain.collate import PackedCollator
+    from rmtrain.collate import PackedCollator, PairCollator
     from rmtrain.lean import make_lean
     from rmtrain.trainer import pair_rewards
     from tests.test_packing import FEATURES, loss_and_grads, make_model
@@ -86,6 +86,7 @@ def test_evaluation_and_new_lengths_after_training_compile_nothing_new():
     model, pad = make_model("llama", "sdpa")
     make_lean(model, fuse=True)
     batches = [PackedCollator(pad, "prefix_sharing", 64)(FEATURES[:n]) for n in (3, 2)]
+    batches.append(PairCollator(pad)(FEATURES))  # padded: several rows of another width
     loss_and_grads(model, batches[0])
     compiled = counters["stats"]["unique_graphs"]
     assert compiled > 0

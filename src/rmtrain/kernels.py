@@ -79,11 +79,8 @@ class _Compiled:
 
     def __call__(self, *args: Any) -> Any:
         if self.compiled is not None:
-            # Called where autograd is off anyway (inside autograd Functions): detached inputs
-            # keep the compiled graph's guards the same in training and evaluation.
-            detached = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
             try:
-                return self.compiled(*detached)
+                return _unflatten(self.compiled(*_flat(args)), args[0].shape[:-1])
             except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
                 self.compiled = None
                 warnings.warn(
@@ -93,6 +90,26 @@ class _Compiled:
                     stacklevel=2,
                 )
         return self.fn(*args)
+
+
+def _flat(args: tuple[Any, ...]) -> list[Any]:
+    """Per-token tensors as [tokens, features], detached (no view of a base whose shape the
+    guards would check): the compiled graph then sees one rank and the same guards for training
+    rows, evaluation batches of several rows and attention heads (these calls run where
+    autograd is off anyway, inside autograd Functions)."""
+    return [
+        (a.reshape(-1, a.shape[-1]) if a.dim() >= 2 else a).detach()  # detached: not a view
+        if isinstance(a, torch.Tensor)
+        else a
+        for a in args
+    ]
+
+
+def _unflatten(out: Any, lead: torch.Size) -> Any:
+    """Per-token outputs back to the callers' leading dimensions (a weight gradient stays 1-D)."""
+    if isinstance(out, tuple):
+        return tuple(_unflatten(o, lead) for o in out)
+    return out.reshape(*lead, out.shape[-1]) if out.dim() == 2 else out
 
 
 _FUSED: Kernels | None = None
