@@ -23,6 +23,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -52,17 +53,24 @@ def step(model, batch, opt=None) -> None:  # noqa: ANN001
     model.zero_grad(set_to_none=True)
 
 
-def blocks(dataset: str) -> None:
-    model, batches = setup(dataset, 6)
-    total = {"blocks": 0.0, "dense": 0.0}
-    for order in (("blocks", "dense"), ("dense", "blocks")):
+def _alternate(dataset: str, variants: dict[str, tuple[Any, list]]) -> None:
+    """fwd+bwd time of each variant's (model, batches), all variants in turn and then in reverse
+    order, so that machine noise hits every variant alike."""
+    total = dict.fromkeys(variants, 0.0)
+    for order in (list(variants), list(reversed(variants))):
         for name in order:
+            model, batches = variants[name]
             for b in batches:
-                b = b if name == "blocks" else {**b, "attention_blocks": None}
                 start = time.perf_counter()
                 step(model, b)
                 total[name] += time.perf_counter() - start
     print(dataset, "fwd+bwd s over 12 steps:", {k: round(v, 2) for k, v in total.items()})
+
+
+def blocks(dataset: str) -> None:
+    model, batches = setup(dataset, 6)
+    dense = [{**b, "attention_blocks": None} for b in batches]
+    _alternate(dataset, {"blocks": (model, batches), "dense": (model, dense)})
 
 
 def projections(dataset: str) -> None:
@@ -71,17 +79,10 @@ def projections(dataset: str) -> None:
     import copy
 
     model, batches = setup(dataset, 6)
-    models = {"norm_mlp": copy.deepcopy(model), "with_projections": model}
-    make_lean(models["norm_mlp"], projections=False)
-    make_lean(models["with_projections"])
-    total = dict.fromkeys(models, 0.0)
-    for order in (list(models), list(reversed(models))):
-        for name in order:
-            for b in batches:
-                start = time.perf_counter()
-                step(models[name], b)
-                total[name] += time.perf_counter() - start
-    print(dataset, "fwd+bwd s over 12 steps:", {k: round(v, 2) for k, v in total.items()})
+    norm_mlp = copy.deepcopy(model)
+    make_lean(norm_mlp, projections=False)
+    make_lean(model)
+    _alternate(dataset, {"norm_mlp": (norm_mlp, batches), "with_projections": (model, batches)})
 
 
 def forks(dataset: str) -> None:
@@ -90,18 +91,8 @@ def forks(dataset: str) -> None:
     model, batches = setup(dataset, 6)
     make_lean(model, fuse=True)
     step(model, batches[0])
-    variants = {
-        "forked": batches,
-        "masked": [{**b, "attention_blocks": b["attention_blocks"][..., 0]} for b in batches],
-    }
-    total = dict.fromkeys(variants, 0.0)
-    for order in (list(variants), list(reversed(variants))):
-        for name in order:
-            for b in variants[name]:
-                start = time.perf_counter()
-                step(model, b)
-                total[name] += time.perf_counter() - start
-    print(dataset, "fwd+bwd s over 12 steps:", {k: round(v, 2) for k, v in total.items()})
+    masked = [{**b, "attention_blocks": b["attention_blocks"][..., 0]} for b in batches]
+    _alternate(dataset, {"forked": (model, batches), "masked": (model, masked)})
 
 
 def sdpa(sizes: str) -> None:

@@ -39,8 +39,10 @@ def test_backward_kernels_equal_autograd_of_the_forward(impl):
     w = torch.rand(16) + 0.5
     rstd = EAGER.rms_norm(x, w, 1e-6)[1]
     want = _autograd(lambda x, w: EAGER.rms_norm(x, w, 1e-6), (x, w), g)
-    for a, b in zip(want, k.rms_norm_backward(g, x, w, rstd), strict=True):
+    for a, b in zip(want, k.rms_norm_backward(g, x, w, rstd, True), strict=True):
         assert (a - b).abs().max().item() < 1e-5
+    grad_x, grad_w = k.rms_norm_backward(g, x, w, rstd, False)  # a frozen norm: no reduction
+    assert grad_w is None and (grad_x - want[0]).abs().max().item() < 1e-5
 
 
 def test_fused_kernels_equal_eager_for_any_token_count():

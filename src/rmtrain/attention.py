@@ -61,6 +61,9 @@ def block_sdpa(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     gqa = getattr(module, "num_key_value_groups", 1) > 1
+    sdpa = functools.partial(
+        F.scaled_dot_product_attention, dropout_p=dropout, scale=scaling, enable_gqa=gqa
+    )
     width, rows = query.shape[2], []
     for r, sizes in enumerate(attention_blocks):
         pieces, start = [], 0
@@ -68,9 +71,6 @@ def block_sdpa(
             n = block if isinstance(block, int) else block[0]
             s = slice(start, start + n)
             q, k, v = query[r : r + 1, :, s], key[r : r + 1, :, s], value[r : r + 1, :, s]
-            sdpa = functools.partial(
-                F.scaled_dot_product_attention, dropout_p=dropout, scale=scaling, enable_gqa=gqa
-            )
             if isinstance(block, int):
                 pieces.append(sdpa(q, k, v, attn_mask=attention_mask[r : r + 1, :, s, s]))
             else:

@@ -226,15 +226,14 @@ def row_blocks(
     """[rows, most blocks in a row]: each row's block sizes in column order, 0-padded; with
     `forks`, [rows, blocks, 3] of (size, p, c) (`rmtrain.attention.Blocks`). Rows are block
     diagonal (no token attends outside its pair or tree), which lets attention run per block."""
+    entries: Sequence[Sequence[Any]] = sizes
+    if forks is not None:
+        pairs = zip(sizes, forks, strict=True)
+        entries = [[(n, *f) for n, f in zip(row, fork, strict=True)] for row, fork in pairs]
     width = max(len(row) for row in sizes)
-    if forks is None:
-        out = torch.zeros((len(sizes), width), dtype=torch.long)
-        for r, row in enumerate(sizes):
-            out[r, : len(row)] = torch.tensor(row, dtype=torch.long)
-        return out
-    out = torch.zeros((len(sizes), width, 3), dtype=torch.long)
-    for r, (row, fork) in enumerate(zip(sizes, forks, strict=True)):
-        out[r, : len(row)] = torch.tensor([(n, *f) for n, f in zip(row, fork, strict=True)])
+    out = torch.zeros((len(sizes), width, *(() if forks is None else (3,))), dtype=torch.long)
+    for r, row in enumerate(entries):
+        out[r, : len(row)] = torch.tensor(row, dtype=torch.long)
     return out
 
 

@@ -32,11 +32,13 @@ def normed(x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor) -> torch.T
 
 
 def rms_norm_backward(
-    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of `rms_norm` for x and weight."""
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, weight_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gradients of `rms_norm` for x and, with `weight_grad` (not for a frozen norm), weight."""
     xhat = x.float() * rstd
-    grad_w = (grad * xhat.to(x.dtype)).reshape(-1, x.shape[-1]).sum(0).to(weight.dtype)
+    grad_w = None
+    if weight_grad:
+        grad_w = (grad * xhat.to(x.dtype)).reshape(-1, x.shape[-1]).sum(0).to(weight.dtype)
     gx = (grad * weight).float()  # d loss / d xhat
     grad_x = rstd * (gx - xhat * (gx * xhat).mean(-1, keepdim=True))
     return grad_x.to(x.dtype), grad_w
@@ -109,7 +111,7 @@ def _unflatten(out: Any, lead: torch.Size) -> Any:
     """Per-token outputs back to the callers' leading dimensions (a weight gradient stays 1-D)."""
     if isinstance(out, tuple):
         return tuple(_unflatten(o, lead) for o in out)
-    return out.reshape(*lead, out.shape[-1]) if out.dim() == 2 else out
+    return out.reshape(*lead, out.shape[-1]) if out is not None and out.dim() == 2 else out
 
 
 _FUSED: Kernels | None = None

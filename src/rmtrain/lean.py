@@ -47,8 +47,10 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor, _grad_rstd: Any) -> tuple[Any, ...]:
         x, weight, rstd = ctx.saved_tensors
-        grad_x, grad_w = ctx.kernels.rms_norm_backward(grad, x, weight, rstd)
-        return grad_x, grad_w if ctx.needs_input_grad[1] else None, None, None
+        grad_x, grad_w = ctx.kernels.rms_norm_backward(
+            grad, x, weight, rstd, ctx.needs_input_grad[1]
+        )
+        return grad_x, grad_w, None, None
 
 
 class _SiluMul(torch.autograd.Function):
@@ -127,8 +129,13 @@ def _cast(dtype: torch.dtype | None, *tensors: Any) -> list[Any]:
     return [t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors]
 
 
+def _kernels(module: Any) -> Kernels:
+    """The elementwise kernels `make_lean` chose for this module."""
+    return fused() if module._rmtrain_fused else EAGER
+
+
 def _norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
-    k = fused() if self._rmtrain_fused else EAGER
+    k = _kernels(self)
     out, rstd = _RMSNorm.apply(hidden_states, self.weight, self.variance_epsilon, k)
     if torch.is_grad_enabled():  # the recipe holds the norm's input: only while it is kept anyway
         out._rmtrain_recipe = (_Recipe(k.normed), (hidden_states, self.weight, rstd))
@@ -137,7 +144,7 @@ def _norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
 
 def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     gate, up = self.gate_proj(x), self.up_proj(x)
-    k = fused() if self._rmtrain_fused else EAGER
+    k = _kernels(self)
     hidden = _SiluMul.apply(gate, up, k)
     if torch.is_grad_enabled():
         hidden._rmtrain_recipe = (_Recipe(k.silu_mul), (gate, up))
