@@ -65,24 +65,32 @@ def block_sdpa(
         F.scaled_dot_product_attention, dropout_p=dropout, scale=scaling, enable_gqa=gqa
     )
     width, rows = query.shape[2], []
-    for r, sizes in enumerate(attention_blocks):
+    # unbind / split, not indexing: their backward is one stack / cat, where each indexed
+    # block's backward would zero-fill and add a gradient the size of the whole batch.
+    per_row = zip(query.unbind(0), key.unbind(0), value.unbind(0), strict=True)
+    for r, (q_row, k_row, v_row) in enumerate(per_row):
+        sizes = [b if isinstance(b, int) else b[0] for b in attention_blocks[r]]
+        pad = width - sum(sizes)
+        lens = sizes + [pad] if pad else sizes
         pieces, start = [], 0
-        for block in sizes:
-            n = block if isinstance(block, int) else block[0]
-            s = slice(start, start + n)
-            q, k, v = query[r : r + 1, :, s], key[r : r + 1, :, s], value[r : r + 1, :, s]
+        splits = (t.split(lens, dim=1) for t in (q_row, k_row, v_row))
+        blocks = zip(attention_blocks[r], *splits, strict=False)  # the padding piece: no block
+        for block, q, k, v in blocks:
+            q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
             if isinstance(block, int):
+                s = slice(start, start + block)
                 pieces.append(sdpa(q, k, v, attn_mask=attention_mask[r : r + 1, :, s, s]))
             else:
                 pieces.extend(_forked(sdpa, q, k, v, *block[1:]))
-            start += n
-        if start < width:
-            pieces.append(query.new_zeros(1, query.shape[1], width - start, value.shape[-1]))
-        rows.append(torch.cat(pieces, dim=2))
+            start += q.shape[2]
+        if pad:
+            pieces.append(query.new_zeros(1, query.shape[1], pad, value.shape[-1]))
+        rows.append(torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0])
     # [rows, L, heads, d] as transformers' SDPA path returns it. Concatenating the blocks in
     # SDPA's own layout and transposing once measured faster (HH, `benchmarks/ab_step.py blocks
     # hh`: equal to the dense call) than concatenating transposed blocks (7-15% slower).
-    out = torch.cat(rows, dim=0).transpose(1, 2).contiguous()
+    out = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
+    out = out.transpose(1, 2).contiguous()
     return out, None
 
 
@@ -92,11 +100,12 @@ def _forked(sdpa: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: int
     block's keys with the run after the prefix masked. A dense masked call computes every pair
     of the block. The tail reads views of the keys and values: a copy of just the prefix and
     tail keys would skip the masked columns but be kept for backward (more memory)."""
-    head = sdpa(q[:, :, :c], k[:, :, :c], v[:, :, :c], is_causal=True)
     tail = q.shape[2] - c
     if tail == 0:
-        return [head]
-    return [head, sdpa(q[:, :, c:], k, v, attn_mask=_tail_mask(tail, p, c, q.device))]
+        return [sdpa(q, k, v, is_causal=True)]
+    q_head, q_tail = q.split([c, tail], dim=2)
+    head = sdpa(q_head, k[:, :, :c], v[:, :, :c], is_causal=True)
+    return [head, sdpa(q_tail, k, v, attn_mask=_tail_mask(tail, p, c, q.device))]
 
 
 @functools.lru_cache(maxsize=64)
