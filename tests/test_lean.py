@@ -34,15 +34,18 @@ def _saved_floats(model, batch) -> int:
 
 # (modules made lean, floats per token no longer kept) for the tiny test models: 2 layers of
 # hidden 64 and MLP width 128. Modules per layer: two norms, the MLP and its three projections,
-# q/k/v; plus the final norm. Floats per layer: each norm's normalised output (64 + 64) and
+# q/k/v/o; plus the final norm. Floats per layer: each norm's normalised output (64 + 64) and
 # SiLU(gate) (128); the input the q/k/v projections keep (the attention norm's output, 64), the
 # input gate/up keep (the MLP norm's output, 64) and down's input SiLU(gate) * up (128); plus the
 # final norm (64). Qwen3 also normalises q (4 heads x 16) and k (2 x 16) in every layer.
 PER_LAYER = 64 + 64 + 128 + 64 + 64 + 128
 EXPECTED = {
-    "llama": (2 * 9 + 1, 2 * PER_LAYER + 64),
-    "qwen3": (2 * 11 + 1, 2 * (PER_LAYER + 64 + 32) + 64),
+    "llama": (2 * 10 + 1, 2 * PER_LAYER + 64),
+    "qwen3": (2 * 12 + 1, 2 * (PER_LAYER + 64 + 32) + 64),
 }
+# With per-block attention (packed layouts) o_proj keeps the blocks' SDPA outputs, which SDPA
+# keeps for its own backward, instead of their concatenation (64 floats per token and layer).
+O_PROJ = {"padded": 0, "prefix_sharing": 2 * 64}
 
 
 @pytest.mark.parametrize("fuse", [False, True], ids=["eager", "fused"])
@@ -52,6 +55,7 @@ def test_lean_model_gives_the_same_loss_and_gradients_and_keeps_less(arch, layou
     model, pad = make_model(arch, "sdpa")
     lean = copy.deepcopy(model)
     modules, per_token = EXPECTED[arch]
+    per_token += O_PROJ[layout]
     assert make_lean(lean, fuse=fuse) == modules
     if layout == "padded":
         batch = PairCollator(pad)(FEATURES)

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from rmtrain.lean import keep_recipe
+
 # Per row, its blocks from column 0: a size n (any mask within the block), or (n, p, c) for a
 # forked block: its first c tokens are one causal sequence and the n - c after them see the
 # first p tokens and, causally, themselves (a prefix-shared pair: [prompt][chosen][rejected]).
@@ -56,7 +58,8 @@ def block_sdpa(
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     special = any(kwargs.get(k) is not None for k in _DENSE_ONLY)
-    if attention_blocks is None or attention_mask is None or attention_mask.dim() != 4 or special:
+    dense = attention_mask is None or attention_mask.dim() != 4 or not any(attention_blocks or ())
+    if dense or special:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
@@ -64,18 +67,16 @@ def block_sdpa(
     sdpa = functools.partial(
         F.scaled_dot_product_attention, dropout_p=dropout, scale=scaling, enable_gqa=gqa
     )
-    width, rows = query.shape[2], []
+    width, pieces, layout = query.shape[2], [], []
     # unbind / split, not indexing: their backward is one stack / cat, where each indexed
     # block's backward would zero-fill and add a gradient the size of the whole batch.
     per_row = zip(query.unbind(0), key.unbind(0), value.unbind(0), strict=True)
     for r, (q_row, k_row, v_row) in enumerate(per_row):
         sizes = [b if isinstance(b, int) else b[0] for b in attention_blocks[r]]
-        pad = width - sum(sizes)
-        lens = sizes + [pad] if pad else sizes
-        pieces, start = [], 0
-        splits = (t.split(lens, dim=1) for t in (q_row, k_row, v_row))
-        blocks = zip(attention_blocks[r], *splits, strict=False)  # the padding piece: no block
-        for block, q, k, v in blocks:
+        pad, before = width - sum(sizes), len(pieces)
+        splits = (t.split(sizes + [pad] if pad else sizes, dim=1) for t in (q_row, k_row, v_row))
+        start = 0
+        for block, q, k, v in zip(attention_blocks[r], *splits, strict=False):  # no pad piece
             q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
             if isinstance(block, int):
                 s = slice(start, start + block)
@@ -83,15 +84,30 @@ def block_sdpa(
             else:
                 pieces.extend(_forked(sdpa, q, k, v, *block[1:]))
             start += q.shape[2]
-        if pad:
-            pieces.append(query.new_zeros(1, query.shape[1], pad, value.shape[-1]))
-        rows.append(torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0])
-    # [rows, L, heads, d] as transformers' SDPA path returns it. Concatenating the blocks in
-    # SDPA's own layout and transposing once measured faster (HH, `benchmarks/ab_step.py blocks
-    # hh`: equal to the dense call) than concatenating transposed blocks (7-15% slower).
-    out = torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]
-    out = out.transpose(1, 2).contiguous()
+        layout.append((len(pieces) - before, pad))
+    shape = (query.shape[1], value.shape[-1])
+    out = _assemble(tuple(layout), shape, *pieces)
+    if torch.is_grad_enabled() and out._base is None:  # a copy: o_proj (lean) keeps the pieces
+        keep_recipe(out, functools.partial(_assemble, tuple(layout), shape), pieces)
+    out = out.unflatten(-1, shape)
     return out, None
+
+
+def _assemble(
+    layout: tuple[tuple[int, int], ...], shape: tuple[int, int], *pieces: torch.Tensor
+) -> torch.Tensor:
+    """The blocks' outputs ([1, heads, n, d] each; per row: how many, then padding columns) as
+    one [rows, L, heads x d] tensor. The CPU kernel writes its output token-major (the layout
+    of transformers' queries), so each piece transposed is contiguous and one plain `cat`
+    copies it; a row of one block is a view, no copy."""
+    rows, i = [], 0
+    for count, pad in layout:
+        row = [p.transpose(1, 2).flatten(-2) for p in pieces[i : i + count]]
+        i += count
+        if pad:
+            row.append(pieces[0].new_zeros(1, pad, shape[0] * shape[1]))
+        rows.append(torch.cat(row, dim=1) if len(row) > 1 else row[0])
+    return (torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]).contiguous()
 
 
 def _forked(sdpa: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: int, c: int) -> list:

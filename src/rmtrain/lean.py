@@ -30,7 +30,7 @@ from rmtrain.kernels import EAGER, Kernels, fused
 NORMS = {"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm"}
 GATED_MLPS = {"LlamaMLP", "Qwen2MLP", "Qwen3MLP", "MistralMLP"}
 ATTENTIONS = {"LlamaAttention", "Qwen2Attention", "Qwen3Attention", "MistralAttention"}
-PROJECTIONS = {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj"}
+PROJECTIONS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -122,6 +122,22 @@ class _RecomputedInputLinear(torch.autograd.Function):
         return (grad_x, grad_w, grad_b, None) + (None,) * len(parts)
 
 
+def keep_recipe(out: torch.Tensor, fn: Any, parts: Any) -> None:
+    """Mark `out` as recomputable by `fn(*parts)` from tensors kept anyway: a lean projection
+    reading it (or a same-shaped view of it) keeps `parts` instead of `out`."""
+    out._rmtrain_recipe = (_Recipe(fn), tuple(parts))
+
+
+def _recipe(x: torch.Tensor) -> Any:
+    """x's recipe, or that of the tensor x views whole (attention's output reaches o_proj as a
+    reshape of what the attention function returned)."""
+    recipe, base = getattr(x, "_rmtrain_recipe", None), x._base
+    if recipe is not None or base is None or x.shape != base.shape:
+        return recipe
+    whole = x.is_contiguous() and base.is_contiguous() and x.data_ptr() == base.data_ptr()
+    return getattr(base, "_rmtrain_recipe", None) if whole else None
+
+
 def _cast(dtype: torch.dtype | None, *tensors: Any) -> list[Any]:
     """Floating tensors to autocast's dtype (None: unchanged)."""
     if dtype is None:
@@ -138,7 +154,7 @@ def _norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
     k = _kernels(self)
     out, rstd = _RMSNorm.apply(hidden_states, self.weight, self.variance_epsilon, k)
     if torch.is_grad_enabled():  # the recipe holds the norm's input: only while it is kept anyway
-        out._rmtrain_recipe = (_Recipe(k.normed), (hidden_states, self.weight, rstd))
+        keep_recipe(out, k.normed, (hidden_states, self.weight, rstd))
     return out
 
 
@@ -147,12 +163,12 @@ def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     k = _kernels(self)
     hidden = _SiluMul.apply(gate, up, k)
     if torch.is_grad_enabled():
-        hidden._rmtrain_recipe = (_Recipe(k.silu_mul), (gate, up))
+        keep_recipe(hidden, k.silu_mul, (gate, up))
     return self.down_proj(hidden)
 
 
 def _linear_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
-    recipe = getattr(x, "_rmtrain_recipe", None)
+    recipe = _recipe(x)
     if (
         recipe is None
         or not torch.is_grad_enabled()
