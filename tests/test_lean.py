@@ -120,3 +120,34 @@ def test_lean_projections_agree_with_stock_under_checkpointing_autocast_and_lora
     assert want[3].keys() == got[3].keys() and len(want[3]) > 0
     assert max((want[3][k] - got[3][k]).abs().max().item() for k in want[3]) < bound
     assert torch.allclose(want[2], got[2], atol=bound)
+
+
+@pytest.mark.parametrize("change", ["none", "view", "in_place"])
+def test_projection_keeps_the_recipe_only_while_it_still_gives_its_input(change):
+    """A lean projection keeps a recipe's parts instead of its input, also when it reads a whole
+    view of the marked tensor (attention output reshaped for o_proj); after an in-place change
+    the recipe would give the old values, so it keeps its input: the weight gradient is right
+    either way."""
+    from rmtrain.lean import _lean_projections, keep_recipe
+
+    torch.manual_seed(0)
+    holder = torch.nn.Module()
+    holder.o_proj = torch.nn.Linear(6, 3)
+    stock = copy.deepcopy(holder.o_proj)
+    assert _lean_projections(holder) == 1
+    a = torch.randn(2, 5, 6, requires_grad=True)
+    grads, saved = [], []
+    for proj in (holder.o_proj, stock):
+        x = a * 2
+        keep_recipe(x, lambda t: t * 2, (a,))
+        if change == "view":
+            x = x.unflatten(-1, (2, 3)).reshape(2, 5, 6)
+        elif change == "in_place":
+            x.mul_(3)
+        kept = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+            y = proj(x)
+        saved.append(any(t.data_ptr() == x.data_ptr() for t in kept))
+        grads.append(torch.autograd.grad((y * torch.arange(3.0)).sum(), proj.weight)[0])
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    assert saved == [change == "in_place", True]  # stock always keeps x; lean only if changed

@@ -125,17 +125,20 @@ class _RecomputedInputLinear(torch.autograd.Function):
 def keep_recipe(out: torch.Tensor, fn: Any, parts: Any) -> None:
     """Mark `out` as recomputable by `fn(*parts)` from tensors kept anyway: a lean projection
     reading it (or a same-shaped view of it) keeps `parts` instead of `out`."""
-    out._rmtrain_recipe = (_Recipe(fn), tuple(parts))
+    out._rmtrain_recipe = (_Recipe(fn), tuple(parts), out._version)
 
 
 def _recipe(x: torch.Tensor) -> Any:
-    """x's recipe, or that of the tensor x views whole (attention's output reaches o_proj as a
-    reshape of what the attention function returned)."""
-    recipe, base = getattr(x, "_rmtrain_recipe", None), x._base
-    if recipe is not None or base is None or x.shape != base.shape:
-        return recipe
-    whole = x.is_contiguous() and base.is_contiguous() and x.data_ptr() == base.data_ptr()
-    return getattr(base, "_rmtrain_recipe", None) if whole else None
+    """x's (fn, parts), or those of the tensor x views whole (attention's output reaches o_proj
+    as a reshape of what the attention function returned); None where x was changed in place
+    since (the recipe would no longer give x)."""
+    kept, base = getattr(x, "_rmtrain_recipe", None), x._base
+    if kept is None and base is not None and x.shape == base.shape:
+        whole = x.is_contiguous() and base.is_contiguous() and x.data_ptr() == base.data_ptr()
+        kept = getattr(base, "_rmtrain_recipe", None) if whole else None
+    if kept is None or kept[2] != x._version:  # views share their base's version counter
+        return None
+    return kept[:2]
 
 
 def _cast(dtype: torch.dtype | None, *tensors: Any) -> list[Any]:
