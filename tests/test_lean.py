@@ -144,8 +144,13 @@ def test_projection_keeps_the_recipe_only_while_it_still_gives_its_input(change)
             x = x.unflatten(-1, (2, 3)).reshape(2, 5, 6)
         elif change == "in_place":
             x.mul_(3)
-        kept = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        kept: list[torch.Tensor] = []
+
+        def pack(t, kept=kept):
+            kept.append(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             y = proj(x)
         saved.append(any(t.data_ptr() == x.data_ptr() for t in kept))
         grads.append(torch.autograd.grad((y * torch.arange(3.0)).sum(), proj.weight)[0])

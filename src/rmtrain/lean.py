@@ -8,7 +8,9 @@ are cheap to recompute from tensors that are kept anyway:
 - the gated MLP's SiLU(gate) * up keeps gate, SiLU(gate) and up: SiLU(gate) is recomputed;
 - the projections that read a norm's output (q/k/v, gate/up) and the MLP's down projection
   (reads SiLU(gate) * up) keep their input for the weight gradient: here they keep the
-  recipe (the norm's input and 1/rms, or gate and up) and recompute the input in backward.
+  recipe (the norm's input and 1/rms, or gate and up) and recompute the input in backward;
+- o_proj reads the concatenated outputs of `rmtrain.attention`'s blocks, each of which SDPA
+  keeps for its own backward: it keeps those and concatenates them again in backward.
 On SmolLM2-135M the first two are 2,688 of the ~11,800 floats autograd keeps per token and layer
 (23%), the projections 2 x hidden + MLP width more (another 2,688); all of it elementwise work to
 redo. Only the module types listed below are touched (their forward is the same formula as
