@@ -86,11 +86,11 @@ def block_sdpa(
             start += q.shape[2]
         layout.append((len(pieces) - before, pad))
     shape = (query.shape[1], value.shape[-1])
-    out = _assemble(tuple(layout), shape, *pieces)
+    assemble = functools.partial(_assemble, tuple(layout), shape)
+    out = assemble(*pieces)
     if torch.is_grad_enabled() and out._base is None:  # a copy: o_proj (lean) keeps the pieces
-        keep_recipe(out, functools.partial(_assemble, tuple(layout), shape), pieces)
-    out = out.unflatten(-1, shape)
-    return out, None
+        keep_recipe(out, assemble, pieces)
+    return out.unflatten(-1, shape), None
 
 
 def _assemble(
