@@ -7,8 +7,6 @@
     python benchmarks/ab_step.py fuse se     # fwd+bwd time: elementwise work compiled vs eager
     python benchmarks/ab_step.py saved se    # MB autograd keeps for one step: plain vs lean
     python benchmarks/ab_step.py projections hh  # fwd+bwd time: lean with / without projections
-    python benchmarks/ab_step.py oproj se    # fwd+bwd time: o_proj keeps the blocks' outputs or
-                                             # its own input
     python benchmarks/ab_step.py steps hh lean   # 6 full steps (clip + fused AdamW), one
     python benchmarks/ab_step.py steps hh plain  #   variant per process: run them alternately
     python benchmarks/ab_step.py steps hh fused  #   (fused: lean with compiled elementwise work)
@@ -88,29 +86,14 @@ def projections(dataset: str) -> None:
 
 
 def forks(dataset: str) -> None:
-    """fwd+bwd time of the lean model with each pair's attention as a causal call plus its
-    rejected tail vs one masked call per pair (same batches, alternating)."""
+    """fwd+bwd time of the lean, fused model with each pair's attention as a causal call plus
+    its rejected tail vs one masked call per pair (same batches, alternating; the session-5
+    numbers; `ab_session6.py forks` measures the default, eager model)."""
     model, batches = setup(dataset, 6)
-    make_lean(model)
+    make_lean(model, fuse=True)
     step(model, batches[0])
     masked = [{**b, "attention_blocks": b["attention_blocks"][..., 0]} for b in batches]
     _alternate(dataset, {"forked": (model, batches), "masked": (model, masked)})
-
-
-def oproj(dataset: str) -> None:
-    """fwd+bwd time of the lean model whose o_proj keeps the attention blocks' outputs (and
-    reassembles them in backward) vs a copy whose o_proj keeps its input (stock)."""
-    import copy
-
-    model, batches = setup(dataset, 6)
-    make_lean(model)
-    stock = copy.deepcopy(model)
-    for m in stock.modules():
-        if hasattr(m, "o_proj"):
-            del m.o_proj.forward  # back to nn.Linear.forward
-    step(model, batches[0])
-    step(stock, batches[0])
-    _alternate(dataset, {"lean_o_proj": (model, batches), "stock_o_proj": (stock, batches)})
 
 
 def sdpa(sizes: str) -> None:
@@ -224,5 +207,4 @@ if __name__ == "__main__":
     what, data, *rest = sys.argv[1:]
     modes = {"blocks": blocks, "forks": forks, "fuse": fuse, "saved": saved}
     modes |= {"profile": profile, "projections": projections, "sdpa": sdpa, "steps": steps}
-    modes |= {"oproj": oproj}
     modes[what](data, *rest)
