@@ -170,3 +170,32 @@ def test_tree_batches_carry_their_tree_sizes(monkeypatch):
     assert calls == [7, 4] * model.config.num_hidden_layers  # row 0: the 7-node tree
     assert torch.allclose(got[0], want[0], atol=1e-5)
     assert torch.allclose(got[1, :4], want[1, :4], atol=1e-5)  # then 3 pad columns
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_every_layer_gets_the_same_tail_mask_in_the_dtype_sdpa_runs_in(autocast, monkeypatch):
+    """SDPA converts a boolean mask into a fresh float copy in every call and keeps it for
+    backward; a batch's forked tails get one float mask each, shared by all layers."""
+    model, pad = make_model("llama", "sdpa")
+    batch = PackedCollator(pad, "prefix_sharing", 64)(FEATURES)
+    masks: list[torch.Tensor] = []
+    real = attention.F.scaled_dot_product_attention
+
+    def recording(*args, attn_mask=None, **kwargs):
+        if attn_mask is not None:
+            masks.append(attn_mask)
+        return real(*args, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording)
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        pair_rewards(model, batch)
+    tails = [(n - c, p, c) for row in batch["attention_blocks"].tolist() for n, p, c in row]
+    tails = [t for t in tails if t[0] > 0]
+    assert len(masks) == len(tails) * model.config.num_hidden_layers
+    assert len({m.data_ptr() for m in masks}) == len(set(tails))
+    assert {m.dtype for m in masks} == {torch.bfloat16 if autocast else torch.float32}
+    for m, (tail, p, c) in zip(masks, tails, strict=False):  # layer 0, in batch order
+        assert m.shape == (tail, c + tail)
+        blocked = m == torch.finfo(m.dtype).min
+        assert blocked.sum().item() == tail * (c - p) + tail * (tail - 1) // 2
+        assert not blocked[:, :p].any() and blocked[:, p:c].all()
