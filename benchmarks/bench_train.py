@@ -291,7 +291,7 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
     model, tok = _load_model(spec)
     # "prefix_sharing+gc3": that layout with checkpointing every 3rd layer; "+grouped": with
     # --group-by-prompt (the pairs of one prompt in the same steps, trained on prefix trees);
-    # "+fused": --fuse-elementwise true
+    # "+fused": --fuse-elementwise true; "+nocap": --cap-activations false
     packing, *flags = spec["path"].split("+")
     gc = next((f[2:] for f in flags if f.startswith("gc")), None)
     cfg = TrainConfig(
@@ -307,6 +307,7 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
         group_by_prompt="grouped" in flags,
         lean_activations=spec.get("lean_activations", True),
         fuse_elementwise="fused" in flags,
+        cap_activations="nocap" not in flags,
         report_to=["none"],
         logging_steps=10_000,
     )

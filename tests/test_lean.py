@@ -156,3 +156,65 @@ def test_projection_keeps_the_recipe_only_while_it_still_gives_its_input(change)
         grads.append(torch.autograd.grad((y * torch.arange(3.0)).sum(), proj.weight)[0])
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
     assert saved == [change == "in_place", True]  # stock always keeps x; lean only if changed
+
+
+def _recompute_all(model) -> int:
+    mlps = [m for m in model.modules() if hasattr(m, "_rmtrain_recompute")]
+    for m in mlps:
+        m._rmtrain_recompute = True
+    return len(mlps)
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+@pytest.mark.parametrize("layout", ["padded", "prefix_sharing"])
+def test_recomputed_mlps_give_the_same_gradients_and_keep_gate_and_up_no_more(
+    arch, layout, autocast
+):
+    model, pad = make_model(arch, "sdpa")
+    make_lean(model)
+    recomputing = copy.deepcopy(model)
+    layers = _recompute_all(recomputing)
+    assert layers == model.config.num_hidden_layers
+    if layout == "padded":
+        batch = PairCollator(pad)(FEATURES)
+    else:
+        batch = PackedCollator(pad, "prefix_sharing", 64)(FEATURES)
+    ctx = torch.autocast("cpu", torch.bfloat16) if autocast else contextlib.nullcontext()
+    with ctx:
+        want, got = loss_and_grads(model, batch), loss_and_grads(recomputing, batch)
+        kept = _saved_floats(model, batch) - _saved_floats(recomputing, batch)
+    for a, b in zip(want[:3], got[:3], strict=True):
+        assert torch.equal(a, b)
+    assert want[3].keys() == got[3].keys()
+    assert all(torch.equal(want[3][k], got[3][k]) for k in want[3])
+    # gate and up: 2 x 128 floats a token and layer (bf16 under autocast: half the bytes, and
+    # _saved_floats counts elements)
+    width = model.config.intermediate_size
+    assert kept == layers * 2 * width * batch["input_ids"].numel()
+
+
+def test_the_cap_recomputes_just_enough_of_the_first_layers():
+    """Tiny Llama, fp32: 86,912 parameters, so a gradient budget of 347,648 bytes. A layer keeps
+    2,328 bytes a token (norms 2 x 65 x 4, q/k/v/out (8 + 4) x 16 x 4, logsumexp 4 x 4, gate
+    and up 2 x 128 x 4 = 1,024). Two layers: 4,656 a token, over budget from 75 tokens; one
+    recomputed MLP covers up to 95 tokens (3,632 a token), beyond that both."""
+    from rmtrain.lean import cap_activations, kept_bytes_per_token
+
+    model, _ = make_model("llama", "sdpa")
+    make_lean(model)
+    assert sum(p.numel() for p in model.parameters()) == 86_912
+    assert kept_bytes_per_token(model.config, 4, 4) == (2_328, 1_024)
+    cap_activations(model)
+    mlps = [m for m in model.modules() if hasattr(m, "_rmtrain_recompute")]
+    for tokens, first in [(74, 0), (75, 1), (95, 1), (96, 2), (400, 2), (10, 0)]:
+        model(
+            input_ids=torch.ones(2, tokens // 2, dtype=torch.long)
+            if tokens % 2 == 0
+            else torch.ones(1, tokens, dtype=torch.long)
+        )
+        assert [m._rmtrain_recompute for m in mlps] == [i < first for i in range(2)], tokens
+    with torch.no_grad():  # scoring keeps nothing: the flags stay as they were
+        model(input_ids=torch.ones(1, 10, dtype=torch.long))
+        model(input_ids=torch.ones(1, 400, dtype=torch.long))
+    assert [m._rmtrain_recompute for m in mlps] == [False, False]

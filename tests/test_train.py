@@ -155,3 +155,30 @@ def test_fused_elementwise_trains_the_same(tmp_path):
     assert fused == [{False}] * 3 + [{True}] * 3
     for key in ("loss", "win_rate", "reward_mean"):
         assert results[1][key] == pytest.approx(results[0][key], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "flags,capped",
+    [
+        ([], True),
+        (["--cap-activations", "false"], False),
+        (["--gradient-checkpointing", "true"], False),
+        (["--lora-r", "4"], False),
+        (["--lean-activations", "false"], False),
+    ],
+)
+def test_activations_are_capped_by_default_unless_something_else_sets_the_memory(flags, capped):
+    """A 400-token batch keeps more than the tiny Llama's 347,648 gradient bytes (see
+    tests/test_lean.py), so the default recomputes both MLPs; checkpointing, LoRA and plain
+    modules leave them alone."""
+    from rmtrain.cli import build_parser
+    from rmtrain.config import TrainConfig, config_from_args
+    from rmtrain.train import apply_lean
+    from tests.conftest import tiny_llama
+
+    model = tiny_llama(200, 0)
+    cfg = config_from_args(build_parser().parse_args(["train", *flags]), TrainConfig)
+    apply_lean(model, cfg)
+    model(input_ids=torch.ones(1, 400, dtype=torch.long))
+    mlps = [layer.mlp for layer in model.model.layers]
+    assert [getattr(m, "_rmtrain_recompute", False) for m in mlps] == [capped, capped]

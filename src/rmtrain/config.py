@@ -108,6 +108,13 @@ class TrainConfig:
         "projections reading them (same gradients, about 46 percent fewer kept activations on "
         "SmolLM2; a few elementwise ops redone in backward).",
     )
+    cap_activations: bool = _opt(
+        True,
+        "With lean activations and no gradient checkpointing: when a batch would keep more "
+        "activations than the gradients take, recompute the MLPs of its first layers in backward "
+        "(two matrix products each), just enough that memory peaks with the gradients, as in "
+        "any trainer, not with the activations. Most batches recompute nothing.",
+    )
     fuse_elementwise: bool = _opt(
         False,
         "With lean activations: compile their elementwise work (RMSNorm, SiLU gate, forward and "

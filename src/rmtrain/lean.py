@@ -13,7 +13,10 @@ are cheap to recompute from tensors that are kept anyway:
   keeps for its own backward: it keeps those and concatenates them again in backward.
 On SmolLM2-135M the first two are 2,688 of the ~11,800 floats autograd keeps per token and layer
 (23%), the projections 2 x hidden + MLP width more (another 2,688); all of it elementwise work to
-redo. Only the module types listed below are touched (their forward is the same formula as
+redo. `cap_activations` goes one step further where a batch would keep more activations than
+the gradients take: it recomputes the MLPs of just enough first layers (their gate and up,
+two matrix products each) so that memory peaks with the gradients, as in any trainer.
+Only the module types listed below are touched (their forward is the same formula as
 transformers' own; projections only when they are plain `nn.Linear` outside DeepSpeed ZeRO-3;
 under autocast they cast as autocast's linear does); others keep theirs. The elementwise work
 itself is in `rmtrain.kernels`, eager or compiled (`make_lean(..., fuse=True)`).
@@ -124,6 +127,46 @@ class _RecomputedInputLinear(torch.autograd.Function):
         return (grad_x, grad_w, grad_b, None) + (None,) * len(parts)
 
 
+class _RecomputedMLP(torch.autograd.Function):
+    """down(silu(gate(x)) * up(x)) keeping x's recipe only: gate and up (2 x width floats a
+    token) are recomputed in backward, two of the MLP's three matrix products. The same
+    formula, casts and kernels as the lean MLP, so the same values and gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, wg: Any, wu: Any, wd: Any, recipe: Any, k: Any, *parts):
+        device = x.device.type
+        ctx.cast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        ctx.recipe, ctx.kernels, ctx.x_dtype = recipe, k, x.dtype
+        recipe.users += 1
+        ctx.save_for_backward(wg, wu, wd, *parts)
+        with torch.autocast(device, enabled=False):
+            x, wg, wu, wd = _cast(ctx.cast, x, wg, wu, wd)
+            return F.linear(k.silu_mul(F.linear(x, wg), F.linear(x, wu)), wd)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        weights, parts = ctx.saved_tensors[:3], ctx.saved_tensors[3:]
+        wg, wu, wd = _cast(ctx.cast, *weights)
+        (x,) = _cast(ctx.cast, ctx.recipe.get(parts))
+        ctx.recipe.release()
+        ctx.recipe = None
+        k = ctx.kernels
+        gate, up = F.linear(x, wg), F.linear(x, wu)
+        grad_gate, grad_up = k.silu_mul_backward(grad @ wd, gate, up)
+
+        def weight_grad(g: torch.Tensor, inp: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+            return (g.reshape(-1, g.shape[-1]).T @ inp.reshape(-1, inp.shape[-1])).to(like.dtype)
+
+        grad_wd = weight_grad(grad, k.silu_mul(gate, up), weights[2])
+        grad_wg, grad_wu = (
+            weight_grad(grad_gate, x, weights[0]),
+            weight_grad(grad_up, x, weights[1]),
+        )
+        # each in x's dtype, then summed, as autograd sums the two projections' input grads
+        grad_x = (grad_gate @ wg).to(ctx.x_dtype) + (grad_up @ wu).to(ctx.x_dtype)
+        return (grad_x, grad_wg, grad_wu, grad_wd, None, None) + (None,) * len(parts)
+
+
 def keep_recipe(out: torch.Tensor, fn: Any, parts: Any) -> None:
     """Mark `out` as recomputable by `fn(*parts)` from tensors kept anyway: a lean projection
     reading it (or a same-shaped view of it) keeps `parts` instead of `out`."""
@@ -164,8 +207,12 @@ def _norm_forward(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
 
 
 def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
-    gate, up = self.gate_proj(x), self.up_proj(x)
     k = _kernels(self)
+    recipe = _recipe(x) if self._rmtrain_recompute and torch.is_grad_enabled() else None
+    if recipe is not None and _plain_mlp(self):
+        weights = (self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
+        return _RecomputedMLP.apply(x, *weights, recipe[0], k, *recipe[1])
+    gate, up = self.gate_proj(x), self.up_proj(x)
     hidden = _SiluMul.apply(gate, up, k)
     if torch.is_grad_enabled():
         keep_recipe(hidden, k.silu_mul, (gate, up))
@@ -197,7 +244,7 @@ def make_lean(model: torch.nn.Module, projections: bool = True, fuse: bool = Fal
             module._rmtrain_fused = fuse
         elif name in GATED_MLPS and _is_silu(getattr(module, "act_fn", None)):
             module.forward = types.MethodType(_mlp_forward, module)
-            module._rmtrain_fused = fuse
+            module._rmtrain_fused, module._rmtrain_recompute = fuse, False
             changed += _lean_projections(module) if projections else 0
         elif name in ATTENTIONS:
             changed += _lean_projections(module) if projections else 0
@@ -221,3 +268,54 @@ def _lean_projections(module: torch.nn.Module) -> int:
 
 def _is_silu(act: Any) -> bool:
     return isinstance(act, torch.nn.SiLU) or type(act).__name__ in ("SiLU", "SiLUActivation")
+
+
+def _plain_mlp(mlp: Any) -> bool:
+    """gate / up / down are plain bias-free `nn.Linear` with trainable weights outside ZeRO-3
+    (LoRA and quantised wrappers keep their own forward)."""
+    projs = [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+    return all(
+        type(p) is torch.nn.Linear
+        and p.bias is None
+        and p.weight.requires_grad
+        and not hasattr(p.weight, "ds_id")
+        for p in projs
+    )
+
+
+def kept_bytes_per_token(config: Any, act: int, resid: int) -> tuple[int, int]:
+    """Bytes a lean decoder layer keeps for backward per token, and the part of them recomputing
+    its MLP saves (gate and up). `act` is the element size of projection outputs (autocast's
+    dtype), `resid` that of the residual stream the norms keep (the weights' dtype)."""
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    norms = 2 * (config.hidden_size + 1) * resid  # each norm: its input and 1/rms
+    attention = (2 * heads + 2 * kv) * head_dim * act + heads * 4  # q, k, v, output; logsumexp
+    mlp = 2 * config.intermediate_size * act
+    return norms + attention + mlp, mlp
+
+
+def cap_activations(model: torch.nn.Module) -> Any:
+    """Keep each training batch's activations within the size of the gradients: before every
+    forward, recompute the MLPs of as many of the first layers as the batch's token count
+    needs (none for most batches). A step's memory then peaks at the end of backward, with
+    weights, gradients and optimizer state, which every trainer reaches, instead of at the
+    start of backward with all activations. Returns the hook's handle."""
+    mlps = [m for m in model.modules() if hasattr(m, "_rmtrain_recompute") and _plain_mlp(m)]
+    config = model.config
+
+    def choose(_module: Any, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None or not torch.is_grad_enabled() or not mlps:
+            return
+        resid = next(model.parameters()).element_size()
+        on = ids.device.type
+        act = torch.get_autocast_dtype(on).itemsize if torch.is_autocast_enabled(on) else resid
+        per_layer, saved = kept_bytes_per_token(config, act, resid)
+        budget = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        over = ids.numel() * per_layer * len(mlps) - budget
+        n = 0 if over <= 0 else min(len(mlps), -(-over // (ids.numel() * saved)))
+        for i, mlp in enumerate(mlps):
+            mlp._rmtrain_recompute = i < n
+
+    return model.register_forward_pre_hook(choose, with_kwargs=True)

@@ -23,7 +23,7 @@ from rmtrain.dataprep import PreparedData, prepare_data
 from rmtrain.errors import RmtrainError
 from rmtrain.evaluate import summarise, write_report
 from rmtrain.formatting import default_prompt_floor
-from rmtrain.lean import make_lean
+from rmtrain.lean import cap_activations, make_lean
 from rmtrain.lora import apply_lora, merged, quantization_config
 from rmtrain.model import (
     attention_cost_ratio,
@@ -47,15 +47,17 @@ REPORT_DIR = "eval_report"
 CHECKPOINT_DIR = "checkpoints"
 
 
+def checkpointing(cfg: TrainConfig, n_params: int) -> bool:
+    """--gradient-checkpointing, by default on for models over 1B parameters."""
+    return n_params > 1e9 if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
+
+
 def training_arguments(
     cfg: TrainConfig, output: Path, report_to: list[str], n_params: int = 0
 ) -> TrainingArguments:
     on_gpu = torch.cuda.is_available()
     auto_bf16 = cfg.dtype == "auto" and on_gpu and torch.cuda.is_bf16_supported()
     mixed_bf16 = auto_bf16 and not cfg.fp16 if cfg.bf16 is None else cfg.bf16
-    checkpointing = (
-        n_params > 1e9 if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
-    )
     return TrainingArguments(
         output_dir=str(output / CHECKPOINT_DIR),
         learning_rate=cfg.lr,
@@ -80,7 +82,7 @@ def training_arguments(
         data_seed=cfg.seed,
         bf16=mixed_bf16,
         fp16=cfg.fp16,
-        activation_checkpointing=checkpointing,
+        activation_checkpointing=checkpointing(cfg, n_params),
         activation_checkpointing_kwargs={
             "use_reentrant": False,
             "every_n_layers": cfg.checkpoint_every,
@@ -307,9 +309,13 @@ def build_model(cfg: TrainConfig, pad_token_id: int) -> Any:
 
 
 def apply_lean(model: Any, cfg: TrainConfig) -> None:
-    """--lean-activations, with its elementwise work compiled if --fuse-elementwise."""
+    """--lean-activations, with its elementwise work compiled if --fuse-elementwise, and
+    --cap-activations unless gradient checkpointing already trades compute for memory."""
     if cfg.lean_activations:
         make_lean(model, fuse=cfg.fuse_elementwise)
+        full = cfg.lora_r == 0  # LoRA's few gradients are no measure for the activations
+        if cfg.cap_activations and full and not checkpointing(cfg, model.num_parameters()):
+            cap_activations(model)
 
 
 def check_free_disk(output: Path, model: Any, with_optimizer: bool) -> None:
