@@ -6,7 +6,8 @@ and the prefix-tree scoring path against the plain padded forward, on CUDA.
 float32 with TF32 off must meet the issue's bound (max abs difference < 1e-4 for rewards and loss
 gradients); under bf16 autocast (how training runs on a GPU) the differences are reported, with a
 loose sanity bound, since bf16 rounding differs with the layout. The lean activations (RMSNorm /
-SiLU-MLP) are checked against the stock modules the same way.
+SiLU-MLP) are checked against the stock modules the same way, and recomputed MLPs
+(--cap-activations) against the lean ones.
 """
 
 from __future__ import annotations
@@ -69,7 +70,12 @@ def check_training(arch: str, attn: str, bf16: bool) -> dict[str, float]:
     lean = copy.deepcopy(model)
     make_lean(lean)
     batch = PackedCollator(pad, "prefix_sharing", 40)(FEATURES)
-    out["lean_vs_stock"] = _diff(_run(model, batch, bf16), _run(lean, batch, bf16))
+    lean_run = _run(lean, batch, bf16)
+    out["lean_vs_stock"] = _diff(_run(model, batch, bf16), lean_run)
+    for m in lean.modules():  # --cap-activations at its most: every MLP recomputed
+        if hasattr(m, "_rmtrain_recompute"):
+            m._rmtrain_recompute = True
+    out["recomputed_mlp_vs_lean"] = _diff(lean_run, _run(lean, batch, bf16))
     return out
 
 

@@ -1,5 +1,5 @@
 """Activation-lean RMSNorm, gated MLP and input projections for training: same outputs and
-gradients, fewer tensors kept for backward, no extra matrix products.
+gradients, fewer tensors kept for backward, no extra matrix products (but for the cap below).
 
 Autograd keeps every intermediate an op needs for its backward. In a Llama / Qwen3 layer several
 are cheap to recompute from tensors that are kept anyway:
