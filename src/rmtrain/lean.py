@@ -296,11 +296,12 @@ def kept_bytes_per_token(config: Any, act: int, resid: int) -> tuple[int, int]:
 
 
 def cap_activations(model: torch.nn.Module) -> Any:
-    """Keep each training batch's activations within the size of the gradients: before every
-    forward, recompute the MLPs of as many of the first layers as the batch's token count
-    needs (none for most batches). A step's memory then peaks at the end of backward, with
-    weights, gradients and optimizer state, which every trainer reaches, instead of at the
-    start of backward with all activations. Returns the hook's handle."""
+    """Keep each training batch's activations, plus the working memory of the first layer
+    backward reaches (its gate, up and their gradients), within the size of the gradients:
+    before every forward, recompute the MLPs of as many of the first layers as the batch's
+    token count needs (none for smaller batches). A step's memory then peaks at the end of
+    backward, with weights, gradients and optimizer state, which every trainer reaches,
+    instead of at its start with all activations. Returns the hook's handle."""
     mlps = [m for m in model.modules() if hasattr(m, "_rmtrain_recompute") and _plain_mlp(m)]
     config = model.config
 
@@ -313,7 +314,7 @@ def cap_activations(model: torch.nn.Module) -> Any:
         act = torch.get_autocast_dtype(on).itemsize if torch.is_autocast_enabled(on) else resid
         per_layer, saved = kept_bytes_per_token(config, act, resid)
         budget = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-        over = ids.numel() * per_layer * len(mlps) - budget
+        over = ids.numel() * (per_layer * len(mlps) + 2 * saved) - budget
         n = 0 if over <= 0 else min(len(mlps), -(-over // (ids.numel() * saved)))
         for i, mlp in enumerate(mlps):
             mlp._rmtrain_recompute = i < n
