@@ -6,6 +6,8 @@
     python benchmarks/ab_step.py sdpa 250,200,200  # ms of SDPA alone: masked, causal, forked
     python benchmarks/ab_step.py fuse se     # fwd+bwd time: elementwise work compiled vs eager
     python benchmarks/ab_step.py saved se    # MB autograd keeps for one step: plain vs lean
+    python benchmarks/ab_step.py kept se 3   # MB the lean model keeps for step 3 (of 0-3), by
+                                             # module (the largest of the first 4 SE steps)
     python benchmarks/ab_step.py projections hh  # fwd+bwd time: lean with / without projections
     python benchmarks/ab_step.py steps hh lean   # 6 full steps (clip + fused AdamW), one
     python benchmarks/ab_step.py steps hh plain  #   variant per process: run them alternately
@@ -173,6 +175,50 @@ def saved(dataset: str) -> None:
         print(f"{name}: {tokens} tokens, {sum(kept.values()) / 2**20:.0f} MB kept for backward")
 
 
+def kept(dataset: str, index: str = "0") -> None:
+    """What the lean model keeps for backward for one step, by the module that kept it (the
+    innermost attention / MLP / norm / projection running at the time), parameters excluded."""
+    from collections import defaultdict
+
+    model, batches = setup(dataset, int(index) + 1)
+    make_lean(model)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    where, found, alive = ["other"], {}, []
+
+    def enter(module: Any, _args: Any) -> None:
+        where.append(module._ab_name)
+
+    def leave(*_: Any) -> None:
+        where.pop()
+
+    for name, m in model.named_modules():
+        if type(m).__name__.endswith(("RMSNorm", "MLP", "Attention")):
+            m._ab_name = name.split(".")[-1]
+            m.register_forward_pre_hook(enter)
+            m.register_forward_hook(leave)
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        alive.append(t)  # no freed storage may lend its address to another
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params and ptr not in found:
+            found[ptr] = (where[-1], t.untyped_storage().nbytes())
+        return t
+
+    batch = batches[int(index)]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        pairwise_loss(*pair_rewards(model, batch))
+    by: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for name, nbytes in found.values():
+        by[name][0] += nbytes
+        by[name][1] += 1
+    tokens, layers = batch["input_ids"].numel(), model.config.num_hidden_layers
+    print(f"{tokens} tokens, {sum(n for _, n in found.values()) / 2**20:.1f} MB kept")
+    for name, (nbytes, count) in sorted(by.items(), key=lambda kv: -kv[1][0]):
+        per = nbytes / 4 / tokens / layers
+        print(f"  {name:26s} {nbytes / 2**20:7.1f} MB {count:4d} tensors", end=" ")
+        print(f"{per:7.1f} floats/token/layer")
+
+
 def steps(dataset: str, variant: str) -> None:
     """One variant per process (run `plain` and `lean` alternately): 7 full steps, the first
     untimed; peak RSS of the whole process."""
@@ -205,6 +251,6 @@ def profile(dataset: str, variant: str = "plain") -> None:
 
 if __name__ == "__main__":
     what, data, *rest = sys.argv[1:]
-    modes = {"blocks": blocks, "forks": forks, "fuse": fuse, "saved": saved}
+    modes = {"blocks": blocks, "forks": forks, "fuse": fuse, "saved": saved, "kept": kept}
     modes |= {"profile": profile, "projections": projections, "sdpa": sdpa, "steps": steps}
     modes[what](data, *rest)
