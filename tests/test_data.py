@@ -130,3 +130,19 @@ def test_sampling_and_split_are_deterministic_and_grouped():
 
 def test_parse_hh_transcript_rejects_other_text():
     assert parse_hh_transcript("just text") is None
+
+
+@pytest.mark.parametrize("line", ["[", "[]", "[1, 2]", '[{"prompt": "a"}]'])
+def test_a_jsonl_line_that_looks_like_an_array_is_one_row(tmp_path, line):
+    """Found by the line-preservation property: a .jsonl file whose first line opens a JSON
+    array was read as an array, which failed on `[` and swallowed or split lines otherwise."""
+    from rmtrain.data import _InvalidJson, read_json_rows
+
+    path = tmp_path / "x.jsonl"
+    path.write_text(line + "\n" + json.dumps({"prompt": "p"}) + "\n")
+    rows = read_json_rows(path)
+    assert len(rows) == 2 and rows[1] == {"prompt": "p"}
+    assert isinstance(rows[0], _InvalidJson) == (line == "[")
+    array = tmp_path / "x.json"  # a .json file may still hold one array
+    array.write_text('[{"prompt": "a"}, {"prompt": "b"}]')
+    assert read_json_rows(array) == [{"prompt": "a"}, {"prompt": "b"}]

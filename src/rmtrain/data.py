@@ -88,12 +88,15 @@ def _looks_like_path(source: str) -> bool:
 
 
 def read_json_rows(path: Path) -> list[Any]:
-    """JSON array or JSON lines, optionally gzipped; undecodable lines are kept as errors."""
+    """JSON array or JSON lines, optionally gzipped; undecodable lines are kept as errors.
+    A `.jsonl` file is always read line by line: a line such as `[` or `[1, 2]` is one
+    malformed row, never the start of an array that would swallow or split lines."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
         text = fh.read()
     stripped = text.lstrip()
-    if stripped.startswith("["):
+    lines_only = path.name.removesuffix(".gz").endswith(".jsonl")
+    if stripped.startswith("[") and not lines_only:
         try:
             rows = json.loads(stripped)
         except json.JSONDecodeError as exc:
