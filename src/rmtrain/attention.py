@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from rmtrain.lean import keep_recipe
+from rmtrain.lean import autocast_dtype, keep_recipe
 
 # Per row, its blocks from column 0: a size n (any mask within the block), or (n, p, c) for a
 # forked block: its first c tokens are one causal sequence and the n - c after them see the
@@ -67,9 +67,10 @@ def block_sdpa(
     sdpa = functools.partial(
         F.scaled_dot_product_attention, dropout_p=dropout, scale=scaling, enable_gqa=gqa
     )
-    on = query.device.type  # the mask in the dtype SDPA runs in: no cast, no copy per layer
-    low = torch.get_autocast_dtype(on) if torch.is_autocast_enabled(on) else query.dtype
-    masks = _tail_masks(attention_blocks, query.device, low)
+    # the masks in the dtype SDPA runs in: no cast, no copy per layer
+    masks = _tail_masks(
+        attention_blocks, query.device, autocast_dtype(query.device.type) or query.dtype
+    )
     width, pieces, layout = query.shape[2], [], []
     # unbind / split, not indexing: their backward is one stack / cat, where each indexed
     # block's backward would zero-fill and add a gradient the size of the whole batch.
@@ -143,10 +144,17 @@ def _tail_masks(blocks: Blocks, device: torch.device, dtype: torch.dtype) -> dic
         if (n - c, p, c) not in masks:
             seen = torch.ones(n - c, n, dtype=torch.bool, device=device).tril(c)
             seen[:, p:c] = False
-            masks[n - c, p, c] = torch.zeros(n - c, n, dtype=dtype, device=device).masked_fill(
-                ~seen, torch.finfo(dtype).min
-            )
+            masks[n - c, p, c] = additive_mask(seen, dtype)
     return masks
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean mask (True = attend) as the float mask SDPA and eager attention add: 0 where
+    allowed, the dtype's minimum where blocked (finite, so a fully blocked row gives no NaN)."""
+    blocked = torch.finfo(dtype).min
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+        ~allowed, blocked
+    )
 
 
 def install() -> None:

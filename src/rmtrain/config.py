@@ -113,7 +113,7 @@ class TrainConfig:
         "With lean activations and no gradient checkpointing: when a batch would keep more "
         "activations than the gradients take, recompute the MLPs of its first layers in backward "
         "(two matrix products each), just enough that memory peaks with the gradients, as in "
-        "any trainer, not with the activations. Most batches recompute nothing.",
+        "any trainer, not with the activations. Batches within that size recompute nothing.",
     )
     fuse_elementwise: bool = _opt(
         False,

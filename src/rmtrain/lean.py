@@ -102,7 +102,7 @@ class _RecomputedInputLinear(torch.autograd.Function):
         # Under autocast, compute as autocast's linear does (inputs cast to its dtype), but keep
         # the recipe instead of the cast copy of x that autocast's linear would keep.
         device = x.device.type
-        ctx.cast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        ctx.cast = autocast_dtype(device)
         ctx.recipe, ctx.has_bias, ctx.x_dtype = recipe, bias is not None, x.dtype
         recipe.users += 1
         ctx.save_for_backward(weight, *parts)
@@ -118,8 +118,7 @@ class _RecomputedInputLinear(torch.autograd.Function):
             grad_x = (grad @ w).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
             (x,) = _cast(ctx.cast, ctx.recipe.get(parts))
-            grad_w = grad.reshape(-1, grad.shape[-1]).T @ x.reshape(-1, x.shape[-1])
-            grad_w = grad_w.to(weight.dtype)
+            grad_w = _weight_grad(grad, x, weight)
         ctx.recipe.release()
         ctx.recipe = None  # the node outlives its backward: do not keep the value through it
         if ctx.has_bias and ctx.needs_input_grad[2]:
@@ -135,7 +134,7 @@ class _RecomputedMLP(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, wg: Any, wu: Any, wd: Any, recipe: Any, k: Any, *parts):
         device = x.device.type
-        ctx.cast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        ctx.cast = autocast_dtype(device)
         ctx.recipe, ctx.kernels, ctx.x_dtype = recipe, k, x.dtype
         recipe.users += 1
         ctx.save_for_backward(wg, wu, wd, *parts)
@@ -153,14 +152,10 @@ class _RecomputedMLP(torch.autograd.Function):
         k = ctx.kernels
         gate, up = F.linear(x, wg), F.linear(x, wu)
         grad_gate, grad_up = k.silu_mul_backward(grad @ wd, gate, up)
-
-        def weight_grad(g: torch.Tensor, inp: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-            return (g.reshape(-1, g.shape[-1]).T @ inp.reshape(-1, inp.shape[-1])).to(like.dtype)
-
-        grad_wd = weight_grad(grad, k.silu_mul(gate, up), weights[2])
+        grad_wd = _weight_grad(grad, k.silu_mul(gate, up), weights[2])
         grad_wg, grad_wu = (
-            weight_grad(grad_gate, x, weights[0]),
-            weight_grad(grad_up, x, weights[1]),
+            _weight_grad(grad_gate, x, weights[0]),
+            _weight_grad(grad_up, x, weights[1]),
         )
         # each in x's dtype, then summed, as autograd sums the two projections' input grads
         grad_x = (grad_gate @ wg).to(ctx.x_dtype) + (grad_up @ wu).to(ctx.x_dtype)
@@ -191,6 +186,19 @@ def _cast(dtype: torch.dtype | None, *tensors: Any) -> list[Any]:
     if dtype is None:
         return list(tensors)
     return [t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors]
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes in on this device type, or None where it is off."""
+    on = torch.is_autocast_enabled(device_type)
+    return torch.get_autocast_dtype(device_type) if on else None
+
+
+def _weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A linear layer's weight gradient from its output gradient and input, in the weight's
+    dtype."""
+    flat = grad.reshape(-1, grad.shape[-1]).T @ x.reshape(-1, x.shape[-1])
+    return flat.to(weight.dtype)
 
 
 def _kernels(module: Any) -> Kernels:
@@ -310,8 +318,8 @@ def cap_activations(model: torch.nn.Module) -> Any:
         if ids is None or not torch.is_grad_enabled() or not mlps:
             return
         resid = next(model.parameters()).element_size()
-        on = ids.device.type
-        act = torch.get_autocast_dtype(on).itemsize if torch.is_autocast_enabled(on) else resid
+        low = autocast_dtype(ids.device.type)
+        act = low.itemsize if low is not None else resid
         per_layer, saved = kept_bytes_per_token(config, act, resid)
         budget = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
         over = ids.numel() * (per_layer * len(mlps) + 2 * saved) - budget

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from rmtrain.attention import block_sizes
+from rmtrain.attention import additive_mask, block_sizes
 from rmtrain.attention import install as install_block_attention
 from rmtrain.errors import RmtrainError
 
@@ -297,10 +297,7 @@ def _mask_for_attention(model: Any, mask: torch.Tensor) -> torch.Tensor:
         mask.device.type != "cpu" or torch.is_autocast_enabled("cpu")
     ):
         return mask
-    dtype = next(value_head(model).parameters()).dtype
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
-        ~mask, torch.finfo(dtype).min
-    )
+    return additive_mask(mask, next(value_head(model).parameters()).dtype)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
