@@ -284,14 +284,15 @@ def _trl_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[in
 def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int]) -> Any:
     from rmtrain.collate import make_eval_collator, pair_tokens
     from rmtrain.config import TrainConfig
-    from rmtrain.model import attention_cost_ratio
+    from rmtrain.model import attention_cost_ratio, use_block_attention
     from rmtrain.train import apply_lean, train_collator, training_arguments
     from rmtrain.trainer import PairwiseRewardTrainer, make_compute_metrics
 
     model, tok = _load_model(spec)
     # "prefix_sharing+gc3": that layout with checkpointing every 3rd layer; "+grouped": with
     # --group-by-prompt (the pairs of one prompt in the same steps, trained on prefix trees);
-    # "+fused": --fuse-elementwise true; "+nocap": --cap-activations false
+    # "+fused": --fuse-elementwise true; "+nocap": --cap-activations false; "+blocks" /
+    # "+noblocks": --block-attention on / off
     packing, *flags = spec["path"].split("+")
     gc = next((f[2:] for f in flags if f.startswith("gc")), None)
     cfg = TrainConfig(
@@ -308,10 +309,12 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
         lean_activations=spec.get("lean_activations", True),
         fuse_elementwise="fused" in flags,
         cap_activations="nocap" not in flags,
+        block_attention="on" if "blocks" in flags else "off" if "noblocks" in flags else "auto",
         report_to=["none"],
         logging_steps=10_000,
     )
     apply_lean(model, cfg)
+    use_block_attention(model, cfg.block_attention)
     for f in train + evals:
         f["length"] = pair_tokens(f, cfg.packing)
     evals.sort(key=lambda f: -f["length"])
@@ -433,7 +436,8 @@ def main() -> None:
         nargs="+",
         default=list(PATHS),
         help="also trl_nogc; rmtrain path+gc / +gcN: checkpointing (every N-th layer), "
-        "prefix_sharing+grouped: --group-by-prompt; +fused: --fuse-elementwise true; any "
+        "prefix_sharing+grouped: --group-by-prompt; +fused: --fuse-elementwise true; +nocap: "
+        "--cap-activations false; +blocks / +noblocks: --block-attention on / off; any "
         "path+nocudnn: SDPA without cuDNN",
     )
     ap.add_argument("--runs-log", default=None, help="append each run's JSON to this file")

@@ -1,8 +1,8 @@
 """Where a GPU training step goes, for TRL and rmtrain prefix sharing on the same random-init
-Qwen3-0.6B shape and HH pairs (the setup of `bench_train.py --mode gpu`), in one process:
+Qwen3-0.6B shape and HH (or SE) pairs (the setup of `bench_train.py --mode gpu`), in one process:
 whether autocast is on inside the forward, each step's wall time, and the profiler's top ops.
 
-    python benchmarks/gpu_profile.py [--pairs 8] [--steps 12] [--out DIR]
+    python benchmarks/gpu_profile.py [--pairs 8] [--steps 12] [--dataset hh] [--out DIR]
 """
 
 from __future__ import annotations
@@ -97,9 +97,10 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--paths", nargs="+", default=["prefix_sharing", "trl", "trl+nocudnn"])
+    ap.add_argument("--dataset", choices=("hh", "se"), default="hh")
     ap.add_argument("--out", default=os.environ.get("OUT"))
     a = ap.parse_args()
-    feats = bt.build_features("tiny", "hh", 512)["features"]
+    feats = bt.build_features("tiny", a.dataset, 512)["features"]
     n = a.pairs * a.steps
     train, evals = feats[:n], feats[n : n + 16]
     out = []

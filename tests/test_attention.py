@@ -150,6 +150,25 @@ def test_packed_forward_runs_one_attention_per_block_with_the_same_rewards(arch,
     assert torch.allclose(rejected, dense[1], atol=1e-5)
 
 
+@pytest.mark.parametrize("when,per_block", [("auto", True), ("on", True), ("off", False)])
+def test_block_attention_setting_picks_the_path(when, per_block, monkeypatch):
+    """--block-attention: auto is per block on CPU; off runs one masked call per row, with the
+    same rewards."""
+    from rmtrain.model import use_block_attention
+
+    model, pad = make_model("qwen3", "sdpa")
+    batch = PackedCollator(pad, "prefix_sharing", 64)(FEATURES)
+    dense = [r.detach() for r in pair_rewards(model, {**batch, "attention_blocks": None})]
+    use_block_attention(model, when)
+    calls = _count_sdpa_calls(monkeypatch)
+    chosen, rejected = pair_rewards(model, batch)
+    # per block: two calls per pair (its causal run, its rejected tail); else one per row
+    per_layer = len(FEATURES) * 2 if per_block else batch["input_ids"].shape[0]
+    assert len(calls) == per_layer * model.config.num_hidden_layers
+    assert torch.allclose(chosen, dense[0], atol=1e-5)
+    assert torch.allclose(rejected, dense[1], atol=1e-5)
+
+
 def test_tree_batches_carry_their_tree_sizes(monkeypatch):
     model, pad = tiny_llama(200, 0), 0
     collate = PrefixTreeCollator(pad, cap=64, attention_cost=0.01)

@@ -55,6 +55,8 @@ def test_bad_values_are_reported():
         parse(["--attn-implementation", "flex_attention"])
     with pytest.raises(RmtrainError, match="--group-by-prompt .* --packing prefix_sharing"):
         parse(["--group-by-prompt", "true", "--packing", "none"])
+    with pytest.raises(RmtrainError, match="--block-attention must be auto, on or off: 'yes'"):
+        parse(["--block-attention", "yes"])
 
 
 def test_help_documents_every_option(capsys):

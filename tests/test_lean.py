@@ -8,13 +8,14 @@ import torch
 
 from rmtrain.collate import PackedCollator, PairCollator
 from rmtrain.lean import make_lean
+from rmtrain.losses import pairwise_loss
 from tests.test_packing import FEATURES, loss_and_grads, make_model
 
 
 def _saved_floats(model, batch) -> int:
-    """Floats in the distinct tensors autograd keeps for backward (parameters excluded)."""
-    from rmtrain.losses import pairwise_loss
-    from rmtrain.trainer import pair_rewards
+    """Floats in the distinct tensors autograd keeps for backward (parameters excluded), every
+    layer run at every position (`rmtrain.last_layer` is tested on its own)."""
+    from tests.test_last_layer import full_rewards
 
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     kept: dict[int, int] = {}
@@ -28,7 +29,7 @@ def _saved_floats(model, batch) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        pairwise_loss(*pair_rewards(model, batch))
+        pairwise_loss(*full_rewards(model, batch))
     return sum(kept.values())
 
 

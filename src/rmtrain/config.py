@@ -122,6 +122,11 @@ class TrainConfig:
         "percent off forward + backward in isolation on CPU, but no gain measured end to end "
         "(see benchmarks/README.md), hence off. Without a C++ compiler it warns and runs eagerly.",
     )
+    block_attention: str = _opt(
+        "auto",
+        "Packed rows' attention one pair (block) at a time instead of one masked call over the "
+        "whole row: auto (on CPU, where it is measured; on GPUs the dense call runs), on, off.",
+    )
     attn_implementation: str = _opt(
         "sdpa",
         "Attention kernel: sdpa, eager, flash_attention_2 (padding_free / none packing only).",
@@ -186,6 +191,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
             "--group-by-prompt shares prompts through prefix trees: use it with "
             "--packing prefix_sharing"
         )
+    if cfg.block_attention not in ("auto", "on", "off"):
+        problems.append(f"--block-attention must be auto, on or off: {cfg.block_attention!r}")
     attn = ("sdpa", "eager", "flash_attention_2")
     if cfg.attn_implementation in ("flex", "flex_attention"):
         # Measured with torch 2.13 CPU: no FlexAttention backward on CPU (NotImplementedError),

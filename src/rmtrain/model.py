@@ -18,6 +18,7 @@ import torch
 from rmtrain.attention import additive_mask, block_sizes
 from rmtrain.attention import install as install_block_attention
 from rmtrain.errors import RmtrainError
+from rmtrain.last_layer import only_rows
 
 PAD_CANDIDATES = ("<|endoftext|>", "<pad>", "<|pad|>", "<|finetune_right_pad_id|>", "<unk>")
 
@@ -215,9 +216,12 @@ def token_values(
     position_ids: torch.Tensor | None = None,
     return_hidden: bool = False,
     blocks: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
 ) -> Any:
     """The value head applied at every position: [batch, seq] (the seed's per-token values);
-    with `return_hidden`, also the final hidden states (for an auxiliary LM loss).
+    with `return_hidden`, also the final hidden states (for an auxiliary LM loss). With `keep`
+    (flat indices into [batch x seq]) the values are right only at those positions: the last
+    layer's output projection and MLP run there alone (`rmtrain.last_layer`).
 
     The model's own forward runs (so DDP, FSDP, DeepSpeed ZeRO-3 and PEFT see a normal call and
     gather / sync as usual); a forward hook keeps the head's output at every position before
@@ -231,18 +235,18 @@ def token_values(
     extra: dict[str, Any] = {}
     if attention_mask is not None and attention_mask.dim() == 4:
         attention_mask = _mask_for_attention(inner, attention_mask)
-        # Per-block attention is measured on CPU only (one kernel call per block per layer; on
-        # GPUs the dense masked call may win for rows of many small blocks: unmeasured).
-        on_cpu = input_ids.device.type == "cpu"
+        per_block = getattr(inner, "_rmtrain_block_attention", None)
+        if per_block is None:  # auto: measured on CPU only (see `use_block_attention`)
+            per_block = input_ids.device.type == "cpu"
         sdpa = inner.config._attn_implementation == "sdpa"
-        if blocks is not None and on_cpu and sdpa and _passes_attention_kwargs(inner):
+        if blocks is not None and per_block and sdpa and _passes_attention_kwargs(inner):
             install_block_attention()
             extra["attention_blocks"] = block_sizes(blocks)
     kept: list[torch.Tensor] = []
     handle = value_head(inner).register_forward_hook(lambda _m, _i, out: kept.append(out))
     backends = attention_backends(input_ids.device)
     try:
-        with backends:
+        with backends, only_rows(inner, None if return_hidden else keep):
             out = model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -255,6 +259,14 @@ def token_values(
         handle.remove()
     values = kept[-1].squeeze(-1).float()
     return (values, out.hidden_states[-1]) if return_hidden else values
+
+
+def use_block_attention(model: Any, when: str) -> None:
+    """--block-attention auto / on / off for `token_values` on packed rows. auto: per block on
+    CPU only. There it is measured; on an H200 at 32 pairs a step the dense masked call over
+    2,048-token rows took 41% of the GPU time (benchmarks/README.md, GPU session 8), but the
+    per-block path's extra kernel launches there are unmeasured."""
+    unwrap(model)._rmtrain_block_attention = {"auto": None, "on": True, "off": False}[when]
 
 
 def attention_backends(device: torch.device) -> contextlib.AbstractContextManager:

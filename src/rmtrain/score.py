@@ -51,16 +51,20 @@ class RewardScorer:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _forward(self, batch: dict[str, torch.Tensor], rows: list, cols: list) -> torch.Tensor:
+        """The values at (rows, cols): the last layer runs at those tokens alone."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
+        at = torch.tensor(rows) * batch["input_ids"].shape[1] + torch.tensor(cols)
         with torch.inference_mode():
-            return token_values(
+            values = token_values(
                 self.model,
                 batch["input_ids"],
                 batch["attention_mask"],
                 batch["position_ids"],
                 blocks=batch["attention_blocks"],
+                keep=at.unique().to(self.device),
             )
+        return values.flatten()[at.to(self.device)]
 
     def score_features(
         self, features: Sequence[dict[str, Any]], progress: Progress | None = None
@@ -102,10 +106,9 @@ class RewardScorer:
         for group in _batches_by_budget([len(t) for t in trees], self.token_budget):
             batch_trees = [trees[t] for t in group]
             batch, place = pack_trees(batch_trees, self.tokenizer.pad_token_id)
-            values = self._forward(batch)
             ends = sequence_ends(batch_trees, place)
             rows, cols = zip(*ends.values(), strict=True)
-            out[list(ends)] = values[list(rows), list(cols)].float().cpu().numpy()
+            out[list(ends)] = self._forward(batch, rows, cols).float().cpu().numpy()
             if progress:
                 progress(len(ends))
         return out

@@ -31,6 +31,7 @@ from rmtrain.model import (
     load_reward_model,
     load_tokenizer,
     resolve_dtype,
+    use_block_attention,
 )
 from rmtrain.modelcard import render_model_card
 from rmtrain.publish import STAGE_NAME, check_output_dir, publish, staging_dir
@@ -299,6 +300,7 @@ def build_model(cfg: TrainConfig, pad_token_id: int) -> Any:
         quantization_config(cfg.load_in_4bit),
     )
     apply_lean(model, cfg)
+    use_block_attention(model, cfg.block_attention)
     if cfg.lora_r > 0:
         if cfg.load_in_4bit:
             from peft import prepare_model_for_kbit_training

@@ -39,15 +39,26 @@ def pair_rewards(model: Any, batch: dict[str, torch.Tensor], with_hidden: bool =
     if with_hidden:
         values, hidden = token_values(*args, return_hidden=True, blocks=blocks)
         return (*_read_rewards(values, batch), hidden)
-    return _read_rewards(token_values(*args, blocks=blocks), batch)
+    rows, cols = _reward_positions(batch)
+    at = rows * batch["input_ids"].shape[1] + cols
+    # unique: prefix trees (--group-by-prompt) read one response's token for several pairs
+    values = token_values(*args, blocks=blocks, keep=at.unique()).flatten()[at]
+    half = values.shape[0] // 2
+    return values[:half], values[half:]
+
+
+def _reward_positions(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) of every reward token, the chosen ones first, then the rejected."""
+    if "chosen_index" in batch:
+        both = torch.cat([batch["chosen_index"], batch["rejected_index"]])
+        return both[:, 0], both[:, 1]
+    cols = last_token_index(batch["attention_mask"])
+    return torch.arange(cols.shape[0], device=cols.device), cols
 
 
 def _read_rewards(values: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple:
-    if "chosen_index" in batch:
-        c, r = batch["chosen_index"], batch["rejected_index"]
-        return values[c[:, 0], c[:, 1]], values[r[:, 0], r[:, 1]]
-    index = last_token_index(batch["attention_mask"])
-    rewards = values.gather(1, index.unsqueeze(1)).squeeze(1)
+    rows, cols = _reward_positions(batch)
+    rewards = values[rows, cols]
     half = rewards.shape[0] // 2
     return rewards[:half], rewards[half:]
 
