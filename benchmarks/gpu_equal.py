@@ -6,8 +6,9 @@ and the prefix-tree scoring path against the plain padded forward, on CUDA.
 float32 with TF32 off must meet the issue's bound (max abs difference < 1e-4 for rewards and loss
 gradients); under bf16 autocast (how training runs on a GPU) the differences are reported, with a
 loose sanity bound, since bf16 rounding differs with the layout. The lean activations (RMSNorm /
-SiLU-MLP) are checked against the stock modules the same way, and recomputed MLPs
-(--cap-activations) against the lean ones.
+SiLU-MLP) are checked against the stock modules the same way, recomputed MLPs
+(--cap-activations) against the lean ones, the last layer run at the reward tokens only against
+the full forward, and --block-attention on / off.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rmtrain.collate import PackedCollator, PairCollator, PrefixTreeCollator, group_by_prompt  # noqa: E402
 from rmtrain.lean import make_lean  # noqa: E402
 from rmtrain.losses import pairwise_loss  # noqa: E402
+from rmtrain.model import use_block_attention  # noqa: E402
 from rmtrain.trainer import pair_rewards  # noqa: E402
+from tests.test_last_layer import full_rewards  # noqa: E402
 from tests.test_packing import FEATURES, make_model  # noqa: E402
 from tests.test_prefix_tree import SHARED  # noqa: E402
 
@@ -39,11 +42,14 @@ def _on(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: v.to(DEV) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def _run(model: Any, batch: dict[str, Any], bf16: bool) -> tuple[torch.Tensor, dict[str, Any]]:
+def _run(
+    model: Any, batch: dict[str, Any], bf16: bool, full: bool = False
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Rewards and gradients; `full`: every layer at every position (no `rmtrain.last_layer`)."""
     model.zero_grad()
     ctx = torch.autocast(DEV.type, torch.bfloat16) if bf16 else contextlib.nullcontext()
     with ctx:
-        chosen, rejected = pair_rewards(model, _on(batch))
+        chosen, rejected = (full_rewards if full else pair_rewards)(model, _on(batch))
         loss = pairwise_loss(chosen, rejected)
     loss.backward()
     grads = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -64,9 +70,15 @@ def check_training(arch: str, attn: str, bf16: bool) -> dict[str, float]:
         out[f"{mode}/{budget}"] = _diff(
             ref, _run(model, PackedCollator(pad, mode, budget)(FEATURES), bf16)
         )
+    out["last_layer_trim"] = _diff(_run(model, PairCollator(pad)(FEATURES), bf16, True), ref)
     if attn == "sdpa":
         varlen = PackedCollator(pad, "padding_free", 64, varlen=True)(FEATURES)
         out["padding_free/varlen"] = _diff(ref, _run(model, varlen, bf16))
+        for when in ("on", "off"):  # --block-attention (auto: per block on CPU only)
+            use_block_attention(model, when)
+            packed = PackedCollator(pad, "prefix_sharing", 40)(FEATURES)
+            out[f"prefix_sharing/blocks_{when}"] = _diff(ref, _run(model, packed, bf16))
+        use_block_attention(model, "auto")
     lean = copy.deepcopy(model)
     make_lean(lean)
     batch = PackedCollator(pad, "prefix_sharing", 40)(FEATURES)

