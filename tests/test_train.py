@@ -182,3 +182,22 @@ def test_activations_are_capped_by_default_unless_something_else_sets_the_memory
     model(input_ids=torch.ones(1, 400, dtype=torch.long))
     mlps = [layer.mlp for layer in model.model.layers]
     assert [getattr(m, "_rmtrain_recompute", False) for m in mlps] == [capped, capped]
+
+
+def test_several_gpus_in_one_process_train_on_one(tmp_path, capsys):
+    """Without a launcher the Trainer would wrap the model in nn.DataParallel, which splits a
+    batch's packed rows across replicas (wrong rewards): one process keeps one device."""
+    from transformers import TrainingArguments
+
+    from rmtrain.train import one_device_per_process
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=2)
+    assert str(args.device) == "cpu"  # device set up; now pretend it found 4 GPUs
+    args._n_gpu = 4
+    assert args.train_batch_size == 8
+    assert one_device_per_process(args) is args
+    assert args.n_gpu == 1 and args.train_batch_size == 2
+    assert "4 GPUs visible in one process" in capsys.readouterr().out
+    args._n_gpu = 0  # CPU: nothing to change, nothing said
+    assert one_device_per_process(args).n_gpu == 0
+    assert capsys.readouterr().out == ""

@@ -59,7 +59,7 @@ def training_arguments(
     on_gpu = torch.cuda.is_available()
     auto_bf16 = cfg.dtype == "auto" and on_gpu and torch.cuda.is_bf16_supported()
     mixed_bf16 = auto_bf16 and not cfg.fp16 if cfg.bf16 is None else cfg.bf16
-    return TrainingArguments(
+    args = TrainingArguments(
         output_dir=str(output / CHECKPOINT_DIR),
         learning_rate=cfg.lr,
         num_train_epochs=cfg.epochs,
@@ -95,6 +95,23 @@ def training_arguments(
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         disable_tqdm=False,
     )
+    return one_device_per_process(args)
+
+
+def one_device_per_process(args: TrainingArguments) -> TrainingArguments:
+    """With several GPUs visible and no launcher, the Trainer wraps the model in
+    `nn.DataParallel`, which splits a batch's rows across replicas: packed rows carry per-batch
+    block sizes and reward positions, and the value hook would see one replica's values, so
+    rewards would be wrong. One process drives one GPU; several go through `accelerate launch`
+    or torchrun (DDP, FSDP, DeepSpeed), as the README's multi-GPU section says."""
+    if args.n_gpu > 1:
+        print(
+            f"[rmtrain] {args.n_gpu} GPUs visible in one process: training on {args.device} "
+            "only; launch with `accelerate launch` or torchrun to use them all",
+            flush=True,
+        )
+        args._n_gpu = 1
+    return args
 
 
 def _print_counts(counts: DataCounts) -> None:
