@@ -40,15 +40,17 @@ from rmtrain.trainer import pair_rewards  # noqa: E402
 
 def _rounds(variants: dict[str, tuple[Any, list, Any]], rounds: int, discard_first: bool) -> dict:
     """[forward s, backward s] per variant (model, batches, setup callable run before each of
-    its rounds), variants in turn and reversed every other round."""
+    its rounds[, rewards function instead of `pair_rewards`]), variants in turn and reversed
+    every other round."""
     total = {k: [0.0, 0.0] for k in variants}
     for rnd in range(rounds):
         for name in list(variants) if rnd % 2 == 0 else list(reversed(variants)):
-            model, batches, before = variants[name]
+            model, batches, before, *own = variants[name]
+            rewards = own[0] if own else pair_rewards
             before()
             for b in batches:
                 start = time.perf_counter()
-                loss = pairwise_loss(*pair_rewards(model, b))
+                loss = pairwise_loss(*rewards(model, b))
                 mid = time.perf_counter()
                 loss.backward()
                 end = time.perf_counter()

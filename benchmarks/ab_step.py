@@ -154,25 +154,31 @@ def fuse(dataset: str) -> None:
     print(dataset, "fwd+bwd s over 12 steps:", {k: round(v, 2) for k, v in total.items()})
 
 
+def kept_bytes(model: Any, batch: dict, rewards: Any = pair_rewards) -> int:
+    """Bytes in the distinct non-parameter storages autograd keeps for one forward."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept: dict[int, int] = {}
+    alive: list[torch.Tensor] = []  # no freed storage may lend its address to another
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        alive.append(t)
+        if t.untyped_storage().data_ptr() not in params:
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        pairwise_loss(*rewards(model, batch))
+    return sum(kept.values())
+
+
 def saved(dataset: str) -> None:
     model, batches = setup(dataset, 1)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     for name in ("plain", "lean"):
         if name == "lean":
             make_lean(model)
-        kept: dict[int, int] = {}
-        alive: list[torch.Tensor] = []  # no freed storage may lend its address to another
-
-        def pack(t: torch.Tensor, kept: dict[int, int] = kept, alive: list = alive) -> torch.Tensor:
-            alive.append(t)
-            if t.untyped_storage().data_ptr() not in params:
-                kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            pairwise_loss(*pair_rewards(model, batches[0]))
         tokens = batches[0]["input_ids"].numel()
-        print(f"{name}: {tokens} tokens, {sum(kept.values()) / 2**20:.0f} MB kept for backward")
+        mb = kept_bytes(model, batches[0]) / 2**20
+        print(f"{name}: {tokens} tokens, {mb:.0f} MB kept for backward")
 
 
 def kept(dataset: str, index: str = "0") -> None:

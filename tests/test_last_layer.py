@@ -7,7 +7,6 @@ import torch
 from rmtrain.collate import PackedCollator, PairCollator, make_collator
 from rmtrain.last_layer import last_layer_modules, only_rows
 from rmtrain.lean import make_lean
-from rmtrain.losses import pairwise_loss
 from rmtrain.model import token_values
 from rmtrain.trainer import _read_rewards, pair_rewards
 from tests.test_packing import FEATURES, loss_and_grads, make_model
@@ -18,15 +17,6 @@ def full_rewards(model, batch):
     """The reference: values at every position from the untouched forward, then read."""
     args = (model, batch["input_ids"], batch.get("attention_mask"), batch["position_ids"])
     return _read_rewards(token_values(*args, blocks=batch.get("attention_blocks")), batch)
-
-
-def full_loss_and_grads(model, batch):
-    model.zero_grad()
-    chosen, rejected = full_rewards(model, batch)
-    loss = pairwise_loss(chosen, rejected)
-    loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    return chosen.detach(), rejected.detach(), loss.detach(), grads
 
 
 BATCHES = {
@@ -46,7 +36,7 @@ def test_rewards_and_gradients_equal_the_full_forward(arch, layout, lean):
     if lean:
         make_lean(model)
     batch = BATCHES[layout](pad)
-    want, got = full_loss_and_grads(model, batch), loss_and_grads(model, batch)
+    want, got = loss_and_grads(model, batch, full_rewards), loss_and_grads(model, batch)
     for a, b in zip(want[:3], got[:3], strict=True):
         assert torch.allclose(a, b, atol=1e-6), (a, b)
     assert want[3].keys() == got[3].keys()

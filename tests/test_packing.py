@@ -33,9 +33,9 @@ def make_model(arch: str, attn: str):
     return model.train(False), pad
 
 
-def loss_and_grads(model, batch):
+def loss_and_grads(model, batch, rewards=pair_rewards):
     model.zero_grad()
-    chosen, rejected = pair_rewards(model, batch)
+    chosen, rejected = rewards(model, batch)
     loss = pairwise_loss(chosen, rejected)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

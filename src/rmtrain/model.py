@@ -261,6 +261,25 @@ def token_values(
     return (values, out.hidden_states[-1]) if return_hidden else values
 
 
+def values_at(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+    blocks: torch.Tensor | None,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+) -> torch.Tensor:
+    """The values at the tokens (rows[i], cols[i]) only, in that order: the last layer runs at
+    those tokens alone. A token may be listed more than once (prefix trees read one response
+    for several pairs); it is computed once."""
+    at = rows * input_ids.shape[1] + cols
+    values = token_values(
+        model, input_ids, attention_mask, position_ids, blocks=blocks, keep=at.unique()
+    )
+    return values.flatten()[at]
+
+
 def use_block_attention(model: Any, when: str) -> None:
     """--block-attention auto / on / off for `token_values` on packed rows. auto: per block on
     CPU only. There it is measured; on an H200 at 32 pairs a step the dense masked call over

@@ -21,7 +21,7 @@ from rmtrain.collate import pack_trees, sequence_ends
 from rmtrain.data import is_messages
 from rmtrain.errors import RmtrainError
 from rmtrain.formatting import encode_batch, encode_pairs, fit_single, uses_chat_template
-from rmtrain.model import attention_cost_ratio, choose_pad_token, token_values
+from rmtrain.model import attention_cost_ratio, choose_pad_token, values_at
 from rmtrain.prefix_tree import build_trees
 
 Progress = Callable[[int], None]
@@ -54,17 +54,16 @@ class RewardScorer:
     def _forward(self, batch: dict[str, torch.Tensor], rows: list, cols: list) -> torch.Tensor:
         """The values at (rows, cols): the last layer runs at those tokens alone."""
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        at = torch.tensor(rows) * batch["input_ids"].shape[1] + torch.tensor(cols)
         with torch.inference_mode():
-            values = token_values(
+            return values_at(
                 self.model,
                 batch["input_ids"],
                 batch["attention_mask"],
                 batch["position_ids"],
-                blocks=batch["attention_blocks"],
-                keep=at.unique().to(self.device),
+                batch["attention_blocks"],
+                torch.tensor(rows, device=self.device),
+                torch.tensor(cols, device=self.device),
             )
-        return values.flatten()[at.to(self.device)]
 
     def score_features(
         self, features: Sequence[dict[str, Any]], progress: Progress | None = None

@@ -24,7 +24,7 @@ from rmtrain.collate import group_by_prompt
 from rmtrain.errors import RmtrainError
 from rmtrain.losses import lm_loss, pairwise_loss
 from rmtrain.metrics import reward_metrics
-from rmtrain.model import attention_backends, last_token_index, token_values
+from rmtrain.model import attention_backends, last_token_index, token_values, values_at
 
 
 def pair_rewards(model: Any, batch: dict[str, torch.Tensor], with_hidden: bool = False) -> Any:
@@ -39,12 +39,7 @@ def pair_rewards(model: Any, batch: dict[str, torch.Tensor], with_hidden: bool =
     if with_hidden:
         values, hidden = token_values(*args, return_hidden=True, blocks=blocks)
         return (*_read_rewards(values, batch), hidden)
-    rows, cols = _reward_positions(batch)
-    at = rows * batch["input_ids"].shape[1] + cols
-    # unique: prefix trees (--group-by-prompt) read one response's token for several pairs
-    values = token_values(*args, blocks=blocks, keep=at.unique()).flatten()[at]
-    half = values.shape[0] // 2
-    return values[:half], values[half:]
+    return _halves(values_at(*args, blocks, *_reward_positions(batch)))
 
 
 def _reward_positions(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,8 +52,12 @@ def _reward_positions(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tor
 
 
 def _read_rewards(values: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple:
+    """(chosen, rejected) rewards read from values at every position."""
     rows, cols = _reward_positions(batch)
-    rewards = values[rows, cols]
+    return _halves(values[rows, cols])
+
+
+def _halves(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     half = rewards.shape[0] // 2
     return rewards[:half], rewards[half:]
 
