@@ -281,6 +281,11 @@ def _trl_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[in
     return trainer
 
 
+def _block_attention(flags: list[str]) -> str:
+    named = {"blocks": "on", "noblocks": "off", "flex": "flex"}
+    return next((named[f] for f in flags if f in named), "auto")
+
+
 def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int]) -> Any:
     from rmtrain.collate import make_eval_collator, pair_tokens
     from rmtrain.config import TrainConfig
@@ -292,7 +297,7 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
     # "prefix_sharing+gc3": that layout with checkpointing every 3rd layer; "+grouped": with
     # --group-by-prompt (the pairs of one prompt in the same steps, trained on prefix trees);
     # "+fused": --fuse-elementwise true; "+nocap": --cap-activations false; "+blocks" /
-    # "+noblocks": --block-attention on / off
+    # "+noblocks": --block-attention on / off; "+flex": --block-attention flex
     packing, *flags = spec["path"].split("+")
     gc = next((f[2:] for f in flags if f.startswith("gc")), None)
     cfg = TrainConfig(
@@ -309,7 +314,7 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
         lean_activations=spec.get("lean_activations", True),
         fuse_elementwise="fused" in flags,
         cap_activations="nocap" not in flags,
-        block_attention="on" if "blocks" in flags else "off" if "noblocks" in flags else "auto",
+        block_attention=_block_attention(flags),
         report_to=["none"],
         logging_steps=10_000,
     )

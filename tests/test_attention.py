@@ -218,3 +218,90 @@ def test_every_layer_gets_the_same_tail_mask_in_the_dtype_sdpa_runs_in(autocast,
         blocked = m == torch.finfo(m.dtype).min
         assert blocked.sum().item() == tail * (c - p) + tail * (tail - 1) // 2
         assert not blocked[:, :p].any() and blocked[:, p:c].all()
+
+
+@pytest.mark.parametrize("boolean", [True, False])
+def test_flex_rows_equal_dense_masked_sdpa(boolean):
+    """One FlexAttention call over a packed row's tiles: the dense masked call's output for a
+    boolean (GPU) or additive (CPU) mask; pad columns (nothing reads them) stay finite."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(0)
+    # row 0: a pair (prompt 2 / chosen 2 / rejected 3), then 2 pad columns; row 1: a causal run
+    seg = torch.tensor([[0] * 7 + [-1] * 2, [0] * 9])
+    branch = torch.tensor([[0, 0, 1, 1, 2, 2, 2, 0, 0], [0] * 9])
+    mask = block_mask(seg, branch)
+    mask = mask if boolean else attention.additive_mask(mask, torch.float32)
+    q, k, v = torch.randn(2, 4, 9, 8), torch.randn(2, 2, 9, 8), torch.randn(2, 2, 9, 8)
+    dense, _ = sdpa_attention_forward(_Layer(), q, k, v, mask, scaling=0.5)
+    got, _ = attention.block_sdpa(_Layer(), q, k, v, mask, scaling=0.5, attention_flex=True)
+    assert got.shape == dense.shape == (2, 9, 4, 8)
+    assert (got[0, :7] - dense[0, :7]).abs().max().item() < 1e-6
+    assert (got[1] - dense[1]).abs().max().item() < 1e-6
+    assert got.isfinite().all()
+
+
+def _count(monkeypatch, owner, name: str) -> list[int]:
+    calls, real = [], getattr(owner, name)
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counting)
+    return calls
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+@pytest.mark.parametrize("mode", ["prefix_sharing", "padding_free"])
+def test_flex_setting_scores_with_one_call_per_layer_and_one_block_mask(arch, mode, monkeypatch):
+    """--block-attention flex: each layer makes one FlexAttention call over the batch's rows and
+    no SDPA call, the block mask is built once per forward, and the rewards are the dense
+    path's (forward only: FlexAttention has no backward on CPU)."""
+    from torch.nn.attention import flex_attention as flex_module
+
+    from rmtrain.model import use_block_attention
+
+    model, pad = make_model(arch, "sdpa")
+    batch = PackedCollator(pad, mode, 64)(FEATURES)
+    with torch.no_grad():
+        dense = pair_rewards(model, {**batch, "attention_blocks": None})
+        use_block_attention(model, "flex")
+        flex = _count(monkeypatch, attention, "flex_rows")
+        built = _count(monkeypatch, flex_module, "create_block_mask")
+        sdpa = _count_sdpa_calls(monkeypatch)
+        chosen, rejected = pair_rewards(model, batch)
+    assert len(flex) == model.config.num_hidden_layers and sdpa == [] and len(built) == 1
+    assert (chosen - dense[0]).abs().max().item() < 1e-5
+    assert (rejected - dense[1]).abs().max().item() < 1e-5
+
+
+def test_flex_refuses_to_train_on_cpu(tmp_path, capsys, monkeypatch):
+    from rmtrain.cli import main
+    from tests.conftest import tiny_train_args
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "out"
+    code = main(tiny_train_args(tmp_path / "none.jsonl", out, "--block-attention", "flex"))
+    err = capsys.readouterr().err
+    assert code == 2 and "--block-attention flex trains on a CUDA GPU only" in err
+
+
+def test_flex_setting_scores_tree_batches_as_the_dense_path():
+    from rmtrain.model import use_block_attention
+
+    model, pad = tiny_llama(200, 0), 0
+    shared = {"prompt_ids": [5, 6, 7], "rejected_ids": [9], "margin": 0.0}
+    feats = [
+        {**shared, "chosen_ids": [8, 8], "pair_index": 0},
+        {**shared, "chosen_ids": [4], "pair_index": 1},
+        {"prompt_ids": [3], "chosen_ids": [2], "rejected_ids": [1, 1], "pair_index": 2},
+    ]
+    batch = PrefixTreeCollator(pad, cap=64, attention_cost=0.01)(feats)
+    args = (model, batch["input_ids"], batch["attention_mask"], batch["position_ids"])
+    with torch.no_grad():
+        want = token_values(*args)
+        use_block_attention(model, "flex")
+        got = token_values(*args, blocks=batch["attention_blocks"])
+    assert (got[0] - want[0]).abs().max().item() < 1e-5
+    assert (got[1, :4] - want[1, :4]).abs().max().item() < 1e-5  # then 3 pad columns

@@ -55,7 +55,7 @@ def test_bad_values_are_reported():
         parse(["--attn-implementation", "flex_attention"])
     with pytest.raises(RmtrainError, match="--group-by-prompt .* --packing prefix_sharing"):
         parse(["--group-by-prompt", "true", "--packing", "none"])
-    with pytest.raises(RmtrainError, match="--block-attention must be auto, on or off: 'yes'"):
+    with pytest.raises(RmtrainError, match="--block-attention must be auto, on, off or flex"):
         parse(["--block-attention", "yes"])
 
 

@@ -7,9 +7,14 @@ alone, so a row of k blocks of n tokens costs k n^2 instead of (k n)^2, and grou
 models keep their keys and values un-repeated (SDPA's `enable_gqa`) instead of copying them
 per query head and keeping the copies for backward.
 
+With `attention_flex` the row runs as one FlexAttention call instead, with a block mask built
+once per batch from the row's 4-D mask: the kernel skips the 128 x 128 tiles the mask blocks
+entirely, in one launch per layer (for GPUs, where many small SDPA calls are launch-bound;
+FlexAttention has no backward on CPU, and unfused there it is for scoring only).
+
 transformers picks the attention function by name at every call; `install()` wraps its "sdpa"
-entry. A call without `attention_blocks` runs the stock function unchanged, so other models in
-the process, and rmtrain's padded path, see plain SDPA.
+entry. A call without `attention_blocks` or `attention_flex` runs the stock function unchanged,
+so other models in the process, and rmtrain's padded path, see plain SDPA.
 """
 
 from __future__ import annotations
@@ -47,9 +52,11 @@ def block_sdpa(
     dropout: float = 0.0,
     scaling: float | None = None,
     attention_blocks: Blocks | None = None,
+    attention_flex: bool = False,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """transformers' SDPA attention, one block at a time when `attention_blocks` is given.
+    """transformers' SDPA attention, one block at a time when `attention_blocks` is given, or
+    one FlexAttention call over the mask's tiles with `attention_flex`.
 
     query [rows, heads, L, d], key / value [rows, kv_heads, L, d], attention_mask a 4-D mask
     whose off-block entries are all blocked. Columns after a row's last block are padding:
@@ -58,7 +65,10 @@ def block_sdpa(
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     special = any(kwargs.get(k) is not None for k in _DENSE_ONLY)
-    dense = attention_mask is None or attention_mask.dim() != 4 or not any(attention_blocks or ())
+    four_d = attention_mask is not None and attention_mask.dim() == 4
+    if attention_flex and four_d and not special and not dropout:
+        return flex_rows(query, key, value, attention_mask, scaling), None
+    dense = not four_d or not any(attention_blocks or ())
     if dense or special:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
@@ -146,6 +156,53 @@ def _tail_masks(blocks: Blocks, device: torch.device, dtype: torch.dtype) -> dic
             seen[:, p:c] = False
             masks[n - c, p, c] = additive_mask(seen, dtype)
     return masks
+
+
+def flex_rows(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor,
+    scaling: float | None,
+) -> torch.Tensor:
+    """FlexAttention over packed rows with `mask` (4-D, boolean or additive) as its block mask:
+    [rows, L, heads, d] like transformers' attention functions. Compiled on GPUs (once, then
+    for any length); eager elsewhere, where it has no backward."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    run = _compiled_flex() if query.device.type == "cuda" else flex_attention
+    gqa = key.shape[1] != query.shape[1]
+    out = run(query, key, value, block_mask=_block_mask(mask), scale=scaling, enable_gqa=gqa)
+    return out.transpose(1, 2).contiguous()
+
+
+@functools.cache
+def _compiled_flex() -> Any:
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention)
+
+
+# The last mask seen, its version and its block mask (held, so no later tensor can take its id).
+_LAST_BLOCK_MASK: list[Any] = [None, -1, None]
+
+
+def _block_mask(mask: torch.Tensor) -> Any:
+    """The FlexAttention block mask of a 4-D mask ([rows, 1, L, L]; True or 0 = attend), built
+    once per batch: every layer of a forward passes the same mask tensor."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    if _LAST_BLOCK_MASK[0] is mask and _LAST_BLOCK_MASK[1] == mask._version:
+        return _LAST_BLOCK_MASK[2]
+    allowed = mask[:, 0] if mask.dtype == torch.bool else mask[:, 0] == 0
+    rows, length = allowed.shape[0], allowed.shape[-1]
+
+    def mask_mod(b: Any, _h: Any, q: Any, kv: Any) -> Any:
+        return allowed[b, q, kv]
+
+    built = create_block_mask(mask_mod, rows, None, length, length, device=mask.device)
+    _LAST_BLOCK_MASK[:] = [mask, mask._version, built]
+    return built
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -125,7 +125,9 @@ class TrainConfig:
     block_attention: str = _opt(
         "auto",
         "Packed rows' attention one pair (block) at a time instead of one masked call over the "
-        "whole row: auto (on CPU, where it is measured; on GPUs the dense call runs), on, off.",
+        "whole row: auto (on CPU, where it is measured; on GPUs the dense call runs), on, off; "
+        "or flex: one FlexAttention call per layer that skips the tiles the mask blocks "
+        "(training on CUDA only: no backward on CPU; unmeasured on GPUs yet).",
     )
     attn_implementation: str = _opt(
         "sdpa",
@@ -191,8 +193,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
             "--group-by-prompt shares prompts through prefix trees: use it with "
             "--packing prefix_sharing"
         )
-    if cfg.block_attention not in ("auto", "on", "off"):
-        problems.append(f"--block-attention must be auto, on or off: {cfg.block_attention!r}")
+    if cfg.block_attention not in ("auto", "on", "off", "flex"):
+        problems.append(f"--block-attention must be auto, on, off or flex: {cfg.block_attention!r}")
     attn = ("sdpa", "eager", "flash_attention_2")
     if cfg.attn_implementation in ("flex", "flex_attention"):
         # Measured with torch 2.13 CPU: no FlexAttention backward on CPU (NotImplementedError),

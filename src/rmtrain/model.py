@@ -239,9 +239,13 @@ def token_values(
         if per_block is None:  # auto: measured on CPU only (see `use_block_attention`)
             per_block = input_ids.device.type == "cpu"
         sdpa = inner.config._attn_implementation == "sdpa"
-        if blocks is not None and per_block and sdpa and _passes_attention_kwargs(inner):
-            install_block_attention()
-            extra["attention_blocks"] = block_sizes(blocks)
+        if per_block and sdpa and _passes_attention_kwargs(inner):
+            if per_block == "flex":
+                install_block_attention()
+                extra["attention_flex"] = True
+            elif blocks is not None:
+                install_block_attention()
+                extra["attention_blocks"] = block_sizes(blocks)
     kept: list[torch.Tensor] = []
     handle = value_head(inner).register_forward_hook(lambda _m, _i, out: kept.append(out))
     backends = attention_backends(input_ids.device)
@@ -281,11 +285,13 @@ def values_at(
 
 
 def use_block_attention(model: Any, when: str) -> None:
-    """--block-attention auto / on / off for `token_values` on packed rows. auto: per block on
-    CPU only. There it is measured; on an H200 at 32 pairs a step the dense masked call over
-    2,048-token rows took 41% of the GPU time (benchmarks/README.md, GPU session 8), but the
-    per-block path's extra kernel launches there are unmeasured."""
-    unwrap(model)._rmtrain_block_attention = {"auto": None, "on": True, "off": False}[when]
+    """--block-attention auto / on / off / flex for `token_values` on packed rows. auto: per
+    block on CPU only. There it is measured; on an H200 at 32 pairs a step the dense masked call
+    over 2,048-token rows took 41% of the GPU time (benchmarks/README.md, GPU session 8), but
+    the per-block path's extra kernel launches there are unmeasured, as is flex (one
+    FlexAttention call per layer that skips the blocked tiles; no backward on CPU)."""
+    setting = {"auto": None, "on": True, "off": False, "flex": "flex"}[when]
+    unwrap(model)._rmtrain_block_attention = setting
 
 
 def attention_backends(device: torch.device) -> contextlib.AbstractContextManager:

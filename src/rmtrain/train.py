@@ -211,6 +211,11 @@ def run_train(
     if main:  # other ranks would see rank 0's first files and refuse the folder
         check_output_dir(output, cfg.overwrite or bool(cfg.resume))
     resume = _resume_path(cfg, output)
+    if cfg.block_attention == "flex" and not torch.cuda.is_available():
+        raise RmtrainError(
+            "--block-attention flex trains on a CUDA GPU only: FlexAttention has no backward on "
+            "CPU. Use --block-attention auto (per block on CPU)"
+        )
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model, cfg.pad_token, cfg.trust_remote_code)
     data = prepare_data(cfg, tokenizer)
