@@ -3,19 +3,32 @@ tokens, 2 pairs per step, prefix sharing, `ab_step.setup` batches, a lean model 
 `rmtrain train` builds it).
 
     python benchmarks/ab_session9.py silu se [steps]
+    python benchmarks/ab_session9.py silu_alone 751,952
+    python benchmarks/ab_session9.py flex se [steps]
+    python benchmarks/ab_session9.py faults se [steps]
 
-The SiLU-gate backward as session 8 spelled it (sigmoid and its derivative written out, nine
+silu: the SiLU-gate backward as session 8 spelled it (sigmoid and its derivative written out, nine
 elementwise passes over a tokens x MLP-width tensor) against `rmtrain.kernels`' (autograd's own
 `silu_backward`, four passes): one model, the kernel switched before each variant's round,
 variants in turn (order reversed every other round), 4 rounds, the first discarded. Prints
-[forward s, backward s, total s] per variant.
+[forward s, backward s, total s] per variant. silu_alone: the two formulas alone on random
+[tokens, 1536] tensors, ms per call (50 calls after one warm-up, alternating).
+
+flex: `--block-attention flex` against the default per-block path, forward only (no
+FlexAttention backward on CPU) on the same batches: largest reward difference and seconds.
+
+faults: minor page faults, system and user CPU seconds of each full step (clipping and fused
+AdamW included) after an untimed first one, from `getrusage`; run it under glibc settings
+(e.g. `MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296`) to compare.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import resource
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -52,6 +65,66 @@ def silu(dataset: str, steps: str = "6") -> None:
     lean.EAGER = now
 
 
+def silu_alone(sizes: str) -> None:
+    from rmtrain.kernels import silu_mul_backward
+
+    variants = {"session8": session8_silu_mul_backward, "now": silu_mul_backward}
+    for tokens in map(int, sizes.split(",")):
+        torch.manual_seed(0)
+        grad, gate, up = torch.randn(3, tokens, 1536).unbind(0)
+        total = dict.fromkeys(variants, 0.0)
+        for fn in variants.values():
+            fn(grad, gate, up)
+        for i in range(50):
+            for name in variants if i % 2 == 0 else reversed(variants):
+                start = time.perf_counter()
+                variants[name](grad, gate, up)
+                total[name] += time.perf_counter() - start
+        print(tokens, "tokens, ms per call:", {k: round(v / 50 * 1e3, 2) for k, v in total.items()})
+
+
+def flex(dataset: str, steps: str = "3") -> None:
+    import warnings
+
+    from rmtrain.model import use_block_attention
+    from rmtrain.trainer import pair_rewards
+
+    warnings.filterwarnings("ignore", message=".*without torch.compile")
+    model, batches = setup(dataset, int(steps))
+    with torch.no_grad():
+        for b in batches:
+            out, secs = {}, {}
+            for when in ("auto", "flex"):
+                use_block_attention(model, when)
+                start = time.perf_counter()
+                out[when] = torch.cat(pair_rewards(model, b))
+                secs[when] = round(time.perf_counter() - start, 2)
+            worst = (out["auto"] - out["flex"]).abs().max().item()
+            print(b["input_ids"].shape[1], "tokens: max difference", f"{worst:.2g}", "s", secs)
+
+
+def faults(dataset: str, steps: str = "5") -> None:
+    from ab_step import step
+
+    model, batches = setup(dataset, int(steps))
+    make_lean(model)
+    cap_activations(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
+    step(model, batches[0], opt)
+    for b in batches[1:]:
+        before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        step(model, b, opt)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        print(
+            b["input_ids"].shape[1],
+            f"tokens: {time.perf_counter() - start:.2f} s, minor faults",
+            after.ru_minflt - before.ru_minflt,
+            f"sys {after.ru_stime - before.ru_stime:.2f} s, user",
+            f"{after.ru_utime - before.ru_utime:.2f} s",
+        )
+    print("peak RSS MB", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
 if __name__ == "__main__":
-    what, data, *rest = sys.argv[1:]
-    {"silu": silu}[what](data, *rest)
+    what, *args = sys.argv[1:]
+    {"silu": silu, "silu_alone": silu_alone, "flex": flex, "faults": faults}[what](*args)
