@@ -6,6 +6,7 @@ tokens, 2 pairs per step, prefix sharing, `ab_step.setup` batches, a lean model 
     python benchmarks/ab_session9.py silu_alone 751,952
     python benchmarks/ab_session9.py flex se [steps]
     python benchmarks/ab_session9.py faults se [steps]
+    python benchmarks/ab_session9.py trees hh [pairs]
 
 silu: the SiLU-gate backward as session 8 spelled it (sigmoid and its derivative written out, nine
 elementwise passes over a tokens x MLP-width tensor) against `rmtrain.kernels`' (autograd's own
@@ -16,6 +17,11 @@ variants in turn (order reversed every other round), 4 rounds, the first discard
 
 flex: `--block-attention flex` against the default per-block path, forward only (no
 FlexAttention backward on CPU) on the same batches: largest reward difference and seconds.
+
+trees: scoring (no gradients) of `pairs` held-out pairs in prefix-tree batches of 8 as
+`bench_train` evaluates them, each tree's attention one segment at a time (default) against one
+masked call per tree: largest reward difference, then seconds per variant over 3 alternating
+rounds after a warm-up.
 
 faults: minor page faults, system and user CPU seconds of each full step (clipping and fused
 AdamW included) after an untimed first one, from `getrusage`; run it under glibc settings
@@ -125,6 +131,41 @@ def faults(dataset: str, steps: str = "5") -> None:
     print("peak RSS MB", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 
+def trees(dataset: str, pairs: str = "32") -> None:
+    from bench_train import build_features, model_id
+
+    from rmtrain import attention
+    from rmtrain.collate import group_by_prompt, make_eval_collator
+    from rmtrain.model import attention_cost_ratio, load_reward_model, load_tokenizer
+    from rmtrain.trainer import pair_rewards
+
+    tok = load_tokenizer(model_id("smollm2"))
+    model = load_reward_model(model_id("smollm2"), tok.pad_token_id).eval()
+    feats = build_features("smollm2", dataset, 512)["features"][16 : 16 + int(pairs)]
+    cost = attention_cost_ratio(model.config)
+    collate = make_eval_collator("prefix_sharing", tok.pad_token_id, 512, attention_cost=cost)
+    batches = [collate(group_by_prompt(feats[i : i + 8])) for i in range(0, len(feats), 8)]
+    segments = attention._segments
+
+    def whole(mask: torch.Tensor, row: int, start: int, size: int) -> torch.Tensor:
+        return mask[row : row + 1, :, start : start + size, start : start + size]
+
+    variants = {"segments": segments, "whole_tree": whole}
+    total, out = dict.fromkeys(variants, 0.0), {}
+    with torch.no_grad():
+        for rnd in range(4):
+            for name in variants if rnd % 2 == 0 else reversed(variants):
+                attention._segments = variants[name]
+                start = time.perf_counter()
+                out[name] = [torch.cat(pair_rewards(model, b)) for b in batches]
+                total[name] += (time.perf_counter() - start) if rnd else 0.0
+    attention._segments = segments
+    worst = max((a - b).abs().max().item() for a, b in zip(*out.values(), strict=True))
+    print(dataset, f"max difference {worst:.2g}, s:", {k: round(v, 2) for k, v in total.items()})
+
+
 if __name__ == "__main__":
     what, *args = sys.argv[1:]
-    {"silu": silu, "silu_alone": silu_alone, "flex": flex, "faults": faults}[what](*args)
+    modes = {"silu": silu, "silu_alone": silu_alone, "flex": flex, "faults": faults}
+    modes["trees"] = trees
+    modes[what](*args)

@@ -186,7 +186,9 @@ def test_tree_batches_carry_their_tree_sizes(monkeypatch):
         want = token_values(*args)
         calls = _count_sdpa_calls(monkeypatch)
         got = token_values(*args, blocks=batch["attention_blocks"])
-    assert calls == [7, 4] * model.config.num_hidden_layers  # row 0: the 7-node tree
+    # row 0 holds 5 6 7 4 | 8 8 | 9 (the root run [prompt][chosen 4], then chosen 8 8 and the
+    # shared rejected 9, each after the prompt); row 1 holds 3 1 1 | 2: one call per segment
+    assert calls == [4, 2, 1, 3, 1] * model.config.num_hidden_layers
     assert torch.allclose(got[0], want[0], atol=1e-5)
     assert torch.allclose(got[1, :4], want[1, :4], atol=1e-5)  # then 3 pad columns
 
@@ -305,3 +307,42 @@ def test_flex_setting_scores_tree_batches_as_the_dense_path():
         got = token_values(*args, blocks=batch["attention_blocks"])
     assert (got[0] - want[0]).abs().max().item() < 1e-5
     assert (got[1, :4] - want[1, :4]).abs().max().item() < 1e-5  # then 3 pad columns
+
+
+def test_tree_segments_by_hand_and_a_mask_they_cannot_give_back():
+    # 0 1 2 = root run; 3 4 see 0 1 (branch after token 1); 5 sees 0 1 2 (branch after 2)
+    allowed = torch.zeros(6, 6, dtype=torch.bool)
+    for i, seen in enumerate([[0], [0, 1], [0, 1, 2], [0, 1, 3], [0, 1, 3, 4], [0, 1, 2, 5]]):
+        allowed[i, seen] = True
+    got = attention._split(allowed)
+    assert [(a, b, None if c is None else c.tolist()) for a, b, c in got] == [
+        (0, 3, None),
+        (3, 5, [0, 1, 3, 4]),
+        (5, 6, [0, 1, 2, 5]),
+    ]
+    ahead = allowed.clone()
+    ahead[2, 4] = True  # a token that sees a later one: no causal segment gives that back
+    assert attention._split(ahead) is None
+    blind = allowed.clone()
+    blind[4, 4] = False  # a token that does not see itself
+    assert attention._split(blind) is None
+
+
+def test_tree_blocks_without_gradients_equal_the_dense_masked_call():
+    """Scoring runs a tree block one segment at a time (ancestors gathered, own run causal):
+    the dense masked call's output, for boolean and additive masks and grouped-query heads."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    torch.manual_seed(0)
+    allowed = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    rows = [[0], [0, 1], [0, 1, 2], [0, 1, 3], [0, 1, 3, 4], [0, 1, 2, 5], [6], [6, 7]]
+    for i, seen in enumerate(rows):  # a 6-token tree, then a 2-token causal run
+        allowed[0, 0, i, seen] = True
+    q, k, v = torch.randn(1, 4, 8, 8), torch.randn(1, 2, 8, 8), torch.randn(1, 2, 8, 8)
+    for mask in (allowed, attention.additive_mask(allowed, torch.float32)):
+        dense, _ = sdpa_attention_forward(_Layer(), q, k, v, mask, scaling=0.5)
+        with torch.no_grad():
+            got, _ = attention.block_sdpa(
+                _Layer(), q, k, v, mask, scaling=0.5, attention_blocks=((6, 2),)
+            )
+        assert (got - dense).abs().max().item() < 1e-6

@@ -92,7 +92,9 @@ def block_sdpa(
         start = 0
         for block, q, k, v in zip(attention_blocks[r], *splits, strict=False):  # no pad piece
             q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
-            if isinstance(block, int):
+            if isinstance(block, int) and not torch.is_grad_enabled():
+                pieces.extend(_tree(sdpa, q, k, v, _segments(attention_mask, r, start, block)))
+            elif isinstance(block, int):
                 s = slice(start, start + block)
                 pieces.append(sdpa(q, k, v, attn_mask=attention_mask[r : r + 1, :, s, s]))
             else:
@@ -158,6 +160,72 @@ def _tail_masks(blocks: Blocks, device: torch.device, dtype: torch.dtype) -> dic
     return masks
 
 
+def _tree(sdpa: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Any) -> list:
+    """Attention of a prefix tree (a block whose mask lets each token see its ancestors) one
+    segment at a time: a segment's queries against its ancestors' keys and values, gathered,
+    then its own, causally (aligned bottom right), instead of one masked call over the whole
+    tree, which computes every pair of the tree's tokens. Without gradients only (scoring): the
+    gathered copies would be kept for backward. `segments` None: the dense masked call."""
+    if isinstance(segments, torch.Tensor):
+        return [sdpa(q, k, v, attn_mask=segments)]
+    out = []
+    for a, b, cols in segments:
+        if cols is None:  # a root segment: a plain causal run
+            out.append(sdpa(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], is_causal=True))
+        else:
+            keys, values = k.index_select(2, cols), v.index_select(2, cols)
+            seen = _lower_right(b - a, cols.numel(), q.device, q.dtype)
+            out.append(sdpa(q[:, :, a:b], keys, values, attn_mask=seen))
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _lower_right(queries: int, keys: int, device: torch.device, dtype: torch.dtype) -> Any:
+    """Query t sees keys 0 .. keys - queries + t: its ancestors, then its own run causally."""
+    allowed = torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)
+    return additive_mask(allowed, dtype)
+
+
+# The last 4-D mask seen, its version, and the segments of its trees by (row, start).
+_LAST_TREES: list[Any] = [None, -1, {}]
+
+
+def _segments(mask: torch.Tensor, row: int, start: int, size: int) -> Any:
+    """The segments of the tree at `start` in `row` of a 4-D mask, built once per batch (every
+    layer passes the same mask): (a, b, ancestor and own key columns, None for a root) for each
+    run of tokens that see exactly the previous token's keys and themselves; or the block's
+    mask where the segments do not reproduce it exactly."""
+    if _LAST_TREES[0] is not mask or _LAST_TREES[1] != _version(mask):
+        _LAST_TREES[:] = [mask, _version(mask), {}]
+    found = _LAST_TREES[2]
+    if (row, start) not in found:
+        block = mask[row : row + 1, :, start : start + size, start : start + size]
+        allowed = block[0, 0] if block.dtype == torch.bool else block[0, 0] == 0
+        found[row, start] = _split(allowed) or block
+    return found[row, start]
+
+
+def _version(t: torch.Tensor) -> int:
+    """In-place edits bump a tensor's version; an inference tensor keeps none (0)."""
+    return 0 if t.is_inference() else t._version
+
+
+def _split(allowed: torch.Tensor) -> list | None:
+    """Segments of an [n, n] tree mask (see `_segments`), None if they do not give it back."""
+    n = allowed.shape[0]
+    steps = torch.arange(1, n, device=allowed.device)
+    same = ((allowed[1:] ^ allowed[:-1]).sum(-1) == 1) & allowed[steps, steps - 1]
+    starts = [0] + (torch.nonzero(~same).flatten() + 1).tolist()
+    segments, rebuilt = [], torch.zeros_like(allowed)
+    for a, b in zip(starts, starts[1:] + [n], strict=True):
+        cols = torch.nonzero(allowed[b - 1]).flatten()
+        ancestors = cols[cols < a]
+        rebuilt[a:b, ancestors] = True
+        rebuilt[a:b, a:b] = torch.ones(b - a, b - a, dtype=torch.bool).tril()
+        segments.append((a, b, None if ancestors.numel() == 0 else cols))
+    return segments if torch.equal(rebuilt, allowed) else None
+
+
 def flex_rows(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -192,7 +260,7 @@ def _block_mask(mask: torch.Tensor) -> Any:
     once per batch: every layer of a forward passes the same mask tensor."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    if _LAST_BLOCK_MASK[0] is mask and _LAST_BLOCK_MASK[1] == mask._version:
+    if _LAST_BLOCK_MASK[0] is mask and _LAST_BLOCK_MASK[1] == _version(mask):
         return _LAST_BLOCK_MASK[2]
     allowed = mask[:, 0] if mask.dtype == torch.bool else mask[:, 0] == 0
     rows, length = allowed.shape[0], allowed.shape[-1]
@@ -201,7 +269,7 @@ def _block_mask(mask: torch.Tensor) -> Any:
         return allowed[b, q, kv]
 
     built = create_block_mask(mask_mod, rows, None, length, length, device=mask.device)
-    _LAST_BLOCK_MASK[:] = [mask, mask._version, built]
+    _LAST_BLOCK_MASK[:] = [mask, _version(mask), built]
     return built
 
 
