@@ -147,8 +147,8 @@ def trees(dataset: str, pairs: str = "32") -> None:
     batches = [collate(group_by_prompt(feats[i : i + 8])) for i in range(0, len(feats), 8)]
     segments = attention._segments
 
-    def whole(mask: torch.Tensor, row: int, start: int, size: int) -> torch.Tensor:
-        return mask[row : row + 1, :, start : start + size, start : start + size]
+    def whole(_block: torch.Tensor) -> None:
+        return None  # no segments: one masked call per tree
 
     variants = {"segments": segments, "whole_tree": whole}
     total, out = dict.fromkeys(variants, 0.0), {}

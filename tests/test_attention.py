@@ -185,7 +185,9 @@ def test_tree_batches_carry_their_tree_sizes(monkeypatch):
     with torch.no_grad():
         want = token_values(*args)
         calls = _count_sdpa_calls(monkeypatch)
+        splits = _count(monkeypatch, attention, "_split")
         got = token_values(*args, blocks=batch["attention_blocks"])
+    assert len(splits) == 2  # each tree's segments found once per batch, not once per layer
     # row 0 holds 5 6 7 4 | 8 8 | 9 (the root run [prompt][chosen 4], then chosen 8 8 and the
     # shared rejected 9, each after the prompt); row 1 holds 3 1 1 | 2: one call per segment
     assert calls == [4, 2, 1, 3, 1] * model.config.num_hidden_layers

@@ -92,11 +92,11 @@ def block_sdpa(
         start = 0
         for block, q, k, v in zip(attention_blocks[r], *splits, strict=False):  # no pad piece
             q, k, v = q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0)
-            if isinstance(block, int) and not torch.is_grad_enabled():
-                pieces.extend(_tree(sdpa, q, k, v, _segments(attention_mask, r, start, block)))
-            elif isinstance(block, int):
+            if isinstance(block, int):
                 s = slice(start, start + block)
-                pieces.append(sdpa(q, k, v, attn_mask=attention_mask[r : r + 1, :, s, s]))
+                whole = attention_mask[r : r + 1, :, s, s]
+                segments = None if torch.is_grad_enabled() else _segments(whole)
+                pieces.extend(_tree(sdpa, q, k, v, segments, whole))
             else:
                 pieces.extend(_forked(sdpa, q, k, v, *block[1:], masks))
             start += q.shape[2]
@@ -160,14 +160,15 @@ def _tail_masks(blocks: Blocks, device: torch.device, dtype: torch.dtype) -> dic
     return masks
 
 
-def _tree(sdpa: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Any) -> list:
+def _tree(sdpa: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Any, mask: Any):
     """Attention of a prefix tree (a block whose mask lets each token see its ancestors) one
     segment at a time: a segment's queries against its ancestors' keys and values, gathered,
     then its own, causally (aligned bottom right), instead of one masked call over the whole
     tree, which computes every pair of the tree's tokens. Without gradients only (scoring): the
-    gathered copies would be kept for backward. `segments` None: the dense masked call."""
-    if isinstance(segments, torch.Tensor):
-        return [sdpa(q, k, v, attn_mask=segments)]
+    gathered copies would be kept for backward. `segments` None: one call with the block's
+    `mask`."""
+    if segments is None:
+        return [sdpa(q, k, v, attn_mask=mask)]
     out = []
     for a, b, cols in segments:
         if cols is None:  # a root segment: a plain causal run
@@ -186,23 +187,29 @@ def _lower_right(queries: int, keys: int, device: torch.device, dtype: torch.dty
     return additive_mask(allowed, dtype)
 
 
-# The last 4-D mask seen, its version, and the segments of its trees by (row, start).
-_LAST_TREES: list[Any] = [None, -1, {}]
-
-
-def _segments(mask: torch.Tensor, row: int, start: int, size: int) -> Any:
-    """The segments of the tree at `start` in `row` of a 4-D mask, built once per batch (every
-    layer passes the same mask): (a, b, ancestor and own key columns, None for a root) for each
-    run of tokens that see exactly the previous token's keys and themselves; or the block's
-    mask where the segments do not reproduce it exactly."""
-    if _LAST_TREES[0] is not mask or _LAST_TREES[1] != _version(mask):
-        _LAST_TREES[:] = [mask, _version(mask), {}]
-    found = _LAST_TREES[2]
-    if (row, start) not in found:
-        block = mask[row : row + 1, :, start : start + size, start : start + size]
+def _segments(block: torch.Tensor) -> list | None:
+    """The segments of the tree whose mask is `block` (a [1, 1, n, n] slice of a batch's 4-D
+    mask), found once per batch (every layer passes the same mask) and kept on that mask: (a,
+    b, ancestor and own key columns, None for a root) for each run of tokens that see exactly
+    the previous token's keys and themselves; None where the segments do not reproduce the
+    block's mask exactly."""
+    base = block if block._base is None else block._base
+    found = _held(base, "_rmtrain_trees", dict)
+    where = (block.storage_offset(), tuple(block.shape), block.stride())  # the slice of `base`
+    if where not in found:
         allowed = block[0, 0] if block.dtype == torch.bool else block[0, 0] == 0
-        found[row, start] = _split(allowed) or block
-    return found[row, start]
+        found[where] = _split(allowed)
+    return found[where]
+
+
+def _held(mask: torch.Tensor, name: str, build: Any) -> Any:
+    """`build()`, kept on the mask tensor itself (so it goes with the batch, and no other
+    forward, in this thread or another, can see it) until the mask is edited in place."""
+    version, value = getattr(mask, name, (None, None))
+    if version != _version(mask):
+        version, value = _version(mask), build()
+        setattr(mask, name, (version, value))
+    return value
 
 
 def _version(t: torch.Tensor) -> int:
@@ -240,7 +247,8 @@ def flex_rows(
 
     run = _compiled_flex() if query.device.type == "cuda" else flex_attention
     gqa = key.shape[1] != query.shape[1]
-    out = run(query, key, value, block_mask=_block_mask(mask), scale=scaling, enable_gqa=gqa)
+    blocks = _held(mask, "_rmtrain_block_mask", functools.partial(_block_mask, mask))
+    out = run(query, key, value, block_mask=blocks, scale=scaling, enable_gqa=gqa)
     return out.transpose(1, 2).contiguous()
 
 
@@ -251,26 +259,18 @@ def _compiled_flex() -> Any:
     return torch.compile(flex_attention)
 
 
-# The last mask seen, its version and its block mask (held, so no later tensor can take its id).
-_LAST_BLOCK_MASK: list[Any] = [None, -1, None]
-
-
 def _block_mask(mask: torch.Tensor) -> Any:
     """The FlexAttention block mask of a 4-D mask ([rows, 1, L, L]; True or 0 = attend), built
     once per batch: every layer of a forward passes the same mask tensor."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    if _LAST_BLOCK_MASK[0] is mask and _LAST_BLOCK_MASK[1] == _version(mask):
-        return _LAST_BLOCK_MASK[2]
     allowed = mask[:, 0] if mask.dtype == torch.bool else mask[:, 0] == 0
     rows, length = allowed.shape[0], allowed.shape[-1]
 
     def mask_mod(b: Any, _h: Any, q: Any, kv: Any) -> Any:
         return allowed[b, q, kv]
 
-    built = create_block_mask(mask_mod, rows, None, length, length, device=mask.device)
-    _LAST_BLOCK_MASK[:] = [mask, _version(mask), built]
-    return built
+    return create_block_mask(mask_mod, rows, None, length, length, device=mask.device)
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
