@@ -169,16 +169,33 @@ def test_block_attention_setting_picks_the_path(when, per_block, monkeypatch):
     assert torch.allclose(rejected, dense[1], atol=1e-5)
 
 
-def test_tree_batches_carry_their_tree_sizes(monkeypatch):
+def _tree_batch() -> tuple:
+    """A tiny Llama and a tree batch: two pairs sharing a prompt (and their rejected answer),
+    and a pair of its own."""
     model, pad = tiny_llama(200, 0), 0
-    collate = PrefixTreeCollator(pad, cap=64, attention_cost=0.01)
     shared = {"prompt_ids": [5, 6, 7], "rejected_ids": [9], "margin": 0.0}
     feats = [
         {**shared, "chosen_ids": [8, 8], "pair_index": 0},
         {**shared, "chosen_ids": [4], "pair_index": 1},
         {"prompt_ids": [3], "chosen_ids": [2], "rejected_ids": [1, 1], "pair_index": 2},
     ]
-    batch = collate(feats)
+    return model, PrefixTreeCollator(pad, cap=64, attention_cost=0.01)(feats)
+
+
+def _tree_mask(rows: list[list[int]]) -> torch.Tensor:
+    """[n, n] boolean mask: token i sees the tokens in rows[i]."""
+    allowed = torch.zeros(len(rows), len(rows), dtype=torch.bool)
+    for i, seen in enumerate(rows):
+        allowed[i, seen] = True
+    return allowed
+
+
+# 0 1 2 = root run; 3 4 see 0 1 (branch after token 1); 5 sees 0 1 2 (branch after 2)
+TREE = [[0], [0, 1], [0, 1, 2], [0, 1, 3], [0, 1, 3, 4], [0, 1, 2, 5]]
+
+
+def test_tree_batches_carry_their_tree_sizes(monkeypatch):
+    model, batch = _tree_batch()
     # one tree of the shared prompt (5 6 7 8 8 9 4 = 7 nodes), one of the other pair (3 2 1 1)
     assert sorted(n for n in batch["attention_blocks"].flatten().tolist() if n) == [4, 7]
     args = (model, batch["input_ids"], batch["attention_mask"], batch["position_ids"])
@@ -294,14 +311,7 @@ def test_flex_refuses_to_train_on_cpu(tmp_path, capsys, monkeypatch):
 def test_flex_setting_scores_tree_batches_as_the_dense_path():
     from rmtrain.model import use_block_attention
 
-    model, pad = tiny_llama(200, 0), 0
-    shared = {"prompt_ids": [5, 6, 7], "rejected_ids": [9], "margin": 0.0}
-    feats = [
-        {**shared, "chosen_ids": [8, 8], "pair_index": 0},
-        {**shared, "chosen_ids": [4], "pair_index": 1},
-        {"prompt_ids": [3], "chosen_ids": [2], "rejected_ids": [1, 1], "pair_index": 2},
-    ]
-    batch = PrefixTreeCollator(pad, cap=64, attention_cost=0.01)(feats)
+    model, batch = _tree_batch()
     args = (model, batch["input_ids"], batch["attention_mask"], batch["position_ids"])
     with torch.no_grad():
         want = token_values(*args)
@@ -312,10 +322,7 @@ def test_flex_setting_scores_tree_batches_as_the_dense_path():
 
 
 def test_tree_segments_by_hand_and_a_mask_they_cannot_give_back():
-    # 0 1 2 = root run; 3 4 see 0 1 (branch after token 1); 5 sees 0 1 2 (branch after 2)
-    allowed = torch.zeros(6, 6, dtype=torch.bool)
-    for i, seen in enumerate([[0], [0, 1], [0, 1, 2], [0, 1, 3], [0, 1, 3, 4], [0, 1, 2, 5]]):
-        allowed[i, seen] = True
+    allowed = _tree_mask(TREE)
     got = attention._split(allowed)
     assert [(a, b, None if c is None else c.tolist()) for a, b, c in got] == [
         (0, 3, None),
@@ -336,10 +343,7 @@ def test_tree_blocks_without_gradients_equal_the_dense_masked_call():
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     torch.manual_seed(0)
-    allowed = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
-    rows = [[0], [0, 1], [0, 1, 2], [0, 1, 3], [0, 1, 3, 4], [0, 1, 2, 5], [6], [6, 7]]
-    for i, seen in enumerate(rows):  # a 6-token tree, then a 2-token causal run
-        allowed[0, 0, i, seen] = True
+    allowed = _tree_mask(TREE + [[6], [6, 7]])[None, None]  # the tree, then a causal run of 2
     q, k, v = torch.randn(1, 4, 8, 8), torch.randn(1, 2, 8, 8), torch.randn(1, 2, 8, 8)
     for mask in (allowed, attention.additive_mask(allowed, torch.float32)):
         dense, _ = sdpa_attention_forward(_Layer(), q, k, v, mask, scaling=0.5)

@@ -197,8 +197,7 @@ def _segments(block: torch.Tensor) -> list | None:
     found = _held(base, "_rmtrain_trees", dict)
     where = (block.storage_offset(), tuple(block.shape), block.stride())  # the slice of `base`
     if where not in found:
-        allowed = block[0, 0] if block.dtype == torch.bool else block[0, 0] == 0
-        found[where] = _split(allowed)
+        found[where] = _split(_allowed(block)[0, 0])
     return found[where]
 
 
@@ -228,7 +227,7 @@ def _split(allowed: torch.Tensor) -> list | None:
         cols = torch.nonzero(allowed[b - 1]).flatten()
         ancestors = cols[cols < a]
         rebuilt[a:b, ancestors] = True
-        rebuilt[a:b, a:b] = torch.ones(b - a, b - a, dtype=torch.bool).tril()
+        rebuilt[a:b, a:b] = torch.ones(b - a, b - a, dtype=torch.bool, device=rebuilt.device).tril()
         segments.append((a, b, None if ancestors.numel() == 0 else cols))
     return segments if torch.equal(rebuilt, allowed) else None
 
@@ -264,13 +263,19 @@ def _block_mask(mask: torch.Tensor) -> Any:
     once per batch: every layer of a forward passes the same mask tensor."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    allowed = mask[:, 0] if mask.dtype == torch.bool else mask[:, 0] == 0
+    allowed = _allowed(mask)[:, 0]
     rows, length = allowed.shape[0], allowed.shape[-1]
 
     def mask_mod(b: Any, _h: Any, q: Any, kv: Any) -> Any:
         return allowed[b, q, kv]
 
     return create_block_mask(mask_mod, rows, None, length, length, device=mask.device)
+
+
+def _allowed(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean (True = attend) or additive (0 = attend) mask as a boolean one; the inverse of
+    `additive_mask`."""
+    return mask if mask.dtype == torch.bool else mask == 0
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

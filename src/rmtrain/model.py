@@ -239,13 +239,10 @@ def token_values(
         if per_block is None:  # auto: measured on CPU only (see `use_block_attention`)
             per_block = input_ids.device.type == "cpu"
         sdpa = inner.config._attn_implementation == "sdpa"
-        if per_block and sdpa and _passes_attention_kwargs(inner):
-            if per_block == "flex":
-                install_block_attention()
-                extra["attention_flex"] = True
-            elif blocks is not None:
-                install_block_attention()
-                extra["attention_blocks"] = block_sizes(blocks)
+        flex = per_block == "flex"
+        if per_block and (flex or blocks is not None) and sdpa and _passes_attention_kwargs(inner):
+            install_block_attention()
+            extra |= {"attention_flex": True} if flex else {"attention_blocks": block_sizes(blocks)}
     kept: list[torch.Tensor] = []
     handle = value_head(inner).register_forward_hook(lambda _m, _i, out: kept.append(out))
     backends = attention_backends(input_ids.device)
