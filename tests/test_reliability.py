@@ -127,7 +127,9 @@ def test_nan_loss_stops_with_step_and_checkpoint(data_file, tmp_path, monkeypatc
     assert not (tmp_path / "nan" / "config.json").exists()
 
 
-def test_nan_gradient_is_caught(data_file, tmp_path, monkeypatch):
+@pytest.mark.parametrize("clip", [[], ["--max-grad-norm", "0"]], ids=["clipped", "unclipped"])
+def test_nan_gradient_is_caught(data_file, tmp_path, monkeypatch, clip):
+    """Caught from the norm Trainer computes anyway, with clipping on or off."""
     import rmtrain.trainer as tr
 
     def hook(grad):
@@ -143,7 +145,34 @@ def test_nan_gradient_is_caught(data_file, tmp_path, monkeypatch):
 
     monkeypatch.setattr(tr, "pair_rewards", poisoned)
     with pytest.raises(RmtrainError, match="non-finite gradient at step 1"):
-        run_train(build_config(_as_config(train_args(data_file, tmp_path / "g"))))
+        run_train(build_config(_as_config(train_args(data_file, tmp_path / "g", *clip))))
+
+
+def test_one_pass_over_the_gradients_for_the_norm_per_step(data_file, tmp_path, monkeypatch):
+    """The non-finite check reuses Trainer's norm: one `_foreach_norm` per step (all gradients
+    are float32 on one device), not a second pass of a guard callback."""
+    calls = []
+    real = torch._foreach_norm
+    monkeypatch.setattr(torch, "_foreach_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    args = tiny_train_args(data_file, tmp_path / "n", "--max-steps", "3")
+    run_train(build_config(_as_config(args)))
+    assert len(calls) == 3
+
+
+def test_guard_callback_stops_at_a_non_finite_gradient(tmp_path):
+    """The fallback for Trainer releases without `_get_grad_norm`."""
+    from types import SimpleNamespace
+
+    from rmtrain.trainer import NonFiniteGuard
+
+    model = torch.nn.Linear(2, 1)
+    model.weight.grad = torch.tensor([[1.0, float("inf")]])
+    args = SimpleNamespace(output_dir=str(tmp_path), learning_rate=1e-3)
+    state = SimpleNamespace(global_step=4)
+    with pytest.raises(RmtrainError, match="non-finite gradient at step 5"):
+        NonFiniteGuard().on_pre_optimizer_step(args, state, None, model=model)
+    model.weight.grad = torch.ones(1, 2)
+    NonFiniteGuard().on_pre_optimizer_step(args, state, None, model=model)
 
 
 BAD_ROWS = [

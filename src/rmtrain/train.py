@@ -37,6 +37,7 @@ from rmtrain.modelcard import render_model_card
 from rmtrain.publish import STAGE_NAME, check_output_dir, publish, staging_dir
 from rmtrain.tracking import finish_tracking, start_tracking
 from rmtrain.trainer import (
+    CHECKS_GRAD_NORM,
     NonFiniteGuard,
     PairwiseRewardTrainer,
     latest_checkpoint,
@@ -288,7 +289,7 @@ def _make_trainer(
             [p.margin for p in data.test_pairs],
             cfg.center_rewards_coef,
         ),
-        callbacks=[NonFiniteGuard(), *(callbacks or [])],
+        callbacks=[*([] if CHECKS_GRAD_NORM else [NonFiniteGuard()]), *(callbacks or [])],
         center_rewards_coef=cfg.center_rewards_coef,
         lm_loss_coef=cfg.lm_loss_coef,
         lm_head_weight=lm_head_weight(model, cfg.model) if cfg.lm_loss_coef > 0 else None,

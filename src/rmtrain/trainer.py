@@ -8,6 +8,7 @@ eval set), and a guard that the model is called with our inputs. Data and model 
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -145,6 +146,16 @@ class PairwiseRewardTrainer(Trainer):
                 logs[key] = sum(vals) / len(vals)
                 vals.clear()
         super().log(logs, *args, **kwargs)
+
+    def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
+        """Trainer's gradient norm, which it computes every step (for clipping, else for the
+        log), checked before the optimizer step: a non-finite one stops training there. This
+        is `NonFiniteGuard`'s check without a second pass over every gradient (65 ms a step
+        for 135M parameters on 2 CPU cores)."""
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if norm is not None and not math.isfinite(float(norm)):
+            raise non_finite("gradient", self.state.global_step + 1, self.args)
+        return norm
 
     def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kw: Any) -> Any:
         """Forward and backward (recomputed checkpointed layers too) under the SDPA kernel
@@ -319,8 +330,13 @@ def rotate_checkpoints(folder: str | Path, keep: int | None) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+# transformers releases whose Trainer has no `_get_grad_norm` step get the guard callback.
+CHECKS_GRAD_NORM = callable(getattr(Trainer, "_get_grad_norm", None))
+
+
 class NonFiniteGuard(TrainerCallback):
-    """Stops at the first non-finite gradient, naming the step and the last good checkpoint."""
+    """Stops at the first non-finite gradient, naming the step and the last good checkpoint
+    (with its own pass over the gradients: only where `CHECKS_GRAD_NORM` is false)."""
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         model = kw.get("model")
