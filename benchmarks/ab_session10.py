@@ -2,8 +2,9 @@
 512 tokens, 2 pairs per step, the pairs `ab_step.setup` takes).
 
     python benchmarks/ab_session10.py ladder se [steps]
+    python benchmarks/ab_session10.py lean se [steps]
 
-ladder: forward + backward seconds per token of the same pairs in four layouts, one model copy
+ladder: forward + backward seconds per token of the same pairs in five layouts, one model copy
 each (same weights), variants in turn and reversed every other round, 4 rounds, the first
 discarded:
 - trl_layout: TRL's (stock modules, the pairs' 4 sequences padded to the longest, gradient
@@ -14,9 +15,13 @@ discarded:
 - rmtrain_stock: the prefix-shared row as rmtrain runs it (per-block attention, last layer at
   the reward tokens), stock modules;
 - rmtrain: the same with lean modules and the cap (`rmtrain train`'s default).
-The per-token ratios split the end-to-end gap: trl_layout / ideal is what the FLOP model
-promises per token (8/6 at equal matrix-product speed), ideal / rmtrain what rmtrain loses to
-it.
+The per-token ratios test the FLOP model: it promises trl_layout / ideal = 8/6 per token at
+equal matrix-product speed. ("ideal" turned out slower than rmtrain_stock: its causal attention
+spans both pairs of the row, and its last layer runs at every token.)
+
+lean: fwd+bwd seconds of the same prefix-shared batches with stock modules, lean modules without
+and with the cap, and lean norms and MLPs without the lean projections (with the cap), 3
+rounds, the first discarded.
 """
 
 from __future__ import annotations
