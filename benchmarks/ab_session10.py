@@ -3,6 +3,7 @@
 
     python benchmarks/ab_session10.py ladder se [steps]
     python benchmarks/ab_session10.py lean se [steps]
+    python benchmarks/ab_session10.py fixed
 
 ladder: forward + backward seconds per token of the same pairs in five layouts, one model copy
 each (same weights), variants in turn and reversed every other round, 4 rounds, the first
@@ -117,6 +118,40 @@ def lean(dataset: str, steps: str = "8") -> None:
     print(dataset, json.dumps(_rounds(variants, 3, discard_first=True)))
 
 
+def fixed(_dataset: str = "se") -> None:
+    """ms per call of the per-step work outside forward and backward, on SmolLM2's 135M
+    parameters with random gradients (one warm-up call, then the mean of 5): the finiteness
+    check `NonFiniteGuard` ran (before this session, on every step), clipping, fused AdamW, and
+    the embedding gradient (a fresh zero tensor, and the dense backward of 833 token ids)."""
+    import time
+
+    model, _ = setup("se", 1)
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    grads = [p.grad for p in params]
+    opt = torch.optim.AdamW(params, lr=1e-6, fused=True)
+    emb = model.get_input_embeddings().weight
+    ids, grad = torch.randint(0, emb.shape[0], (833,)), torch.randn(833, emb.shape[1])
+    work = {
+        "guard_norms": lambda: torch.isfinite(torch.stack(torch._foreach_norm(grads))).all(),
+        "clip_grad_norm": lambda: torch.nn.utils.clip_grad_norm_(params, 1.0),
+        "fused_adamw": opt.step,
+        "zeros_like_embedding": lambda: torch.zeros_like(emb),
+        "embedding_backward": lambda: torch.ops.aten.embedding_dense_backward(
+            grad, ids, emb.shape[0], -1, False
+        ),
+    }
+    out = {}
+    for name, fn in work.items():
+        fn()
+        start = time.perf_counter()
+        for _ in range(5):
+            fn()
+        out[name] = round(1e3 * (time.perf_counter() - start) / 5, 1)
+    print("ms per call:", json.dumps(out))
+
+
 if __name__ == "__main__":
     what, *args = sys.argv[1:]
-    {"ladder": ladder, "lean": lean}[what](*args)
+    {"ladder": ladder, "lean": lean, "fixed": fixed}[what](*args)
