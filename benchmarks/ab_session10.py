@@ -57,6 +57,10 @@ def _causal(model: Any, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return logits, logits - 1.0
 
 
+def _nothing() -> None:
+    """No per-round setup: each variant has its own model copy."""
+
+
 def ladder(dataset: str, steps: str = "8") -> None:
     n = int(steps)
     base, packed = setup(dataset, n)
@@ -74,13 +78,12 @@ def ladder(dataset: str, steps: str = "8") -> None:
     }
     tokens["padded_no_gc"] = tokens["trl_layout"]
     tokens["rmtrain_stock"] = tokens["rmtrain"] = tokens["ideal"]
-    nothing = lambda: None  # noqa: E731
     variants = {
-        "trl_layout": (trl, padded, nothing, _pooled),
-        "padded_no_gc": (padded_plain, padded, nothing, _pooled),
-        "ideal": (ideal, packed, nothing, _causal),
-        "rmtrain_stock": (stock, packed, nothing),
-        "rmtrain": (lean, packed, nothing),
+        "trl_layout": (trl, padded, _nothing, _pooled),
+        "padded_no_gc": (padded_plain, padded, _nothing, _pooled),
+        "ideal": (ideal, packed, _nothing, _causal),
+        "rmtrain_stock": (stock, packed, _nothing),
+        "rmtrain": (lean, packed, _nothing),
     }
     rounds = 4
     seconds = _rounds(variants, rounds, discard_first=True)
@@ -108,12 +111,11 @@ def lean(dataset: str, steps: str = "8") -> None:
     cap_activations(base)
     make_lean(noproj, projections=False)
     cap_activations(noproj)
-    nothing = lambda: None  # noqa: E731
     variants = {
-        "stock": (stock, packed, nothing),
-        "lean_nocap": (nocap, packed, nothing),
-        "lean_cap": (base, packed, nothing),
-        "noproj_cap": (noproj, packed, nothing),
+        "stock": (stock, packed, _nothing),
+        "lean_nocap": (nocap, packed, _nothing),
+        "lean_cap": (base, packed, _nothing),
+        "noproj_cap": (noproj, packed, _nothing),
     }
     print(dataset, json.dumps(_rounds(variants, 3, discard_first=True)))
 

@@ -60,6 +60,18 @@ def qwen_model(qwen_tokenizer):
     return tiny_qwen3(qwen_tokenizer)
 
 
+def count_calls(monkeypatch, owner, name: str) -> list[int]:
+    """Replace `owner.name` with a wrapper that records each call (one entry per call)."""
+    calls, real = [], getattr(owner, name)
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counting)
+    return calls
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -8,7 +8,7 @@ from rmtrain.collate import PackedCollator, PrefixTreeCollator, block_mask, row_
 from rmtrain.losses import pairwise_loss
 from rmtrain.model import token_values
 from rmtrain.trainer import pair_rewards
-from tests.conftest import tiny_llama
+from tests.conftest import count_calls, tiny_llama
 from tests.test_packing import FEATURES, make_model
 
 
@@ -202,7 +202,7 @@ def test_tree_batches_carry_their_tree_sizes(monkeypatch):
     with torch.no_grad():
         want = token_values(*args)
         calls = _count_sdpa_calls(monkeypatch)
-        splits = _count(monkeypatch, attention, "_split")
+        splits = count_calls(monkeypatch, attention, "_split")
         got = token_values(*args, blocks=batch["attention_blocks"])
     assert len(splits) == 2  # each tree's segments found once per batch, not once per layer
     # row 0 holds 5 6 7 4 | 8 8 | 9 (the root run [prompt][chosen 4], then chosen 8 8 and the
@@ -262,17 +262,6 @@ def test_flex_rows_equal_dense_masked_sdpa(boolean):
     assert got.isfinite().all()
 
 
-def _count(monkeypatch, owner, name: str) -> list[int]:
-    calls, real = [], getattr(owner, name)
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(owner, name, counting)
-    return calls
-
-
 @pytest.mark.parametrize("arch", ["qwen3", "llama"])
 @pytest.mark.parametrize("mode", ["prefix_sharing", "padding_free"])
 def test_flex_setting_scores_with_one_call_per_layer_and_one_block_mask(arch, mode, monkeypatch):
@@ -288,8 +277,8 @@ def test_flex_setting_scores_with_one_call_per_layer_and_one_block_mask(arch, mo
     with torch.no_grad():
         dense = pair_rewards(model, {**batch, "attention_blocks": None})
         use_block_attention(model, "flex")
-        flex = _count(monkeypatch, attention, "flex_rows")
-        built = _count(monkeypatch, flex_module, "create_block_mask")
+        flex = count_calls(monkeypatch, attention, "flex_rows")
+        built = count_calls(monkeypatch, flex_module, "create_block_mask")
         sdpa = _count_sdpa_calls(monkeypatch)
         chosen, rejected = pair_rewards(model, batch)
     assert len(flex) == model.config.num_hidden_layers and sdpa == [] and len(built) == 1

@@ -18,7 +18,7 @@ from rmtrain.cli import main
 from rmtrain.config import build_config
 from rmtrain.errors import RmtrainError
 from rmtrain.train import run_train
-from tests.conftest import tiny_train_args, write_demo
+from tests.conftest import count_calls, tiny_train_args, write_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_KEYS = ("win_rate", "kendall_tau", "loss", "reward_mean", "reward_std", "margin_mean")
@@ -151,9 +151,7 @@ def test_nan_gradient_is_caught(data_file, tmp_path, monkeypatch, clip):
 def test_one_pass_over_the_gradients_for_the_norm_per_step(data_file, tmp_path, monkeypatch):
     """The non-finite check reuses Trainer's norm: one `_foreach_norm` per step (all gradients
     are float32 on one device), not a second pass of a guard callback."""
-    calls = []
-    real = torch._foreach_norm
-    monkeypatch.setattr(torch, "_foreach_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = count_calls(monkeypatch, torch, "_foreach_norm")
     args = tiny_train_args(data_file, tmp_path / "n", "--max-steps", "3")
     run_train(build_config(_as_config(args)))
     assert len(calls) == 3
