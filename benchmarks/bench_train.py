@@ -181,6 +181,11 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     if path.endswith("+nocudnn"):  # any path: SDPA without cuDNN for the whole process
         torch.backends.cuda.enable_cudnn_sdp(False)
         spec = {**spec, "path": path.removesuffix("+nocudnn")}
+    if path.startswith("trl") and path.endswith("+retain"):  # TRL with rmtrain's allocator setting
+        from rmtrain.allocator import retain_freed_memory
+
+        retain_freed_memory()
+        spec = {**spec, "path": path.removesuffix("+retain")}
     trainer = (_trl_trainer if path.startswith("trl") else _rm_trainer)(spec, train, evals, tokens)
     trainer.add_callback(clock())
     if spec.get("eval_only"):  # no training; one untimed warm-up batch, as for training
@@ -290,14 +295,15 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
     from rmtrain.collate import make_eval_collator, pair_tokens
     from rmtrain.config import TrainConfig
     from rmtrain.model import attention_cost_ratio, use_block_attention
-    from rmtrain.train import apply_lean, train_collator, training_arguments
+    from rmtrain.train import apply_lean, train_collator, training_arguments, tune_allocator
     from rmtrain.trainer import PairwiseRewardTrainer, make_compute_metrics
 
     model, tok = _load_model(spec)
     # "prefix_sharing+gc3": that layout with checkpointing every 3rd layer; "+grouped": with
     # --group-by-prompt (the pairs of one prompt in the same steps, trained on prefix trees);
     # "+fused": --fuse-elementwise true; "+nocap": --cap-activations false; "+blocks" /
-    # "+noblocks": --block-attention on / off; "+flex": --block-attention flex
+    # "+noblocks": --block-attention on / off; "+flex": --block-attention flex; "+release":
+    # --retain-freed-memory false
     packing, *flags = spec["path"].split("+")
     gc = next((f[2:] for f in flags if f.startswith("gc")), None)
     cfg = TrainConfig(
@@ -315,9 +321,11 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
         fuse_elementwise="fused" in flags,
         cap_activations="nocap" not in flags,
         block_attention=_block_attention(flags),
+        retain_freed_memory="release" not in flags,
         report_to=["none"],
         logging_steps=10_000,
     )
+    tune_allocator(cfg)
     apply_lean(model, cfg)
     use_block_attention(model, cfg.block_attention)
     for f in train + evals:
@@ -442,7 +450,8 @@ def main() -> None:
         default=list(PATHS),
         help="also trl_nogc; rmtrain path+gc / +gcN: checkpointing (every N-th layer), "
         "prefix_sharing+grouped: --group-by-prompt; +fused: --fuse-elementwise true; +nocap: "
-        "--cap-activations false; +blocks / +noblocks: --block-attention on / off; any "
+        "--cap-activations false; +blocks / +noblocks: --block-attention on / off; +release: "
+        "--retain-freed-memory false; trl+retain: TRL with that allocator setting; any "
         "path+nocudnn: SDPA without cuDNN",
     )
     ap.add_argument("--runs-log", default=None, help="append each run's JSON to this file")

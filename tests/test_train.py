@@ -201,3 +201,36 @@ def test_several_gpus_in_one_process_train_on_one(tmp_path, capsys):
     args._n_gpu = 0  # CPU: nothing to change, nothing said
     assert one_device_per_process(args).n_gpu == 0
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    "flags,cuda,calls",
+    [([], False, 1), (["--retain-freed-memory", "false"], False, 0), ([], True, 0)],
+)
+def test_allocator_tuned_for_cpu_training_unless_turned_off(monkeypatch, flags, cuda, calls):
+    import rmtrain.train as train_module
+    from rmtrain.cli import build_parser
+    from rmtrain.config import TrainConfig, config_from_args
+
+    recorded: list[int] = []
+    monkeypatch.setattr(train_module, "retain_freed_memory", lambda: recorded.append(1) or True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    cfg = config_from_args(build_parser().parse_args(["train", *flags]), TrainConfig)
+    assert train_module.tune_allocator(cfg) is bool(calls)
+    assert len(recorded) == calls
+
+
+def test_run_train_tunes_the_allocator_before_loading_anything(monkeypatch, tmp_path):
+    import rmtrain.train as train_module
+    from rmtrain.config import TrainConfig
+
+    class Reached(Exception):
+        pass
+
+    def stop(cfg):  # noqa: ANN001
+        raise Reached
+
+    monkeypatch.setattr(train_module, "tune_allocator", stop)
+    monkeypatch.setattr(train_module, "load_tokenizer", None)  # calling it would raise TypeError
+    with pytest.raises(Reached):
+        train_module.run_train(TrainConfig(output=str(tmp_path / "out")))

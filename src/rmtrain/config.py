@@ -122,6 +122,13 @@ class TrainConfig:
         "percent off forward + backward in isolation on CPU, but no gain measured end to end "
         "(see benchmarks/README.md), hence off. Without a C++ compiler it warns and runs eagerly.",
     )
+    retain_freed_memory: bool = _opt(
+        True,
+        "Training on CPU with glibc: keep the memory a step frees in the process for the next "
+        "step instead of handing it back to the kernel and faulting it in again (about 60,000 "
+        "page faults a SmolLM2 step; see benchmarks/README.md). Peak memory is unchanged. "
+        "Skipped where MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or GLIBC_TUNABLES is set.",
+    )
     block_attention: str = _opt(
         "auto",
         "Packed rows' attention one pair (block) at a time instead of one masked call over the "

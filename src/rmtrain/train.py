@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments, set_seed
 
+from rmtrain.allocator import retain_freed_memory
 from rmtrain.collate import make_collator, make_eval_collator
 from rmtrain.config import TrainConfig, save_config
 from rmtrain.data import DataCounts
@@ -217,6 +218,7 @@ def run_train(
             "--block-attention flex trains on a CUDA GPU only: FlexAttention has no backward on "
             "CPU. Use --block-attention auto (per block on CPU)"
         )
+    tune_allocator(cfg)
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model, cfg.pad_token, cfg.trust_remote_code)
     data = prepare_data(cfg, tokenizer)
@@ -331,6 +333,11 @@ def build_model(cfg: TrainConfig, pad_token_id: int) -> Any:
             model = prepare_model_for_kbit_training(model)
         model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target)
     return model
+
+
+def tune_allocator(cfg: TrainConfig) -> bool:
+    """--retain-freed-memory, for training on CPU (on a GPU the step's memory is CUDA's)."""
+    return cfg.retain_freed_memory and not torch.cuda.is_available() and retain_freed_memory()
 
 
 def apply_lean(model: Any, cfg: TrainConfig) -> None:

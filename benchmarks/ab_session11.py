@@ -1,0 +1,85 @@
+"""The in-process measurement behind benchmarks/README.md's "Session 11" allocator numbers
+(SmolLM2-135M, 512 tokens, 2 SE pairs per step, the pairs `ab_step.setup` takes).
+
+    python benchmarks/ab_session11.py allocator rmtrain [steps] [rounds]
+    python benchmarks/ab_session11.py allocator trl [steps] [rounds]
+
+Full training steps (forward, backward, clipping, fused AdamW, zero_grad) of one model, rounds
+alternating glibc's settings through `mallopt`, the first two rounds discarded:
+- release: mmap threshold 32 MB and trim threshold 64 MB, where glibc's dynamic thresholds
+  settle by default once blocks of 32 MB have been freed (the free top of the heap past 64 MB
+  goes back to the kernel after every step);
+- retain: `rmtrain.allocator.retain_freed_memory()`'s (mmap 32 MB, no trimming).
+rmtrain: the prefix-shared rows, lean modules and cap (as `rmtrain train` runs them); trl: TRL's
+layout (the pairs' 4 sequences padded, gradient checkpointing, the stock pooled head). Prints
+seconds and minor page faults per variant.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ab_session10 import _pooled  # noqa: E402
+from ab_step import setup  # noqa: E402
+from bench_train import build_features  # noqa: E402
+
+from rmtrain.allocator import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MMAP_CEILING  # noqa: E402
+from rmtrain.collate import make_collator  # noqa: E402
+from rmtrain.lean import cap_activations, make_lean  # noqa: E402
+from rmtrain.losses import pairwise_loss  # noqa: E402
+from rmtrain.trainer import pair_rewards  # noqa: E402
+
+SETTINGS = {"release": (MMAP_CEILING, 2 * MMAP_CEILING), "retain": (MMAP_CEILING, 2**31 - 1)}
+
+
+def _faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def allocator(layout: str, steps: str = "8", rounds: str = "8") -> None:
+    n = int(steps)
+    model, batches = setup("se", n)
+    rewards = pair_rewards
+    if layout == "trl":
+        feats = build_features("smollm2", "se", 512)["features"][: 2 * n]
+        pad = model.config.pad_token_id
+        batches = [make_collator("none", pad)(feats[i : i + 2]) for i in range(0, 2 * n, 2)]
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        rewards = _pooled
+    else:
+        make_lean(model)
+        cap_activations(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
+    libc = ctypes.CDLL(None)
+    total = {name: [0.0, 0] for name in SETTINGS}
+    for r in range(int(rounds)):
+        name = list(SETTINGS)[r % 2]
+        mmap, trim = SETTINGS[name]
+        assert libc.mallopt(M_MMAP_THRESHOLD, mmap) == 1 and libc.mallopt(M_TRIM_THRESHOLD, trim)
+        start, faults = time.perf_counter(), _faults()
+        for b in batches:
+            pairwise_loss(*rewards(model, b)).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            model.zero_grad()
+        took, faulted = time.perf_counter() - start, _faults() - faults
+        print(name, round(took, 2), "s", faulted, "faults", flush=True)
+        if r >= 2:
+            total[name][0] += took
+            total[name][1] += faulted
+    summary = {k: {"s": round(v[0], 2), "faults": v[1]} for k, v in total.items()}
+    summary["release / retain"] = round(total["release"][0] / total["retain"][0], 3)
+    print(layout, json.dumps(summary))
+
+
+if __name__ == "__main__":
+    what, *rest = sys.argv[1:]
+    {"allocator": allocator}[what](*rest)
