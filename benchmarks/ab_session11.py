@@ -3,6 +3,8 @@
 
     python benchmarks/ab_session11.py allocator rmtrain [steps] [rounds]
     python benchmarks/ab_session11.py allocator trl [steps] [rounds]
+    python benchmarks/ab_session11.py passes VARIANT [batches] [passes]  # one per process:
+        # default, retain, retain_1gb (mmap threshold 1 GB), retain_sparse (+ sparse embedding)
 
 Full training steps (forward, backward, clipping, fused AdamW, zero_grad) of one model, rounds
 alternating glibc's settings through `mallopt`, the first two rounds discarded:
@@ -13,6 +15,11 @@ alternating glibc's settings through `mallopt`, the first two rounds discarded:
 rmtrain: the prefix-shared rows, lean modules and cap (as `rmtrain train` runs them); trl: TRL's
 layout (the pairs' 4 sequences padded, gradient checkpointing, the stock pooled head). Prints
 seconds and minor page faults per variant.
+
+passes: one setting per process (run them one after the other), the rmtrain step above over
+the same batches several times, timed from the third step; resident memory after each pass.
+retain_sparse also gives the embedding a sparse backward adding into a gradient buffer kept
+across steps (dropped: it raised the peak).
 """
 
 from __future__ import annotations
@@ -80,6 +87,44 @@ def allocator(layout: str, steps: str = "8", rounds: str = "8") -> None:
     print(layout, json.dumps(summary))
 
 
+def _rss_mb() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 // 2**20
+
+
+def passes(variant: str, n_batches: str = "16", n_passes: str = "3") -> None:
+    libc = ctypes.CDLL(None)
+    if variant != "default":
+        mmap = 1 << 30 if variant == "retain_1gb" else MMAP_CEILING
+        assert libc.mallopt(M_MMAP_THRESHOLD, mmap) == 1
+        assert libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    model, batches = setup("se", int(n_batches))
+    make_lean(model)
+    cap_activations(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)
+    emb = model.get_input_embeddings()
+    buffer = None
+    if variant == "retain_sparse":
+        emb.sparse, buffer = True, torch.zeros_like(emb.weight)
+    rss, took, faulted = [], 0.0, 0
+    for p in range(int(n_passes)):
+        for i, b in enumerate(batches):
+            start, faults = time.perf_counter(), _faults()
+            if buffer is not None and emb.weight.grad is None:
+                emb.weight.grad = buffer.zero_()
+            pairwise_loss(*pair_rewards(model, b)).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            model.zero_grad()
+            if p > 0 or i >= 2:
+                took += time.perf_counter() - start
+                faulted += _faults() - faults
+        rss.append(_rss_mb())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    out = {"variant": variant, "s": round(took, 2), "faults": faulted}
+    print(json.dumps(out | {"rss_after_each_pass": rss, "peak": peak}))
+
+
 if __name__ == "__main__":
     what, *rest = sys.argv[1:]
-    {"allocator": allocator}[what](*rest)
+    {"allocator": allocator, "passes": passes}[what](*rest)
