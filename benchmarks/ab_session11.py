@@ -35,16 +35,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ab_session10 import _pooled  # noqa: E402
-from ab_step import setup  # noqa: E402
+from ab_step import setup, step  # noqa: E402
 from bench_train import build_features  # noqa: E402
 
-from rmtrain.allocator import M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, MMAP_CEILING  # noqa: E402
+from rmtrain.allocator import (  # noqa: E402
+    M_MMAP_THRESHOLD,
+    M_TRIM_THRESHOLD,
+    MMAP_CEILING,
+    NEVER_TRIM,
+    retain_freed_memory,
+)
 from rmtrain.collate import make_collator  # noqa: E402
 from rmtrain.lean import cap_activations, make_lean  # noqa: E402
-from rmtrain.losses import pairwise_loss  # noqa: E402
 from rmtrain.trainer import pair_rewards  # noqa: E402
 
-SETTINGS = {"release": (MMAP_CEILING, 2 * MMAP_CEILING), "retain": (MMAP_CEILING, 2**31 - 1)}
+SETTINGS = {"release": (MMAP_CEILING, 2 * MMAP_CEILING), "retain": (MMAP_CEILING, NEVER_TRIM)}
 
 
 def _faults() -> int:
@@ -73,10 +78,7 @@ def allocator(layout: str, steps: str = "8", rounds: str = "8") -> None:
         assert libc.mallopt(M_MMAP_THRESHOLD, mmap) == 1 and libc.mallopt(M_TRIM_THRESHOLD, trim)
         start, faults = time.perf_counter(), _faults()
         for b in batches:
-            pairwise_loss(*rewards(model, b)).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            model.zero_grad()
+            step(model, b, opt, rewards)
         took, faulted = time.perf_counter() - start, _faults() - faults
         print(name, round(took, 2), "s", faulted, "faults", flush=True)
         if r >= 2:
@@ -93,11 +95,8 @@ def _rss_mb() -> int:
 
 
 def passes(variant: str, n_batches: str = "16", n_passes: str = "3") -> None:
-    libc = ctypes.CDLL(None)
     if variant != "default":
-        mmap = 1 << 30 if variant == "retain_1gb" else MMAP_CEILING
-        assert libc.mallopt(M_MMAP_THRESHOLD, mmap) == 1
-        assert libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+        assert retain_freed_memory(1 << 30 if variant == "retain_1gb" else MMAP_CEILING)
     model, batches = setup("se", int(n_batches))
     make_lean(model)
     cap_activations(model)
@@ -112,10 +111,7 @@ def passes(variant: str, n_batches: str = "16", n_passes: str = "3") -> None:
             start, faults = time.perf_counter(), _faults()
             if buffer is not None and emb.weight.grad is None:
                 emb.weight.grad = buffer.zero_()
-            pairwise_loss(*pair_rewards(model, b)).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            model.zero_grad()
+            step(model, b, opt)
             if p > 0 or i >= 2:
                 took += time.perf_counter() - start
                 faulted += _faults() - faults

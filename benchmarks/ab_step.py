@@ -47,8 +47,8 @@ def setup(dataset: str, steps: int) -> tuple:
     return model, [collate(feats[i : i + 2]) for i in range(0, 2 * steps, 2)]
 
 
-def step(model, batch, opt=None) -> None:  # noqa: ANN001
-    pairwise_loss(*pair_rewards(model, batch)).backward()
+def step(model, batch, opt=None, rewards=pair_rewards) -> None:  # noqa: ANN001
+    pairwise_loss(*rewards(model, batch)).backward()
     if opt is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

@@ -22,11 +22,12 @@ import platform
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 M_MMAP_THRESHOLD = -3
 MMAP_CEILING = 32 << 20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit systems
+NEVER_TRIM = 2**31 - 1  # the largest value mallopt takes (an int)
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
 
 def retain_freed_memory(
-    mmap_threshold: int = MMAP_CEILING, trim_threshold: int = 2**31 - 1
+    mmap_threshold: int = MMAP_CEILING, trim_threshold: int = NEVER_TRIM
 ) -> bool:
     """Serve blocks below `mmap_threshold` bytes from the heap and give its free top back only
     past `trim_threshold` bytes. Returns whether it was applied: only on Linux with glibc, and
