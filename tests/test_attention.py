@@ -50,12 +50,17 @@ def _forks(branches: list[list[int]]) -> list:
     return [_fork(b) for b in branches]
 
 
-def test_forked_blocks_equal_dense_masked_sdpa():
+@pytest.mark.parametrize("gathered", [True, False])
+def test_forked_blocks_equal_dense_masked_sdpa(gathered, monkeypatch):
     """Pairs (prompt 2 / chosen 2 / rejected 3; an empty prompt) and plain causal runs (a
-    prompt + response segment with or without chosen) as causal + tail calls: the same output
-    and gradients as the dense masked call."""
+    prompt + response segment with or without chosen) as causal + tail calls, through the
+    CPU flash kernel with gathered tails or through SDPA: the same output and gradients as
+    the dense masked call."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if not gathered:
+        monkeypatch.setattr(attention, "_gathers", lambda *_: False)
+    flash_calls = _count_flash_calls(monkeypatch)
     torch.manual_seed(0)
     rows = [[[0, 0, 1, 1, 2, 2, 2], [1, 2, 2]], [[0, 0, 0, 1, 1], [0, 0, 0, 2, 2]]]
     forks = [_forks(r) for r in rows]
@@ -76,6 +81,20 @@ def test_forked_blocks_equal_dense_masked_sdpa():
     have = torch.autograd.grad(got, (q, k, v), grad)
     for a, b in zip(want, have, strict=True):
         assert (a - b).abs().max().item() < 1e-5
+    # two blocks with a tail (the other two are plain causal runs): two flash calls each
+    assert len(flash_calls) == (4 if gathered else 0)
+
+
+def _count_flash_calls(monkeypatch) -> list[int]:
+    calls = []
+    real = attention._flash
+
+    def counting(*args):
+        calls.append(args[0].shape[2])
+        return real(*args)
+
+    monkeypatch.setattr(attention, "_flash", counting)
+    return calls
 
 
 @pytest.mark.parametrize("mode", ["prefix_sharing", "padding_free"])
@@ -119,14 +138,20 @@ def test_arguments_it_does_not_apply_send_it_to_the_dense_call():
 
 
 def _count_sdpa_calls(monkeypatch) -> list[int]:
+    """Query lengths of the attention calls: SDPA's, and the flash kernel's that forked blocks
+    call directly on CPU."""
     calls = []
-    real = attention.F.scaled_dot_product_attention
 
-    def counting(*args, **kwargs):
-        calls.append(args[0].shape[2])  # query length of the call
-        return real(*args, **kwargs)
+    def counting(real):
+        def call(*args, **kwargs):
+            calls.append(args[0].shape[2])  # query length of the call
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", counting)
+        return call
+
+    sdpa = attention.F.scaled_dot_product_attention
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", counting(sdpa))
+    monkeypatch.setattr(attention, "_flash", counting(attention._flash))
     return calls
 
 
@@ -212,10 +237,13 @@ def test_tree_batches_carry_their_tree_sizes(monkeypatch):
     assert torch.allclose(got[1, :4], want[1, :4], atol=1e-5)  # then 3 pad columns
 
 
-@pytest.mark.parametrize("autocast", [False, True])
-def test_every_layer_gets_the_same_tail_mask_in_the_dtype_sdpa_runs_in(autocast, monkeypatch):
+@pytest.mark.parametrize("autocast,gathered", [(False, True), (False, False), (True, False)])
+def test_every_layer_gets_the_same_tail_mask_in_the_dtype_sdpa_runs_in(
+    autocast, gathered, monkeypatch
+):
     """SDPA converts a boolean mask into a fresh float copy in every call and keeps it for
-    backward; a batch's forked tails get one float mask each, shared by all layers."""
+    backward; a batch's forked tails get one float mask each, shared by all layers. Gathered
+    (the CPU flash path): over the prefix's keys and the tail's only."""
     model, pad = make_model("llama", "sdpa")
     batch = PackedCollator(pad, "prefix_sharing", 64)(FEATURES)
     masks: list[torch.Tensor] = []
@@ -226,7 +254,17 @@ def test_every_layer_gets_the_same_tail_mask_in_the_dtype_sdpa_runs_in(autocast,
             masks.append(attn_mask)
         return real(*args, attn_mask=attn_mask, **kwargs)
 
-    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording)
+    def flash(q, k, v, causal, mask, scale):
+        if mask is not None:
+            masks.append(mask)
+        return real_flash(q, k, v, causal, mask, scale)
+
+    real_flash = attention._flash
+    if gathered:
+        monkeypatch.setattr(attention, "_flash", flash)
+    else:
+        monkeypatch.setattr(attention, "_gathers", lambda *_: False)
+        monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording)
     with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
         pair_rewards(model, batch)
     tails = [(n - c, p, c) for row in batch["attention_blocks"].tolist() for n, p, c in row]
@@ -235,10 +273,11 @@ def test_every_layer_gets_the_same_tail_mask_in_the_dtype_sdpa_runs_in(autocast,
     assert len({m.data_ptr() for m in masks}) == len(set(tails))
     assert {m.dtype for m in masks} == {torch.bfloat16 if autocast else torch.float32}
     for m, (tail, p, c) in zip(masks, tails, strict=False):  # layer 0, in batch order
-        assert m.shape == (tail, c + tail)
+        assert m.shape == ((tail, p + tail) if gathered else (tail, c + tail))
         blocked = m == torch.finfo(m.dtype).min
-        assert blocked.sum().item() == tail * (c - p) + tail * (tail - 1) // 2
-        assert not blocked[:, :p].any() and blocked[:, p:c].all()
+        assert blocked.sum().item() == tail * (tail - 1) // 2 + (0 if gathered else tail * (c - p))
+        assert not blocked[:, :p].any()
+        assert gathered or blocked[:, p:c].all()
 
 
 @pytest.mark.parametrize("boolean", [True, False])

@@ -77,9 +77,13 @@ def block_sdpa(
     sdpa = functools.partial(
         F.scaled_dot_product_attention, dropout_p=dropout, scale=scaling, enable_gqa=gqa
     )
+    gathered = _gathers(query, key, value, dropout)
     # the masks in the dtype SDPA runs in: no cast, no copy per layer
     masks = _tail_masks(
-        attention_blocks, query.device, autocast_dtype(query.device.type) or query.dtype
+        attention_blocks,
+        query.device,
+        autocast_dtype(query.device.type) or query.dtype,
+        gathered,
     )
     width, pieces, layout = query.shape[2], [], []
     # unbind / split, not indexing: their backward is one stack / cat, where each indexed
@@ -98,7 +102,7 @@ def block_sdpa(
                 segments = None if torch.is_grad_enabled() else _segments(whole)
                 pieces.extend(_tree(sdpa, q, k, v, segments, whole))
             else:
-                pieces.extend(_forked(sdpa, q, k, v, *block[1:], masks))
+                pieces.extend(_forked(sdpa, q, k, v, *block[1:], masks, gathered, scaling))
             start += q.shape[2]
         layout.append((len(pieces) - before, pad))
     shape = (query.shape[1], value.shape[-1])
@@ -127,35 +131,104 @@ def _assemble(
 
 
 def _forked(
-    sdpa: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: int, c: int, masks: dict
+    sdpa: Any,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    p: int,
+    c: int,
+    masks: dict,
+    gathered: bool = False,
+    scale: float | None = None,
 ) -> list:
     """Attention of a forked block as two calls: the causal run [0, c) with `is_causal` (the
-    CPU kernel skips the blocks above the diagonal), then the tail's queries against the
-    block's keys with the run after the prefix masked. A dense masked call computes every pair
-    of the block. The tail reads views of the keys and values: a copy of just the prefix and
-    tail keys would skip the masked columns but be kept for backward (more memory)."""
+    CPU kernel skips the blocks above the diagonal), then the tail's queries. A dense masked
+    call computes every pair of the block. `gathered` (CPU): both in `_ForkedFlash`, whose tail
+    reads only the prefix's and its own keys. Otherwise the tail reads views of all the
+    block's keys and values with the run after the prefix masked: a copy of just the prefix
+    and tail keys would be kept for backward (more memory)."""
     tail = q.shape[2] - c
     if tail == 0:
         return [sdpa(q, k, v, is_causal=True)]
+    if gathered:
+        return list(_ForkedFlash.apply(q, k, v, p, c, scale, masks[tail, p, c]))
     q_head, q_tail = q.split([c, tail], dim=2)
     head = sdpa(q_head, k[:, :, :c], v[:, :, :c], is_causal=True)
     return [head, sdpa(q_tail, k, v, attn_mask=masks[tail, p, c])]
 
 
+def _gathers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> bool:
+    """Whether forked blocks run as `_ForkedFlash`: on CPU (its flash kernel is the one SDPA
+    picks there), one dtype, no dropout."""
+    return q.device.type == "cpu" and not dropout and q.dtype == k.dtype == v.dtype
+
+
+def _flash(q: Any, k: Any, v: Any, causal: bool, mask: Any, scale: Any) -> tuple:
+    """The CPU flash kernel SDPA calls (grouped-query heads natively): output, logsumexp."""
+    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, 0.0, causal, attn_mask=mask, scale=scale
+    )
+
+
+class _ForkedFlash(torch.autograd.Function):
+    """A forked block [prefix p][run to c][tail] as two flash calls: the causal run, then the
+    tail's queries against the prefix's keys and its own, gathered (a tail of r tokens computes
+    r x (p + r), not r x (c + r) with the run masked). Backward gathers them again instead of
+    keeping the copy, and writes the block's key and value gradients once instead of summing
+    two block-sized ones. Same kernel and values as the SDPA calls (to float rounding)."""
+
+    @staticmethod
+    def forward(ctx: Any, q: Any, k: Any, v: Any, p: int, c: int, scale: Any, mask: Any) -> Any:
+        head, head_lse = _flash(q[:, :, :c], k[:, :, :c], v[:, :, :c], True, None, scale)
+        tail, tail_lse = _flash(q[:, :, c:], *_prefix_and_tail(k, v, p, c), False, mask, scale)
+        ctx.save_for_backward(q, k, v, head, head_lse, tail, tail_lse, mask)
+        ctx.fork = (p, c, scale)
+        return head, tail
+
+    @staticmethod
+    def backward(ctx: Any, grad_head: Any, grad_tail: Any) -> tuple[Any, ...]:
+        q, k, v, head, head_lse, tail, tail_lse, mask = ctx.saved_tensors
+        p, c, scale = ctx.fork
+        backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+        run = (q[:, :, :c], k[:, :, :c], v[:, :, :c], head, head_lse, 0.0, True)
+        dq_head, dk_head, dv_head = backward(grad_head, *run, scale=scale)
+        seen = (q[:, :, c:], *_prefix_and_tail(k, v, p, c), tail, tail_lse, 0.0, False)
+        dq_tail, dk_tail, dv_tail = backward(grad_tail, *seen, attn_mask=mask, scale=scale)
+        dq = torch.cat([dq_head, dq_tail], 2)
+        return dq, _join(dk_head, dk_tail, p), _join(dv_head, dv_tail, p), None, None, None, None
+
+
+def _prefix_and_tail(k: torch.Tensor, v: torch.Tensor, p: int, c: int) -> tuple:
+    """The keys and values a tail sees: the prefix [0, p) and the tail [c, n)."""
+    return tuple(torch.cat([t[:, :, :p], t[:, :, c:]], 2) for t in (k, v))
+
+
+def _join(run: torch.Tensor, seen: torch.Tensor, p: int) -> torch.Tensor:
+    """A block's key (or value) gradient from the run's [0, c) and the tail's gathered [prefix
+    | tail] ones: the prefix gets both."""
+    out = torch.cat([run, seen[:, :, p:]], 2)
+    out[:, :, :p] += seen[:, :, :p]
+    return out
+
+
 @functools.lru_cache(maxsize=1)
-def _tail_masks(blocks: Blocks, device: torch.device, dtype: torch.dtype) -> dict:
+def _tail_masks(blocks: Blocks, device: torch.device, dtype: torch.dtype, gathered: bool) -> dict:
     """The additive masks of a batch's forked tails, by (tail, p, c), built once per batch.
 
-    [tail, c + tail]: tail token i sees keys 0..p-1 (the prefix) and c..c+i (itself). SDPA
-    turns a boolean mask into a float copy in every call and keeps that copy for backward:
-    one per layer, 24 MB of an SE step's 656 MB kept on SmolLM2. One float mask of the
-    query's dtype is used as is, so every layer keeps the same tensor. Every layer of a
-    forward passes the same `blocks`, so holding the last batch's masks suffices."""
+    [tail, c + tail]: tail token i sees keys 0..p-1 (the prefix) and c..c+i (itself);
+    `gathered`: [tail, p + tail] over the prefix's keys and the tail's. SDPA turns a boolean
+    mask into a float copy in every call and keeps that copy for backward: one per layer,
+    24 MB of an SE step's 656 MB kept on SmolLM2. One float mask of the query's dtype is used
+    as is, so every layer keeps the same tensor. Every layer of a forward passes the same
+    `blocks`, so holding the last batch's masks suffices."""
     masks = {}
     for n, p, c in (b for row in blocks for b in row if not isinstance(b, int) and b[0] > b[2]):
         if (n - c, p, c) not in masks:
-            seen = torch.ones(n - c, n, dtype=torch.bool, device=device).tril(c)
-            seen[:, p:c] = False
+            if gathered:
+                seen = torch.ones(n - c, p + n - c, dtype=torch.bool, device=device).tril(p)
+            else:
+                seen = torch.ones(n - c, n, dtype=torch.bool, device=device).tril(c)
+                seen[:, p:c] = False
             masks[n - c, p, c] = additive_mask(seen, dtype)
     return masks
 

@@ -1,0 +1,85 @@
+"""Session 12's in-process A/Bs on SmolLM2-135M at 512 tokens (2 pairs a step, prefix sharing,
+lean + cap as `rmtrain train` runs it, rmtrain's allocator setting), full steps (forward,
+backward, clipping, fused AdamW), the variants alternating batch by batch, then in reverse.
+
+    python benchmarks/ab_session12.py gather se  # forked tails: gathered CPU flash vs SDPA
+    python benchmarks/ab_session12.py clip se    # clipping folded into fused AdamW vs
+                                                 # clip_grad_norm_ then the step
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ab_step import setup  # noqa: E402
+
+from rmtrain import attention  # noqa: E402
+from rmtrain.allocator import retain_freed_memory  # noqa: E402
+from rmtrain.clip import FoldedClip  # noqa: E402
+from rmtrain.lean import cap_activations, make_lean  # noqa: E402
+from rmtrain.losses import pairwise_loss  # noqa: E402
+from rmtrain.trainer import pair_rewards  # noqa: E402
+
+
+def full_step(model: Any, opt: Any, batch: dict, fold: bool) -> float:
+    """Seconds of one training step; clipping folded (hooks set before backward) or not."""
+    clip = FoldedClip(opt, model.parameters()) if fold else None
+    start = time.perf_counter()
+    pairwise_loss(*pair_rewards(model, batch)).backward()
+    if clip is not None:
+        clip.clip(1.0)
+    else:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    model.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - start
+    if clip is not None:
+        clip.remove()
+    return seconds
+
+
+def alternate(dataset: str, variants: dict[str, Any], fold: dict[str, bool]) -> None:
+    """Each batch under every variant in turn (then in reverse order): `variants[name]()`
+    switches to it before its step."""
+    retain_freed_memory()
+    model, batches = setup(dataset, 8)
+    make_lean(model)
+    cap_activations(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-7, fused=True)
+    full_step(model, opt, batches[0], False)  # warm-up
+    total = dict.fromkeys(variants, 0.0)
+    for order in (list(variants), list(reversed(variants))):
+        for batch in batches:
+            for name in order:
+                variants[name]()
+                total[name] += full_step(model, opt, batch, fold[name])
+    a, b = list(variants)
+    print(
+        f"{dataset} full steps s over {2 * len(batches)} steps each:",
+        {k: round(v, 2) for k, v in total.items()},
+        f"{a} / {b} = {total[a] / total[b]:.3f}",
+    )
+
+
+def gather(dataset: str) -> None:
+    real = attention._gathers
+
+    def use(on: bool) -> Any:
+        return lambda: setattr(attention, "_gathers", real if on else lambda *_: False)
+
+    alternate(dataset, {"sdpa": use(False), "gathered": use(True)}, {"sdpa": 0, "gathered": 0})
+
+
+def clip(dataset: str) -> None:
+    alternate(dataset, {"plain": lambda: None, "folded": lambda: None}, {"plain": 0, "folded": 1})
+
+
+if __name__ == "__main__":
+    what, data = sys.argv[1:3]
+    {"gather": gather, "clip": clip}[what](data)
