@@ -2,11 +2,13 @@
 
 `clip_grad_norm_` reads every gradient once for the norm, then reads and writes every one
 again to scale it, before the optimizer reads them a third time: on a CPU these are passes over
-memory (540 MB of gradients for SmolLM2-135M). Here each gradient's norm is taken by a hook as
-backward produces it (still in cache), and the scale goes to the fused kernel as its
-`grad_scale` (the divisor it applies for AMP's loss scaling, then writes back), so the step is
-one pass. Same clipped gradients and weights, to float rounding (a division by 1 / coef in place
-of a multiplication by coef).
+memory (540 MB of gradients for SmolLM2-135M). Here the scale goes to the fused kernel as its
+`grad_scale` (the divisor it applies for AMP's loss scaling, writing the gradients back
+unscaled), so scaling costs no pass of its own. Same clipped gradients and weights, to float
+rounding (a division by 1 / coef in place of a multiplication by coef).
+
+Taking each gradient's norm in a hook as backward makes it (still in cache) would save the
+norm's pass too, but measured 76 MB more peak memory on SmolLM2 (`benchmarks/README.md`).
 """
 
 from __future__ import annotations
@@ -19,31 +21,20 @@ import torch
 
 class FoldedClip:
     """Clips into `optimizer`'s next step; `optimizer` must be a fused torch Adam or AdamW
-    (`folds_into`). Keeps one norm per parameter between backward and the step."""
+    (`folds_into`)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, params: Iterable[torch.nn.Parameter]):
         self.optimizer = optimizer
         self.params = [p for p in params if p.requires_grad]
-        self.norms: dict[int, torch.Tensor] = {}
-        self.handles = [p.register_post_accumulate_grad_hook(self._record) for p in self.params]
-        self.handles.append(optimizer.register_step_post_hook(self._unset))
-
-    def _record(self, param: torch.Tensor) -> None:
-        # the latest call sees the accumulated gradient (gradient accumulation calls it again)
-        self.norms[id(param)] = torch.linalg.vector_norm(param.grad)
+        self.handle = optimizer.register_step_post_hook(self._unset)
 
     def clip(self, max_norm: float) -> torch.Tensor:
         """The gradients' total norm before clipping (as `clip_grad_norm_` returns it); when it
         exceeds `max_norm`, the optimizer's next step scales them by max_norm / norm."""
-        with_grad = [p for p in self.params if p.grad is not None]
-        norms = [self.norms.get(id(p)) for p in with_grad]
-        self.norms.clear()
-        if not with_grad:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
             return torch.tensor(0.0)
-        if any(n is None for n in norms):  # a gradient the hooks did not see: measure them
-            total = torch.nn.utils.get_total_norm([p.grad for p in with_grad])
-        else:
-            total = torch.linalg.vector_norm(torch.stack(norms))
+        total = torch.nn.utils.get_total_norm(grads)
         coef = max_norm / (total + 1e-6)
         if coef < 1:  # as clip_grad_norm_: scale only down; a non-finite norm poisons, as there
             self.optimizer.grad_scale = (1 / coef).to(torch.float32)
@@ -55,8 +46,7 @@ class FoldedClip:
         optimizer.__dict__.pop("found_inf", None)
 
     def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
+        self.handle.remove()
 
 
 def folds_into(optimizer: Any) -> bool:
