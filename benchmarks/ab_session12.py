@@ -5,10 +5,15 @@ backward, clipping, fused AdamW), the variants alternating batch by batch, then 
     python benchmarks/ab_session12.py gather se  # forked tails: gathered CPU flash vs SDPA
     python benchmarks/ab_session12.py clip se    # clipping folded into fused AdamW vs
                                                  # clip_grad_norm_ then the step
+    python benchmarks/ab_session12.py peak se VARIANT  # peak RSS after each of 8 steps, one
+        # variant per process: plain (SDPA tails, clip_grad_norm_), hooks (plain, plus each
+        # gradient's norm taken in a hook as backward makes it), folded (plain tails, folded
+        # clipping), new (gathered tails, folded clipping: the default now)
 """
 
 from __future__ import annotations
 
+import resource
 import sys
 import time
 from pathlib import Path
@@ -80,6 +85,27 @@ def clip(dataset: str) -> None:
     alternate(dataset, {"plain": lambda: None, "folded": lambda: None}, {"plain": 0, "folded": 1})
 
 
+def peak(dataset: str, variant: str) -> None:
+    retain_freed_memory()
+    if variant != "new":
+        attention._gathers = lambda *_: False
+    model, batches = setup(dataset, 8)
+    make_lean(model)
+    cap_activations(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-7, fused=True)
+    if variant == "hooks":
+        norms = {}
+        for p in model.parameters():
+            p.register_post_accumulate_grad_hook(
+                lambda p: norms.__setitem__(id(p), torch.linalg.vector_norm(p.grad))
+            )
+    peaks, seconds = [], 0.0
+    for batch in batches:
+        seconds += full_step(model, opt, batch, variant in ("folded", "new"))
+        peaks.append(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    print(f"{dataset} {variant}: 8 steps {seconds:.1f} s, peak RSS (MB) after each: {peaks}")
+
+
 if __name__ == "__main__":
-    what, data = sys.argv[1:3]
-    {"gather": gather, "clip": clip}[what](data)
+    what, data, *rest = sys.argv[1:]
+    {"gather": gather, "clip": clip, "peak": peak}[what](data, *rest)
