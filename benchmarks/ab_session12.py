@@ -9,10 +9,15 @@ backward, clipping, fused AdamW), the variants alternating batch by batch, then 
         # variant per process: plain (SDPA tails, clip_grad_norm_), hooks (plain, plus each
         # gradient's norm taken in a hook as backward makes it), folded (plain tails, folded
         # clipping), new (gathered tails, folded clipping: the default now)
+    python benchmarks/ab_session12.py optime se  # seconds per aten op over 7 full steps, timed
+        # around each call (a dispatch mode), not by torch.profiler, whose per-op overhead
+        # inflates the small elementwise ops several times over
+    python benchmarks/ab_session12.py gemm -     # GFLOP/s of SmolLM2's MLP products by rows
 """
 
 from __future__ import annotations
 
+import collections
 import resource
 import sys
 import time
@@ -106,6 +111,54 @@ def peak(dataset: str, variant: str) -> None:
     print(f"{dataset} {variant}: 8 steps {seconds:.1f} s, peak RSS (MB) after each: {peaks}")
 
 
+def optime(dataset: str) -> None:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    spent: dict[str, float] = collections.defaultdict(float)
+
+    class Timed(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            start = time.perf_counter()
+            out = func(*args, **(kwargs or {}))
+            spent[func.overloadpacket.__name__] += time.perf_counter() - start
+            return out
+
+    retain_freed_memory()
+    model, batches = setup(dataset, 8)
+    make_lean(model)
+    cap_activations(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-7, fused=True)
+    full_step(model, opt, batches[0], True)
+    total = 0.0
+    for batch in batches[1:]:
+        with Timed():
+            total += full_step(model, opt, batch, True)
+    print(f"{dataset}: 7 steps {total:.2f} s (op time {sum(spent.values()):.2f} s)")
+    for name, sec in sorted(spent.items(), key=lambda kv: -kv[1])[:15]:
+        print(f"  {name:55s} {sec:7.3f} s {100 * sec / total:5.1f}%")
+
+
+def gemm(_: str) -> None:
+    def rate(fn: Any, flops: float) -> float:
+        fn()
+        start = time.perf_counter()
+        for _ in range(20):
+            fn()
+        return flops * 20 / (time.perf_counter() - start) / 1e9
+
+    for rows in (300, 600, 900, 1200, 1800, 2400):
+        x, w, g = torch.randn(rows, 576), torch.randn(1536, 576), torch.randn(rows, 1536)
+        flops = 2 * rows * 576 * 1536
+        forward = rate(lambda: torch.nn.functional.linear(x, w), flops)  # noqa: B023
+        grad_in = rate(lambda: g @ w, flops)  # noqa: B023
+        grad_w = rate(lambda: g.T @ x, flops)  # noqa: B023
+        print(
+            f"{rows} rows: GFLOP/s forward {forward:.0f}, input grad {grad_in:.0f}, "
+            f"weight grad {grad_w:.0f}"
+        )
+
+
 if __name__ == "__main__":
     what, data, *rest = sys.argv[1:]
-    {"gather": gather, "clip": clip, "peak": peak}[what](data, *rest)
+    modes = {"gather": gather, "clip": clip, "peak": peak, "optime": optime, "gemm": gemm}
+    modes[what](data, *rest)
