@@ -8,7 +8,8 @@ unscaled), so scaling costs no pass of its own. Same clipped gradients and weigh
 rounding (a division by 1 / coef in place of a multiplication by coef).
 
 Taking each gradient's norm in a hook as backward makes it (still in cache) would save the
-norm's pass too, but measured 76 MB more peak memory on SmolLM2 (`benchmarks/README.md`).
+norm's pass too, but raised SmolLM2's peak RSS by about 100 MB (3,556 against 3,450 MB,
+`benchmarks/ab_session12.py peak se hooks` / `plain`).
 """
 
 from __future__ import annotations
