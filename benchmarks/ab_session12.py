@@ -27,30 +27,23 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_step import setup  # noqa: E402
+from ab_step import setup, step  # noqa: E402
 
 from rmtrain import attention  # noqa: E402
 from rmtrain.allocator import retain_freed_memory  # noqa: E402
 from rmtrain.clip import FoldedClip  # noqa: E402
 from rmtrain.lean import cap_activations, make_lean  # noqa: E402
-from rmtrain.losses import pairwise_loss  # noqa: E402
-from rmtrain.trainer import pair_rewards  # noqa: E402
 
 
 def full_step(model: Any, opt: Any, batch: dict, fold: bool) -> float:
-    """Seconds of one training step; clipping folded (hooks set before backward) or not."""
-    clip = FoldedClip(opt, model.parameters()) if fold else None
+    """Seconds of one training step (`ab_step.step`), its clipping folded into the optimizer's
+    step or not."""
+    folded = FoldedClip(opt, model.parameters()) if fold else None
     start = time.perf_counter()
-    pairwise_loss(*pair_rewards(model, batch)).backward()
-    if clip is not None:
-        clip.clip(1.0)
-    else:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    model.zero_grad(set_to_none=True)
+    step(model, batch, opt, clip=folded.clip if folded else None)
     seconds = time.perf_counter() - start
-    if clip is not None:
-        clip.remove()
+    if folded is not None:
+        folded.remove()
     return seconds
 
 

@@ -47,10 +47,15 @@ def setup(dataset: str, steps: int) -> tuple:
     return model, [collate(feats[i : i + 2]) for i in range(0, 2 * steps, 2)]
 
 
-def step(model, batch, opt=None, rewards=pair_rewards) -> None:  # noqa: ANN001
+def step(model, batch, opt=None, rewards=pair_rewards, clip=None) -> None:  # noqa: ANN001
+    """Forward, backward and, with `opt`, clipping to norm 1 (`clip(1.0)` where given, else
+    `clip_grad_norm_`) and the optimizer step."""
     pairwise_loss(*rewards(model, batch)).backward()
     if opt is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if clip is not None:
+            clip(1.0)
+        else:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
     model.zero_grad(set_to_none=True)
 

@@ -85,15 +85,18 @@ def test_forked_blocks_equal_dense_masked_sdpa(gathered, monkeypatch):
     assert len(flash_calls) == (4 if gathered else 0)
 
 
+def _counting(calls: list[int], real):
+    def call(*args, **kwargs):
+        calls.append(args[0].shape[2])  # query length of the call
+        return real(*args, **kwargs)
+
+    return call
+
+
 def _count_flash_calls(monkeypatch) -> list[int]:
-    calls = []
-    real = attention._flash
-
-    def counting(*args):
-        calls.append(args[0].shape[2])
-        return real(*args)
-
-    monkeypatch.setattr(attention, "_flash", counting)
+    """Query lengths of the flash kernel's calls that forked blocks make directly on CPU."""
+    calls: list[int] = []
+    monkeypatch.setattr(attention, "_flash", _counting(calls, attention._flash))
     return calls
 
 
@@ -140,18 +143,9 @@ def test_arguments_it_does_not_apply_send_it_to_the_dense_call():
 def _count_sdpa_calls(monkeypatch) -> list[int]:
     """Query lengths of the attention calls: SDPA's, and the flash kernel's that forked blocks
     call directly on CPU."""
-    calls = []
-
-    def counting(real):
-        def call(*args, **kwargs):
-            calls.append(args[0].shape[2])  # query length of the call
-            return real(*args, **kwargs)
-
-        return call
-
-    sdpa = attention.F.scaled_dot_product_attention
-    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", counting(sdpa))
-    monkeypatch.setattr(attention, "_flash", counting(attention._flash))
+    calls = _count_flash_calls(monkeypatch)
+    sdpa = _counting(calls, attention.F.scaled_dot_product_attention)
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", sdpa)
     return calls
 
 
