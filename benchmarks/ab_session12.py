@@ -13,6 +13,8 @@ backward, clipping, fused AdamW), the variants alternating batch by batch, then 
         # around each call (a dispatch mode), not by torch.profiler, whose per-op overhead
         # inflates the small elementwise ops several times over
     python benchmarks/ab_session12.py gemm -     # GFLOP/s of SmolLM2's MLP products by rows
+    python benchmarks/ab_session12.py fuse se    # ab_step.py's fuse A/B (compiled elementwise
+        # kernels) with rmtrain's allocator setting on
 """
 
 from __future__ import annotations
@@ -151,7 +153,21 @@ def gemm(_: str) -> None:
         )
 
 
+def fuse(dataset: str) -> None:
+    from ab_step import fuse as eager_against_compiled
+
+    retain_freed_memory()
+    eager_against_compiled(dataset)
+
+
 if __name__ == "__main__":
     what, data, *rest = sys.argv[1:]
-    modes = {"gather": gather, "clip": clip, "peak": peak, "optime": optime, "gemm": gemm}
+    modes = {
+        "gather": gather,
+        "clip": clip,
+        "peak": peak,
+        "optime": optime,
+        "gemm": gemm,
+        "fuse": fuse,
+    }
     modes[what](data, *rest)
