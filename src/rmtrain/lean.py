@@ -19,7 +19,8 @@ two matrix products each) so that memory peaks with the gradients, as in any tra
 Only the module types listed below are touched (their forward is the same formula as
 transformers' own; projections only when they are plain `nn.Linear` outside DeepSpeed ZeRO-3;
 under autocast they cast as autocast's linear does); others keep theirs. The elementwise work
-itself is in `rmtrain.kernels`, eager or compiled (`make_lean(..., fuse=True)`).
+itself is in `rmtrain.kernels`, eager or compiled (`make_lean(..., fuse=True)`). The attention
+modules' rotary embedding runs as one autograd node (`rmtrain.rotary`, same values).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from rmtrain import rotary
 from rmtrain.kernels import EAGER, Kernels, fused
 
 NORMS = {"LlamaRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "MistralRMSNorm"}
@@ -256,6 +258,7 @@ def make_lean(model: torch.nn.Module, projections: bool = True, fuse: bool = Fal
             changed += _lean_projections(module) if projections else 0
         elif name in ATTENTIONS:
             changed += _lean_projections(module) if projections else 0
+            rotary.install({type(module)})
             continue
         else:
             continue
