@@ -4,6 +4,8 @@ AdamW), full steps, the variants alternating batch by batch, then in reverse
 (`ab_session12.alternate`).
 
     python benchmarks/ab_session13.py rope se   # RoPE as one autograd node vs transformers'
+    python benchmarks/ab_session13.py trees se  # the batches `bench_train.py` trains on (its
+        # 16 pairs in the Trainer's order) as prefix trees vs one forked block per pair
 """
 
 from __future__ import annotations
@@ -12,10 +14,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ab_session12 import alternate  # noqa: E402
+from ab_session12 import alternate, full_step  # noqa: E402
+from bench_train import _rm_trainer, build_features  # noqa: E402
 
 from rmtrain import rotary  # noqa: E402
+from rmtrain.allocator import retain_freed_memory  # noqa: E402
+from rmtrain.collate import make_collator  # noqa: E402
 
 
 def rope(dataset: str) -> None:
@@ -29,6 +36,39 @@ def rope(dataset: str) -> None:
     alternate(dataset, variants, {"stock": 1, "rotary": 1})
 
 
+def trainer_batches(dataset: str, steps: int = 8) -> tuple[Any, list[list[dict]]]:
+    """The model and pair batches of `bench_train.py`'s rmtrain run (its features,
+    its Trainer's sampler order)."""
+    feats = build_features("smollm2", dataset, 512)["features"]
+    train, evals = feats[: 2 * steps], feats[2 * steps : 2 * steps + 8]
+    spec = {"path": "prefix_sharing", "model": "smollm2", "pairs": 2, "steps": steps}
+    trainer = _rm_trainer({**spec, "max_length": 512, "eval_batch": 8}, train, evals, [])
+    by_index = {f["pair_index"]: f for f in train}
+    order = [b["pair_index"].flatten().tolist() for b in trainer.get_train_dataloader()]
+    return trainer.model, [[by_index[i] for i in b] for b in order]
+
+
+def trees(dataset: str) -> None:
+    retain_freed_memory()
+    model, pairs = trainer_batches(dataset)
+    pad = model.config.pad_token_id
+    layouts = {
+        "forked": make_collator("prefix_sharing", pad, 2048),
+        "trees": make_collator("prefix_sharing", pad, 2048, tree_cap=1024, attention_cost=0.0),
+    }
+    batches = {name: [c(b) for b in pairs] for name, c in layouts.items()}
+    print({name: [int(b["num_tokens"]) for b in bs] for name, bs in batches.items()})
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-7, fused=True)
+    full_step(model, opt, batches["forked"][0], True)  # warm-up
+    total = dict.fromkeys(layouts, 0.0)
+    for order in (list(layouts), list(reversed(layouts))):
+        for i in range(len(pairs)):
+            for name in order:
+                total[name] += full_step(model, opt, batches[name][i], True)
+    print(f"{dataset} full steps s over {2 * len(pairs)} steps each:", total)
+    print(f"forked / trees = {total['forked'] / total['trees']:.3f}")
+
+
 if __name__ == "__main__":
     what, data, *rest = sys.argv[1:]
-    {"rope": rope}[what](data, *rest)
+    {"rope": rope, "trees": trees}[what](data, *rest)

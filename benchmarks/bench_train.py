@@ -303,7 +303,7 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
     # --group-by-prompt (the pairs of one prompt in the same steps, trained on prefix trees);
     # "+fused": --fuse-elementwise true; "+nocap": --cap-activations false; "+blocks" /
     # "+noblocks": --block-attention on / off; "+flex": --block-attention flex; "+release":
-    # --retain-freed-memory false
+    # --retain-freed-memory false; "+forked": --prefix-trees off (each pair its own block)
     packing, *flags = spec["path"].split("+")
     gc = next((f[2:] for f in flags if f.startswith("gc")), None)
     cfg = TrainConfig(
@@ -317,6 +317,7 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
         gradient_checkpointing=True if gc is not None else spec.get("gradient_checkpointing"),
         checkpoint_every=int(gc or 0) or spec.get("checkpoint_every") or 1,
         group_by_prompt="grouped" in flags,
+        prefix_trees="off" if "forked" in flags else "auto",
         lean_activations=spec.get("lean_activations", True),
         fuse_elementwise="fused" in flags,
         cap_activations="nocap" not in flags,

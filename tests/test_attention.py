@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from rmtrain import attention
+from rmtrain import flash as flash_module
 from rmtrain.collate import PackedCollator, PrefixTreeCollator, block_mask, row_blocks
 from rmtrain.losses import pairwise_loss
 from rmtrain.model import token_values
@@ -96,7 +97,7 @@ def _counting(calls: list[int], real):
 def _count_flash_calls(monkeypatch) -> list[int]:
     """Query lengths of the flash kernel's calls that forked blocks make directly on CPU."""
     calls: list[int] = []
-    monkeypatch.setattr(attention, "_flash", _counting(calls, attention._flash))
+    monkeypatch.setattr(flash_module, "_flash", _counting(calls, flash_module._flash))
     return calls
 
 
@@ -253,9 +254,9 @@ def test_every_layer_gets_the_same_tail_mask_in_the_dtype_sdpa_runs_in(
             masks.append(mask)
         return real_flash(q, k, v, causal, mask, scale)
 
-    real_flash = attention._flash
+    real_flash = flash_module._flash
     if gathered:
-        monkeypatch.setattr(attention, "_flash", flash)
+        monkeypatch.setattr(flash_module, "_flash", flash)
     else:
         monkeypatch.setattr(attention, "_gathers", lambda *_: False)
         monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording)
@@ -374,3 +375,31 @@ def test_tree_blocks_without_gradients_equal_the_dense_masked_call():
                 _Layer(), q, k, v, mask, scaling=0.5, attention_blocks=((6, 2),)
             )
         assert (got - dense).abs().max().item() < 1e-6
+
+
+@pytest.mark.parametrize("gathered", [True, False])
+def test_tree_blocks_with_gradients_equal_the_dense_masked_call(gathered, monkeypatch):
+    """Training runs a tree block's segments through the CPU flash kernel (`TreeFlash`: one
+    call per segment, keys gathered again in backward) or, elsewhere, one masked SDPA call:
+    the dense masked call's output and q / k / v gradients either way."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if not gathered:
+        monkeypatch.setattr(attention, "_gathers", lambda *_: False)
+    flash_calls = _count_flash_calls(monkeypatch)
+    torch.manual_seed(0)
+    allowed = _tree_mask(TREE + [[6], [6, 7]])[None, None]  # the tree, then a causal run of 2
+    mask = attention.additive_mask(allowed, torch.float32)
+    q = torch.randn(1, 4, 8, 8, requires_grad=True)
+    k = torch.randn(1, 2, 8, 8, requires_grad=True)
+    v = torch.randn(1, 2, 8, 8, requires_grad=True)
+    dense, _ = sdpa_attention_forward(_Layer(), q, k, v, mask, scaling=0.5)
+    got, _ = attention.block_sdpa(_Layer(), q, k, v, mask, scaling=0.5, attention_blocks=((6, 2),))
+    assert (got - dense).abs().max().item() < 1e-6
+    grad = torch.randn_like(dense)
+    want = torch.autograd.grad(dense, (q, k, v), grad)
+    have = torch.autograd.grad(got, (q, k, v), grad)
+    for a, b in zip(want, have, strict=True):
+        assert (a - b).abs().max().item() < 1e-5
+    # the tree's three segments (3, 2 and 1 queries), then the causal run of 2
+    assert flash_calls == ([3, 2, 1, 2] if gathered else [])

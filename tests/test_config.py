@@ -57,6 +57,16 @@ def test_bad_values_are_reported():
         parse(["--group-by-prompt", "true", "--packing", "none"])
     with pytest.raises(RmtrainError, match="--block-attention must be auto, on, off or flex"):
         parse(["--block-attention", "yes"])
+    with pytest.raises(RmtrainError, match="--prefix-trees must be auto, on or off: 'yes'"):
+        parse(["--prefix-trees", "yes"])
+    with pytest.raises(RmtrainError, match="--prefix-trees on needs --packing prefix_sharing"):
+        parse(["--prefix-trees", "on", "--packing", "padding_free"])
+    lm = "trains on prefix trees, which --lm-loss-coef cannot use: drop one"
+    with pytest.raises(RmtrainError, match=f"--prefix-trees on {lm}"):
+        parse(["--prefix-trees", "on", "--lm-loss-coef", "0.1"])
+    with pytest.raises(RmtrainError, match=f"--group-by-prompt {lm}"):
+        parse(["--group-by-prompt", "true", "--lm-loss-coef", "0.1"])
+    assert parse(["--lm-loss-coef", "0.1"]).prefix_trees == "auto"  # auto steps aside
 
 
 def test_help_documents_every_option(capsys):

@@ -119,13 +119,63 @@ def test_group_by_prompt_trains_on_prefix_trees(tmp_path):
 
     data = write_demo(tmp_path / "d.jsonl", 40, seed=3)
     tokens = {}
-    for name, extra in (("pairs", []), ("trees", ["--group-by-prompt", "true"])):
+    for name, extra in (
+        ("pairs", ["--prefix-trees", "off"]),
+        ("trees", ["--group-by-prompt", "true"]),
+    ):
         argv = tiny_train_args(data, tmp_path / name, "--max-steps", "3")
         cfg = config_from_args(build_parser().parse_args(argv + extra), TrainConfig)
         result = run_train(cfg)
         tokens[name] = result["metrics"]["train_tokens"]
         assert (tmp_path / name / "config.json").exists()
     assert 0 < tokens["trees"] <= tokens["pairs"]
+
+
+def test_prefix_trees_train_the_same_on_fewer_tokens(tmp_path):
+    """`--prefix-trees auto` (on for CPU training): batches are prefix trees, so the prefix the
+    demo prompts share is computed once per batch; the same losses and metrics as the pairs
+    laid out one by one (`off`), on fewer tokens."""
+    from rmtrain.cli import build_parser
+    from rmtrain.config import TrainConfig, config_from_args
+    from rmtrain.train import run_train
+    from tests.conftest import write_demo
+
+    data = write_demo(tmp_path / "d.jsonl", 40, seed=3)
+    results = {}
+    for name in ("off", "auto"):
+        argv = tiny_train_args(data, tmp_path / name, "--max-steps", "3", "--prefix-trees", name)
+        cfg = config_from_args(build_parser().parse_args(argv), TrainConfig)
+        results[name] = run_train(cfg)["metrics"]
+    assert results["auto"]["train_tokens"] < results["off"]["train_tokens"]
+    for key in ("loss", "win_rate", "reward_mean"):
+        assert results["auto"][key] == pytest.approx(results["off"][key], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    "extra,cuda,trees",
+    [
+        ([], False, True),
+        ([], True, False),  # GPUs: unmeasured there
+        (["--prefix-trees", "on"], True, True),
+        (["--prefix-trees", "off"], False, False),
+        (["--lm-loss-coef", "0.1"], False, False),  # next-token targets need plain sequences
+        (["--packing", "padding_free"], False, False),
+        (["--group-by-prompt", "true", "--prefix-trees", "off"], False, True),
+    ],
+)
+def test_training_collator_follows_prefix_trees(extra, cuda, trees, monkeypatch):
+    from rmtrain.cli import build_parser
+    from rmtrain.collate import PackedCollator, PrefixTreeCollator
+    from rmtrain.config import TrainConfig, config_from_args
+    from rmtrain.train import train_collator
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    argv = ["train", "--dataset", "d.jsonl", *extra]
+    cfg = config_from_args(build_parser().parse_args(argv), TrainConfig)
+    collator = train_collator(cfg, 0, 3e-4)
+    assert isinstance(collator, PrefixTreeCollator if trees else PackedCollator)
+    if trees:  # branch by branch on CPU: sharing never widens attention, so nothing is weighed
+        assert collator.attention_cost == (3e-4 if cuda else 0.0)
 
 
 def test_fused_elementwise_trains_the_same(tmp_path):

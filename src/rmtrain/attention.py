@@ -25,7 +25,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from rmtrain.flash import ForkedFlash, TreeFlash, additive_mask, lower_right
 from rmtrain.lean import autocast_dtype, keep_recipe
+
+__all__ = ["additive_mask", "block_sdpa", "block_sizes", "flex_rows", "install"]
 
 # Per row, its blocks from column 0: a size n (any mask within the block), or (n, p, c) for a
 # forked block: its first c tokens are one causal sequence and the n - c after them see the
@@ -99,8 +102,12 @@ def block_sdpa(
             if isinstance(block, int):
                 s = slice(start, start + block)
                 whole = attention_mask[r : r + 1, :, s, s]
-                segments = None if torch.is_grad_enabled() else _segments(whole)
-                pieces.extend(_tree(sdpa, q, k, v, segments, whole))
+                training = torch.is_grad_enabled()
+                segments = _segments(whole) if gathered or not training else None
+                if training and segments is not None:
+                    pieces.extend(TreeFlash.apply(q, k, v, scaling, segments))
+                else:
+                    pieces.extend(_tree(sdpa, q, k, v, segments, whole))
             else:
                 pieces.extend(_forked(sdpa, q, k, v, *block[1:], masks, gathered, scaling))
             start += q.shape[2]
@@ -143,7 +150,7 @@ def _forked(
 ) -> list:
     """Attention of a forked block as two calls: the causal run [0, c) with `is_causal` (the
     CPU kernel skips the blocks above the diagonal), then the tail's queries. A dense masked
-    call computes every pair of the block. `gathered` (CPU): both in `_ForkedFlash`, whose tail
+    call computes every pair of the block. `gathered` (CPU): both in `ForkedFlash`, whose tail
     reads only the prefix's and its own keys. Otherwise the tail reads views of all the
     block's keys and values with the run after the prefix masked: a copy of just the prefix
     and tail keys would be kept for backward (more memory)."""
@@ -151,64 +158,17 @@ def _forked(
     if tail == 0:
         return [sdpa(q, k, v, is_causal=True)]
     if gathered:
-        return list(_ForkedFlash.apply(q, k, v, p, c, scale, masks[tail, p, c]))
+        return list(ForkedFlash.apply(q, k, v, p, c, scale, masks[tail, p, c]))
     q_head, q_tail = q.split([c, tail], dim=2)
     head = sdpa(q_head, k[:, :, :c], v[:, :, :c], is_causal=True)
     return [head, sdpa(q_tail, k, v, attn_mask=masks[tail, p, c])]
 
 
 def _gathers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> bool:
-    """Whether forked blocks run as `_ForkedFlash`: on CPU (its flash kernel is the one SDPA
-    picks there), one dtype, no dropout."""
+    """Whether forked blocks run as `rmtrain.flash.ForkedFlash` (and, training, tree blocks as
+    `TreeFlash`): on CPU (its flash kernel is the one SDPA picks there), one dtype, no
+    dropout."""
     return q.device.type == "cpu" and not dropout and q.dtype == k.dtype == v.dtype
-
-
-def _flash(q: Any, k: Any, v: Any, causal: bool, mask: Any, scale: Any) -> tuple:
-    """The CPU flash kernel SDPA calls (grouped-query heads natively): output, logsumexp."""
-    return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        q, k, v, 0.0, causal, attn_mask=mask, scale=scale
-    )
-
-
-class _ForkedFlash(torch.autograd.Function):
-    """A forked block [prefix p][run to c][tail] as two flash calls: the causal run, then the
-    tail's queries against the prefix's keys and its own, gathered (a tail of r tokens computes
-    r x (p + r), not r x (c + r) with the run masked). Backward gathers them again instead of
-    keeping the copy, and writes the block's key and value gradients once instead of summing
-    two block-sized ones. Same kernel and values as the SDPA calls (to float rounding)."""
-
-    @staticmethod
-    def forward(ctx: Any, q: Any, k: Any, v: Any, p: int, c: int, scale: Any, mask: Any) -> Any:
-        head, head_lse = _flash(q[:, :, :c], k[:, :, :c], v[:, :, :c], True, None, scale)
-        tail, tail_lse = _flash(q[:, :, c:], *_prefix_and_tail(k, v, p, c), False, mask, scale)
-        ctx.save_for_backward(q, k, v, head, head_lse, tail, tail_lse, mask)
-        ctx.fork = (p, c, scale)
-        return head, tail
-
-    @staticmethod
-    def backward(ctx: Any, grad_head: Any, grad_tail: Any) -> tuple[Any, ...]:
-        q, k, v, head, head_lse, tail, tail_lse, mask = ctx.saved_tensors
-        p, c, scale = ctx.fork
-        backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-        run = (q[:, :, :c], k[:, :, :c], v[:, :, :c], head, head_lse, 0.0, True)
-        dq_head, dk_head, dv_head = backward(grad_head, *run, scale=scale)
-        seen = (q[:, :, c:], *_prefix_and_tail(k, v, p, c), tail, tail_lse, 0.0, False)
-        dq_tail, dk_tail, dv_tail = backward(grad_tail, *seen, attn_mask=mask, scale=scale)
-        dq = torch.cat([dq_head, dq_tail], 2)
-        return dq, _join(dk_head, dk_tail, p), _join(dv_head, dv_tail, p), None, None, None, None
-
-
-def _prefix_and_tail(k: torch.Tensor, v: torch.Tensor, p: int, c: int) -> tuple:
-    """The keys and values a tail sees: the prefix [0, p) and the tail [c, n)."""
-    return tuple(torch.cat([t[:, :, :p], t[:, :, c:]], 2) for t in (k, v))
-
-
-def _join(run: torch.Tensor, seen: torch.Tensor, p: int) -> torch.Tensor:
-    """A block's key (or value) gradient from the run's [0, c) and the tail's gathered [prefix
-    | tail] ones: the prefix gets both."""
-    out = torch.cat([run, seen[:, :, p:]], 2)
-    out[:, :, :p] += seen[:, :, :p]
-    return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -237,9 +197,10 @@ def _tree(sdpa: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments
     """Attention of a prefix tree (a block whose mask lets each token see its ancestors) one
     segment at a time: a segment's queries against its ancestors' keys and values, gathered,
     then its own, causally (aligned bottom right), instead of one masked call over the whole
-    tree, which computes every pair of the tree's tokens. Without gradients only (scoring): the
-    gathered copies would be kept for backward. `segments` None: one call with the block's
-    `mask`."""
+    tree, which computes every pair of the tree's tokens. Without gradients (scoring): the
+    gathered copies would be kept for backward (training on CPU runs the segments in
+    `rmtrain.flash.TreeFlash`, which gathers again in backward). `segments` None: one call
+    with the block's `mask`."""
     if segments is None:
         return [sdpa(q, k, v, attn_mask=mask)]
     out = []
@@ -248,16 +209,9 @@ def _tree(sdpa: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments
             out.append(sdpa(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], is_causal=True))
         else:
             keys, values = k.index_select(2, cols), v.index_select(2, cols)
-            seen = _lower_right(b - a, cols.numel(), q.device, q.dtype)
+            seen = lower_right(b - a, cols.numel(), q.device, q.dtype)
             out.append(sdpa(q[:, :, a:b], keys, values, attn_mask=seen))
     return out
-
-
-@functools.lru_cache(maxsize=256)
-def _lower_right(queries: int, keys: int, device: torch.device, dtype: torch.dtype) -> Any:
-    """Query t sees keys 0 .. keys - queries + t: its ancestors, then its own run causally."""
-    allowed = torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)
-    return additive_mask(allowed, dtype)
 
 
 def _segments(block: torch.Tensor) -> list | None:
@@ -349,15 +303,6 @@ def _allowed(mask: torch.Tensor) -> torch.Tensor:
     """A boolean (True = attend) or additive (0 = attend) mask as a boolean one; the inverse of
     `additive_mask`."""
     return mask if mask.dtype == torch.bool else mask == 0
-
-
-def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A boolean mask (True = attend) as the float mask SDPA and eager attention add: 0 where
-    allowed, the dtype's minimum where blocked (finite, so a fully blocked row gives no NaN)."""
-    blocked = torch.finfo(dtype).min
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
-        ~allowed, blocked
-    )
 
 
 def install() -> None:

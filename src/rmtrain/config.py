@@ -67,6 +67,15 @@ class TrainConfig:
         "length grouping) and compute each prompt, and an answer repeated across its pairs, once "
         "per step. Needs --packing prefix_sharing. Changes which pairs share a step.",
     )
+    prefix_trees: str = _opt(
+        "auto",
+        "With --packing prefix_sharing: lay each training batch out as prefix trees, so that a "
+        "prefix several of its sequences share (a template's system prompt, a prompt or answer "
+        "that two pairs repeat) is computed once. auto: on when training on CPU, whose flash "
+        "kernel runs a tree's branches as gathered calls; off on GPUs (unmeasured there) and "
+        "with --lm-loss-coef (next-token targets need plain sequences). on / off: always / never. "
+        "Same rewards and gradients either way.",
+    )
     frac: float = _opt(0.01, "Fraction of the data set to use, sampled deterministically.")
     test_size: float = _opt(0.2, "Held-out fraction (split by prompt, deterministic).")
     max_steps: int = _opt(-1, "Stop after this many optimizer steps (-1: run all epochs).")
@@ -200,6 +209,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
             "--group-by-prompt shares prompts through prefix trees: use it with "
             "--packing prefix_sharing"
         )
+    problems += _tree_problems(cfg)
     if cfg.block_attention not in ("auto", "on", "off", "flex"):
         problems.append(f"--block-attention must be auto, on, off or flex: {cfg.block_attention!r}")
     attn = ("sdpa", "eager", "flash_attention_2")
@@ -227,6 +237,19 @@ def _check_ranges(cfg: TrainConfig) -> None:
         problems.append(f"--report-to accepts mlflow, wandb, none; got {sorted(bad)}")
     if problems:
         raise RmtrainError("; ".join(problems))
+
+
+def _tree_problems(cfg: TrainConfig) -> list[str]:
+    """Prefix-tree training needs prefix sharing and plain next-token targets."""
+    if cfg.prefix_trees not in ("auto", "on", "off"):
+        return [f"--prefix-trees must be auto, on or off: {cfg.prefix_trees!r}"]
+    trees = "--group-by-prompt" if cfg.group_by_prompt else None
+    trees = trees or ("--prefix-trees on" if cfg.prefix_trees == "on" else None)
+    if trees and cfg.lm_loss_coef > 0:
+        return [f"{trees} trains on prefix trees, which --lm-loss-coef cannot use: drop one"]
+    if trees and cfg.packing != "prefix_sharing" and not cfg.group_by_prompt:
+        return [f"{trees} needs --packing prefix_sharing"]
+    return []
 
 
 def _base_type(tp: Any) -> Any:

@@ -363,11 +363,25 @@ def check_free_disk(output: Path, model: Any, with_optimizer: bool) -> None:
 
 
 def train_collator(cfg: TrainConfig, pad_id: int, attention_cost: float) -> Any:
-    """The training collator the config asks for: `--packing`, and with `--group-by-prompt`
-    prefix trees of up to two max lengths (any pair fits one tree)."""
+    """The training collator the config asks for: `--packing`, and with `--group-by-prompt` or
+    `--prefix-trees` prefix trees of up to two max lengths (any pair fits one tree). On CPU a
+    tree's attention runs branch by branch (`rmtrain.flash.TreeFlash`), so sharing a prefix
+    never widens it: every shared prefix is shared (no attention cost weighed against it)."""
     varlen = cfg.attn_implementation == "flash_attention_2"
-    tree_cap = 2 * cfg.max_length if cfg.group_by_prompt else 0
-    return make_collator(cfg.packing, pad_id, row_budget(cfg), varlen, tree_cap, attention_cost)
+    trees = trains_on_trees(cfg)
+    tree_cap = 2 * cfg.max_length if trees else 0
+    cpu = not torch.cuda.is_available() and cfg.block_attention in ("auto", "on")
+    cost = 0.0 if trees and cpu else attention_cost
+    return make_collator(cfg.packing, pad_id, row_budget(cfg), varlen, tree_cap, cost)
+
+
+def trains_on_trees(cfg: TrainConfig) -> bool:
+    """`--prefix-trees` resolved: auto is on for CPU training without an LM loss."""
+    if cfg.packing != "prefix_sharing" or cfg.lm_loss_coef > 0:
+        return False
+    if cfg.group_by_prompt or cfg.prefix_trees == "on":
+        return True
+    return cfg.prefix_trees == "auto" and not torch.cuda.is_available()
 
 
 def row_budget(cfg: TrainConfig) -> int:
