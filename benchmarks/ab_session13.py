@@ -6,6 +6,8 @@ AdamW), full steps, the variants alternating batch by batch, then in reverse
     python benchmarks/ab_session13.py rope se   # RoPE as one autograd node vs transformers'
     python benchmarks/ab_session13.py trees se  # the batches `bench_train.py` trains on (its
         # 16 pairs in the Trainer's order) as prefix trees vs one forked block per pair
+    python benchmarks/ab_session13.py share se  # how often two random pairs of the whole data
+        # set ask the same question (what batches of 2 share beyond a template)
 """
 
 from __future__ import annotations
@@ -69,6 +71,20 @@ def trees(dataset: str) -> None:
     print(f"forked / trees = {total['forked'] / total['trees']:.3f}")
 
 
+def share(dataset: str) -> None:
+    import collections
+
+    from bench_train import load_pairs
+
+    pairs = load_pairs(dataset)
+    per_prompt = collections.Counter(p.prompt for p in pairs).values()
+    n = len(pairs)
+    same = sum(k * (k - 1) for k in per_prompt) / (n * (n - 1))
+    print(
+        f"{dataset}: {n} pairs, {len(per_prompt)} prompts; two random pairs share one: {same:.4f}"
+    )
+
+
 if __name__ == "__main__":
     what, data, *rest = sys.argv[1:]
-    {"rope": rope, "trees": trees}[what](data, *rest)
+    {"rope": rope, "trees": trees, "share": share}[what](data, *rest)
