@@ -5,7 +5,9 @@ attends outside its own block. SDPA given the row's dense 4-D mask computes ever
 of the row, masked or not (on CPU there is no variable-length kernel). Here each block runs
 alone, so a row of k blocks of n tokens costs k n^2 instead of (k n)^2, and grouped-query
 models keep their keys and values un-repeated (SDPA's `enable_gqa`) instead of copying them
-per query head and keeping the copies for backward.
+per query head and keeping the copies for backward. Within a block, a prefix-shared pair or a
+prefix tree runs run by run, each run of queries against only the keys it sees (on CPU
+through `rmtrain.flash`, in training too; elsewhere a tree trains as one masked call).
 
 With `attention_flex` the row runs as one FlexAttention call instead, with a block mask built
 once per batch from the row's 4-D mask: the kernel skips the 128 x 128 tiles the mask blocks
