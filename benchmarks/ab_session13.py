@@ -6,6 +6,8 @@ AdamW), full steps, the variants alternating batch by batch, then in reverse
     python benchmarks/ab_session13.py rope se   # RoPE as one autograd node vs transformers'
     python benchmarks/ab_session13.py trees se  # the batches `bench_train.py` trains on (its
         # 16 pairs in the Trainer's order) as prefix trees vs one forked block per pair
+    python benchmarks/ab_session13.py trees se grouped  # the same for the batches of its
+        # prefix_sharing+grouped run (--group-by-prompt)
     python benchmarks/ab_session13.py share se  # how often two random pairs of the whole data
         # set ask the same question (what batches of 2 share beyond a template)
 """
@@ -38,21 +40,22 @@ def rope(dataset: str) -> None:
     alternate(dataset, variants, {"stock": 1, "rotary": 1})
 
 
-def trainer_batches(dataset: str, steps: int = 8) -> tuple[Any, list[list[dict]]]:
-    """The model and pair batches of `bench_train.py`'s rmtrain run (its features,
+def trainer_batches(dataset: str, path: str, steps: int = 8) -> tuple[Any, list[list[dict]]]:
+    """The model and pair batches of `bench_train.py`'s rmtrain run of `path` (its features,
     its Trainer's sampler order)."""
     feats = build_features("smollm2", dataset, 512)["features"]
     train, evals = feats[: 2 * steps], feats[2 * steps : 2 * steps + 8]
-    spec = {"path": "prefix_sharing", "model": "smollm2", "pairs": 2, "steps": steps}
+    spec = {"path": path, "model": "smollm2", "pairs": 2, "steps": steps}
     trainer = _rm_trainer({**spec, "max_length": 512, "eval_batch": 8}, train, evals, [])
     by_index = {f["pair_index"]: f for f in train}
-    order = [b["pair_index"].flatten().tolist() for b in trainer.get_train_dataloader()]
+    batches = trainer.get_train_dataloader()
+    order = [[i for i in b["pair_index"].flatten().tolist() if i >= 0] for b in batches]
     return trainer.model, [[by_index[i] for i in b] for b in order]
 
 
-def trees(dataset: str) -> None:
+def trees(dataset: str, grouped: str = "") -> None:
     retain_freed_memory()
-    model, pairs = trainer_batches(dataset)
+    model, pairs = trainer_batches(dataset, "prefix_sharing" + ("+grouped" if grouped else ""))
     pad = model.config.pad_token_id
     layouts = {
         "forked": make_collator("prefix_sharing", pad, 2048),
