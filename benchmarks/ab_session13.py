@@ -8,6 +8,8 @@ AdamW), full steps, the variants alternating batch by batch, then in reverse
         # 16 pairs in the Trainer's order) as prefix trees vs one forked block per pair
     python benchmarks/ab_session13.py trees se grouped  # the same for the batches of its
         # prefix_sharing+grouped run (--group-by-prompt)
+    python benchmarks/ab_session13.py norm -    # ms and relative error of the gradient norm
+        # over SmolLM2's gradient shapes: torch._foreach_norm vs rmtrain.clip.total_norm
     python benchmarks/ab_session13.py share se  # how often two random pairs of the whole data
         # set ask the same question (what batches of 2 share beyond a template)
 """
@@ -74,6 +76,27 @@ def trees(dataset: str, grouped: str = "") -> None:
     print(f"forked / trees = {total['forked'] / total['trees']:.3f}")
 
 
+def norm(_: str) -> None:
+    import time
+
+    from rmtrain.clip import total_norm
+
+    shapes = [(576, 576)] * 60 + [(192, 576)] * 60 + [(1536, 576)] * 90 + [(49152, 576)]
+    grads = [torch.randn(s) for s in shapes + [(576,)] * 61]
+    exact = torch.stack([g.double().square().sum() for g in grads]).sum().sqrt()
+    ways = {
+        "foreach_norm": lambda: torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))),
+        "total_norm": lambda: total_norm(grads),
+    }
+    for name, fn in ways.items():
+        fn()
+        start = time.perf_counter()
+        for _ in range(10):
+            value = fn()
+        ms = (time.perf_counter() - start) * 100
+        print(f"{name}: {ms:.1f} ms, relative error {float(value / exact - 1):.1e}")
+
+
 def share(dataset: str) -> None:
     import collections
 
@@ -90,4 +113,4 @@ def share(dataset: str) -> None:
 
 if __name__ == "__main__":
     what, data, *rest = sys.argv[1:]
-    {"rope": rope, "trees": trees, "share": share}[what](data, *rest)
+    {"rope": rope, "trees": trees, "norm": norm, "share": share}[what](data, *rest)

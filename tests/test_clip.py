@@ -118,3 +118,21 @@ def test_trainer_folds_clipping_with_the_same_weights_and_logged_norm(tmp_path, 
     assert got_norms == pytest.approx(want_norms, rel=1e-5)
     for a, b in zip(want_model.parameters(), got_model.parameters(), strict=True):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_total_norm_sums_row_by_row_exactly_to_float_rounding():
+    """Against the float64 norm: a 4M-element gradient (where one float accumulator drifts),
+    a 1-D one and a 0-dim one."""
+    from rmtrain.clip import total_norm
+
+    g = torch.Generator().manual_seed(0)
+    grads = [
+        torch.randn(8192, 512, generator=g) + 3.0,
+        torch.randn(7, generator=g),
+        torch.tensor(2.0),
+    ]
+    want = torch.stack([t.double().square().sum() for t in grads]).sum().sqrt()
+    got = total_norm(grads)
+    assert got.dtype == torch.float32
+    assert abs(float(got) / float(want) - 1) < 1e-6
+    assert abs(float(torch.nn.utils.get_total_norm(grads)) / float(want) - 1) < 1e-3

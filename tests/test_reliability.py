@@ -150,12 +150,15 @@ def test_nan_gradient_is_caught(data_file, tmp_path, monkeypatch, clip):
 
 def test_one_pass_over_the_gradients_for_the_norm_per_step(data_file, tmp_path, monkeypatch):
     """The non-finite check reuses Trainer's norm (on CPU, that of clipping folded into fused
-    AdamW, `rmtrain.clip`): one `_foreach_norm` per step (all gradients are float32 on one
-    device), not a second pass of a guard callback."""
-    calls = count_calls(monkeypatch, torch, "_foreach_norm")
+    AdamW, `rmtrain.clip`): one pass over the gradients per step, not a second pass of a guard
+    callback."""
+    from rmtrain import clip
+
+    passes = count_calls(monkeypatch, clip, "total_norm")
+    foreach = count_calls(monkeypatch, torch, "_foreach_norm")
     args = tiny_train_args(data_file, tmp_path / "n", "--max-steps", "3")
     run_train(build_config(_as_config(args)))
-    assert len(calls) == 3
+    assert len(passes) == 3 and foreach == []
 
 
 def test_guard_callback_stops_at_a_non_finite_gradient(tmp_path):
