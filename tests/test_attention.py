@@ -57,7 +57,6 @@ def test_forked_blocks_equal_dense_masked_sdpa(gathered, monkeypatch):
     prompt + response segment with or without chosen) as causal + tail calls, through the
     CPU flash kernel with gathered tails or through SDPA: the same output and gradients as
     the dense masked call."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if not gathered:
         monkeypatch.setattr(attention, "_gathers", lambda *_: False)
@@ -71,9 +70,19 @@ def test_forked_blocks_equal_dense_masked_sdpa(gathered, monkeypatch):
     mask = block_mask(seg, branch)
     blocks = attention.block_sizes(row_blocks([[7, 3], [5, 5]], forks))
     assert blocks == (((7, 2, 4), (3, 0, 1)), ((5, 3, 5), (5, 3, 5)))
-    q = torch.randn(2, 4, 10, 8, requires_grad=True)
-    k = torch.randn(2, 2, 10, 8, requires_grad=True)
-    v = torch.randn(2, 2, 10, 8, requires_grad=True)
+    _assert_equals_dense(2, 10, mask, blocks)
+    # two blocks with a tail (the other two are plain causal runs): two flash calls each
+    assert len(flash_calls) == (4 if gathered else 0)
+
+
+def _assert_equals_dense(rows: int, length: int, mask, blocks) -> None:
+    """Random q (4 heads) and k / v (2 heads) of head size 8 through `block_sdpa` with
+    `blocks`: the dense masked call's output (to 1e-6) and q / k / v gradients (to 1e-5)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    q = torch.randn(rows, 4, length, 8, requires_grad=True)
+    k = torch.randn(rows, 2, length, 8, requires_grad=True)
+    v = torch.randn(rows, 2, length, 8, requires_grad=True)
     dense, _ = sdpa_attention_forward(_Layer(), q, k, v, mask, scaling=0.5)
     got, _ = attention.block_sdpa(_Layer(), q, k, v, mask, scaling=0.5, attention_blocks=blocks)
     assert (got - dense).abs().max().item() < 1e-6
@@ -82,8 +91,6 @@ def test_forked_blocks_equal_dense_masked_sdpa(gathered, monkeypatch):
     have = torch.autograd.grad(got, (q, k, v), grad)
     for a, b in zip(want, have, strict=True):
         assert (a - b).abs().max().item() < 1e-5
-    # two blocks with a tail (the other two are plain causal runs): two flash calls each
-    assert len(flash_calls) == (4 if gathered else 0)
 
 
 def _counting(calls: list[int], real):
@@ -382,7 +389,6 @@ def test_tree_blocks_with_gradients_equal_the_dense_masked_call(gathered, monkey
     """Training runs a tree block's segments through the CPU flash kernel (`TreeFlash`: one
     call per segment, keys gathered again in backward) or, elsewhere, one masked SDPA call:
     the dense masked call's output and q / k / v gradients either way."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     if not gathered:
         monkeypatch.setattr(attention, "_gathers", lambda *_: False)
@@ -390,16 +396,6 @@ def test_tree_blocks_with_gradients_equal_the_dense_masked_call(gathered, monkey
     torch.manual_seed(0)
     allowed = _tree_mask(TREE + [[6], [6, 7]])[None, None]  # the tree, then a causal run of 2
     mask = attention.additive_mask(allowed, torch.float32)
-    q = torch.randn(1, 4, 8, 8, requires_grad=True)
-    k = torch.randn(1, 2, 8, 8, requires_grad=True)
-    v = torch.randn(1, 2, 8, 8, requires_grad=True)
-    dense, _ = sdpa_attention_forward(_Layer(), q, k, v, mask, scaling=0.5)
-    got, _ = attention.block_sdpa(_Layer(), q, k, v, mask, scaling=0.5, attention_blocks=((6, 2),))
-    assert (got - dense).abs().max().item() < 1e-6
-    grad = torch.randn_like(dense)
-    want = torch.autograd.grad(dense, (q, k, v), grad)
-    have = torch.autograd.grad(got, (q, k, v), grad)
-    for a, b in zip(want, have, strict=True):
-        assert (a - b).abs().max().item() < 1e-5
+    _assert_equals_dense(1, 8, mask, ((6, 2),))
     # the tree's three segments (3, 2 and 1 queries), then the causal run of 2
     assert flash_calls == ([3, 2, 1, 2] if gathered else [])
