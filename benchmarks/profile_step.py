@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import load_pairs, model_id  # noqa: E402
+from harness import load_pairs, model_id  # noqa: E402
 
-from rmtrain.collate import make_collator  # noqa: E402
-from rmtrain.formatting import encode_pairs  # noqa: E402
-from rmtrain.losses import pairwise_loss  # noqa: E402
-from rmtrain.model import load_reward_model, load_tokenizer  # noqa: E402
-from rmtrain.trainer import pair_rewards  # noqa: E402
+from rmtrain.batching.collate import make_collator  # noqa: E402
+from rmtrain.data.layout import encode_pairs  # noqa: E402
+from rmtrain.modeling.loading import load_reward_model, load_tokenizer  # noqa: E402
+from rmtrain.modeling.losses import pairwise_loss  # noqa: E402
+from rmtrain.training.trainer import pair_rewards  # noqa: E402
 
 
 def main() -> None:

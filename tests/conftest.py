@@ -21,7 +21,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def qwen_tokenizer():
-    from rmtrain.model import load_tokenizer
+    from rmtrain.modeling.loading import load_tokenizer
 
     return load_tokenizer("builtin:tiny-qwen3")
 
@@ -29,7 +29,7 @@ def qwen_tokenizer():
 def tiny_qwen3(tokenizer, seed: int = 0, **overrides):
     from transformers import Qwen3ForSequenceClassification
 
-    from rmtrain.builtin import tiny_qwen3_config
+    from rmtrain.data.builtin import tiny_qwen3_config
 
     torch.manual_seed(seed)
     config = tiny_qwen3_config(len(tokenizer), tokenizer.pad_token_id, **overrides)
@@ -79,7 +79,7 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def write_demo(path: Path, n: int, seed: int) -> Path:
     """`n` rows of the generated demo preference set as a local JSONL file."""
-    from rmtrain.builtin import demo_rows
+    from rmtrain.data.builtin import demo_rows
 
     return write_jsonl(path, demo_rows(n, seed=seed))
 

@@ -58,9 +58,9 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rmtrain.formatting import uses_chat_template
-    from rmtrain.model import load_tokenizer
-    from rmtrain.validate import check_bad_rows, validate_dataset, write_data_report
+    from rmtrain.data.layout import uses_chat_template
+    from rmtrain.data.validation import check_bad_rows, validate_dataset, write_data_report
+    from rmtrain.modeling.loading import load_tokenizer
 
     tok = load_tokenizer(args.model) if args.model else None
     chat = uses_chat_template(tok) if tok is not None else True
@@ -141,7 +141,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
 def _cmd_score(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from rmtrain.score import load_scorer, score_file
+    from rmtrain.serving.scorer import load_scorer, score_file
 
     scorer = load_scorer(args.model, max_length=args.max_length)
     with tqdm(desc="scoring rows", unit="row") as bar:
@@ -187,7 +187,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from rmtrain.serve import ServeLimits, serve
+    from rmtrain.serving.server import ServeLimits, serve
 
     limits = ServeLimits(
         max_body_bytes=args.max_body_bytes,
@@ -230,7 +230,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from rmtrain.evaluate import run_eval
+    from rmtrain.evaluation.evaluate import run_eval
 
     run_eval(args.model, args.dataset, args.output, args.max_length, args.batch, args.split)
     return 0
@@ -252,7 +252,7 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_prepare_se(args: argparse.Namespace) -> int:
-    from rmtrain.prepare import prepare_stackexchange
+    from rmtrain.data.stackexchange import prepare_stackexchange
 
     counts = prepare_stackexchange(args.input, args.output, args.max_pairs_per_question, args.seed)
     print(
@@ -263,7 +263,7 @@ def _cmd_prepare_se(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from rmtrain.train import run_train
+    from rmtrain.training.recipe import run_train
 
     run_train(config_from_args(args, TrainConfig))
     return 0

@@ -71,10 +71,9 @@ class TrainConfig:
         "auto",
         "With --packing prefix_sharing: lay each training batch out as prefix trees, so that a "
         "prefix several of its sequences share (a template's system prompt, a prompt or answer "
-        "that two pairs repeat) is computed once. auto: on when training on CPU, whose flash "
-        "kernel runs a tree's branches as gathered calls; off on GPUs (unmeasured there) and "
-        "with --lm-loss-coef (next-token targets need plain sequences). on / off: always / never. "
-        "Same rewards and gradients either way.",
+        "that two pairs repeat) is computed once. auto: on when training on CPU (with --speed "
+        "auto); off on GPUs and with --lm-loss-coef (next-token targets need plain sequences). "
+        "on / off: always / never. Same rewards and gradients either way.",
     )
     frac: float = _opt(0.01, "Fraction of the data set to use, sampled deterministically.")
     test_size: float = _opt(0.2, "Held-out fraction (split by prompt, deterministic).")
@@ -111,11 +110,16 @@ class TrainConfig:
         "With gradient checkpointing: recompute every N-th decoder layer only (1: all; 2: half, "
         "less recomputation for more memory).",
     )
+    speed: str = _opt(
+        "auto",
+        "auto: rmtrain's speed-ups where they apply (each exact: same rewards and gradients to "
+        "float rounding); off: the plain transformers path, to bisect a problem or compare.",
+    )
     lean_activations: bool = _opt(
         True,
         "Keep fewer activations for backward in Llama / Qwen-style RMSNorm, SiLU MLPs and the "
-        "projections reading them (same gradients, about 46 percent fewer kept activations on "
-        "SmolLM2; a few elementwise ops redone in backward).",
+        "projections reading them: same gradients, less memory, a few elementwise ops redone "
+        "in backward. Turn off to compare or to bisect.",
     )
     cap_activations: bool = _opt(
         True,
@@ -127,23 +131,21 @@ class TrainConfig:
     fuse_elementwise: bool = _opt(
         False,
         "With lean activations: compile their elementwise work (RMSNorm, SiLU gate, forward and "
-        "backward) into fused loops with torch.compile, once per process for any length. 7 "
-        "percent off forward + backward in isolation on CPU, but no gain measured end to end "
-        "(see benchmarks/README.md), hence off. Without a C++ compiler it warns and runs eagerly.",
+        "backward) with torch.compile, once per process for any length. Off by default: no "
+        "gain end to end on CPU. Without a C++ compiler it warns and runs eagerly.",
     )
     retain_freed_memory: bool = _opt(
         True,
-        "Training on CPU with glibc: keep the memory a step frees in the process for the next "
-        "step instead of handing it back to the kernel and faulting it in again (about 60,000 "
-        "page faults a SmolLM2 step; see benchmarks/README.md). Peak memory within 1.2 percent. "
+        "Training on CPU with glibc: keep the memory a step frees for the next step instead of "
+        "handing it back to the kernel and faulting it in again; peak memory is unchanged. "
         "Skipped where MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or GLIBC_TUNABLES is set.",
     )
     block_attention: str = _opt(
         "auto",
         "Packed rows' attention one pair (block) at a time instead of one masked call over the "
-        "whole row: auto (on CPU, where it is measured; on GPUs the dense call runs), on, off; "
-        "or flex: one FlexAttention call per layer that skips the tiles the mask blocks "
-        "(training on CUDA only: no backward on CPU; unmeasured on GPUs yet).",
+        "whole row: auto (on CPU; on GPUs the dense call runs), on, off; or flex: one "
+        "FlexAttention call per layer that skips the tiles the mask blocks (training on CUDA "
+        "only: FlexAttention has no backward on CPU).",
     )
     attn_implementation: str = _opt(
         "sdpa",
@@ -184,6 +186,73 @@ class TrainConfig:
         return [self.dataset] if isinstance(self.dataset, str) else list(self.dataset)
 
 
+# How options are grouped in `--help`, in YAML files and in the saved `rmtrain_config.yaml`.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "model": (
+        "model",
+        "pad_token",
+        "chat_template",
+        "dtype",
+        "attn_implementation",
+        "trust_remote_code",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "lora_target",
+        "merge_lora",
+        "load_in_4bit",
+    ),
+    "data": (
+        "dataset",
+        "dataset_split",
+        "frac",
+        "test_size",
+        "max_length",
+        "min_prompt_length",
+        "margin_column",
+        "max_bad_fraction",
+        "strict",
+    ),
+    "training": (
+        "lr",
+        "epochs",
+        "batch",
+        "eval_batch",
+        "grad_accum",
+        "max_steps",
+        "seed",
+        "warmup_ratio",
+        "weight_decay",
+        "max_grad_norm",
+        "center_rewards_coef",
+        "lm_loss_coef",
+        "group_by_length",
+        "group_by_prompt",
+        "bf16",
+        "fp16",
+        "gradient_checkpointing",
+        "checkpoint_every",
+        "eval_steps",
+        "save_steps",
+        "save_total_limit",
+        "resume",
+    ),
+    "speed": (
+        "speed",
+        "packing",
+        "row_budget",
+        "prefix_trees",
+        "block_attention",
+        "lean_activations",
+        "cap_activations",
+        "fuse_elementwise",
+        "retain_freed_memory",
+    ),
+    "output": ("output", "overwrite"),
+    "tracking": ("report_to", "logging_steps", "run_name"),
+}
+
+
 def _check_ranges(cfg: TrainConfig) -> None:
     problems = []
     if not 0 < cfg.frac <= 1:
@@ -210,6 +279,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
             "--packing prefix_sharing"
         )
     problems += _tree_problems(cfg)
+    if cfg.speed not in ("auto", "off"):
+        problems.append(f"--speed must be auto or off, got {cfg.speed!r}")
     if cfg.block_attention not in ("auto", "on", "off", "flex"):
         problems.append(f"--block-attention must be auto, on, off or flex: {cfg.block_attention!r}")
     attn = ("sdpa", "eager", "flash_attention_2")
@@ -272,25 +343,36 @@ def _parse_bool(text: str) -> bool:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
-    """Add one flag per dataclass field; defaults are SUPPRESSed so only given flags override."""
+    """One flag per dataclass field, under its group's heading; defaults are SUPPRESSed so only
+    the flags given override YAML."""
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        base = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata['help']} (default: {default})"
-        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if base is bool:
-            kwargs.update(nargs="?", const=True, type=_parse_bool)
-        else:
-            kwargs["type"] = base
-            for key in ("nargs", "const", "action"):
-                if key in f.metadata:
-                    kwargs[key] = f.metadata[key]
-        parser.add_argument(flag, **kwargs)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    groups = GROUPS if cls is TrainConfig else {"options": tuple(fields)}
+    for title, names in groups.items():
+        section = parser.add_argument_group(title)
+        for name in names:
+            _add_flag(section, fields[name], hints[name])
+
+
+def _add_flag(section: Any, f: dataclasses.Field, hint: Any) -> None:
+    flag = "--" + f.name.replace("_", "-")
+    base = _base_type(hint)
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    help_text = f"{f.metadata['help']} (default: {default})"
+    kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+    if base is bool:
+        kwargs.update(nargs="?", const=True, type=_parse_bool)
+    else:
+        kwargs["type"] = base
+        for key in ("nargs", "const", "action"):
+            if key in f.metadata:
+                kwargs[key] = f.metadata[key]
+    section.add_argument(flag, **kwargs)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file of options, grouped as in `--help` (model:, data:, training:, speed:,
+    output:, tracking:) or flat; returns flat keys."""
     p = Path(path)
     if not p.is_file():
         raise RmtrainError(
@@ -302,7 +384,30 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise RmtrainError(f"config file {p} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise RmtrainError(f"config file {p} must hold a mapping of option: value")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    return flatten_groups({str(k).replace("-", "_"): v for k, v in data.items()}, str(p))
+
+
+def flatten_groups(data: dict[str, Any], where: str = "config") -> dict[str, Any]:
+    """`{group: {key: value}}` sections to flat keys (a flat key is taken as it is). `speed`
+    is both a group and an option: a mapping is the group, a value the option."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in GROUPS and isinstance(value, dict):
+            for inner, v in value.items():
+                name = str(inner).replace("-", "_")
+                if name not in GROUPS[key]:
+                    home = next((g for g, names in GROUPS.items() if name in names), None)
+                    hint = f"; it belongs under {home}:" if home else ""
+                    raise RmtrainError(f"{where}: {key}.{name} is not a {key} option{hint}")
+                flat[name] = v
+        else:
+            flat[key] = value
+    return flat
+
+
+def grouped(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Flat option values as the grouped mapping YAML files use."""
+    return {g: {n: values[n] for n in names if n in values} for g, names in GROUPS.items()}
 
 
 def build_config(overrides: dict[str, Any], cls: type = TrainConfig) -> Any:
@@ -334,4 +439,7 @@ def config_from_args(args: argparse.Namespace, cls: type = TrainConfig) -> Any:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+    """The resolved config as YAML, grouped (a TrainConfig) as `--config` reads it."""
+    values = dataclasses.asdict(cfg)
+    data = grouped(values) if isinstance(cfg, TrainConfig) else values
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

@@ -77,7 +77,7 @@ def make_objective(
 ) -> Any:
     import optuna
 
-    from rmtrain.train import run_train
+    from rmtrain.training.recipe import run_train
 
     def objective(trial: Any) -> float:
         params = suggest(trial, space)

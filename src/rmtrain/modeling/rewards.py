@@ -1,0 +1,157 @@
+"""Reward model = a causal LM backbone + a scalar value head, stored as a standard HF
+`*ForSequenceClassification` checkpoint (num_labels=1).
+
+rmtrain never uses the stock head's pooling (it reads the last token whose id differs from the
+pad id, wrong when pad == eos or with left padding). It runs the backbone, applies the value head
+to every position (the per-token values), and reads the reward at the last position the
+attention mask marks real.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from rmtrain import speed
+from rmtrain.errors import RmtrainError
+
+
+def value_head(model: Any) -> torch.nn.Module:
+    for name in ("score", "classifier", "v_head"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Module):
+            return head
+    raise RmtrainError(f"{type(model).__name__} has no scalar head (score/classifier)")
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions count real tokens only, so left and right padding give the same positions."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def unwrap(model: Any) -> Any:
+    """The transformers model inside DDP / DeepSpeed (`.module`) and PEFT wrappers."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return model
+
+
+def token_values(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    return_hidden: bool = False,
+    blocks: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
+) -> Any:
+    """The value head applied at every position: [batch, seq] (the per-token values); with
+    `return_hidden`, also the final hidden states (for an auxiliary LM loss). With `keep` (flat
+    indices into [batch x seq]) the values need only be right at those positions, which lets a
+    model prepared by `rmtrain.speed` skip work elsewhere.
+
+    The model's own forward runs (so DDP, FSDP, DeepSpeed ZeRO-3 and PEFT see a normal call and
+    gather / sync as usual); a forward hook keeps the head's output at every position before
+    the stock pooling discards it. `attention_mask` may be 2-D (padding) or a 4-D mask
+    (packed / prefix-shared rows); `blocks` [rows, k], the sizes of a packed row's independent
+    blocks, lets a prepared model attend within each block alone.
+    """
+    if attention_mask is not None and position_ids is None and attention_mask.dim() == 2:
+        position_ids = position_ids_from_mask(attention_mask)
+    inner = unwrap(model)
+    fast = speed.handle_of(inner)
+    extra: dict[str, Any] = {}
+    if attention_mask is not None and attention_mask.dim() == 4:
+        attention_mask = _mask_for_attention(inner, attention_mask)
+        if fast is not None:
+            extra = fast.attention_kwargs(input_ids.device, blocks)
+    trimmed = fast.only_rows(None if return_hidden else keep) if fast else contextlib.nullcontext()
+    kept: list[torch.Tensor] = []
+    hook = value_head(inner).register_forward_hook(lambda _m, _i, out: kept.append(out))
+    try:
+        with speed.sdpa_backends(input_ids.device), trimmed:
+            out = model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,  # with the cache on, transformers skips packed-mask handling
+                output_hidden_states=return_hidden,
+                **extra,
+            )
+    finally:
+        hook.remove()
+    values = kept[-1].squeeze(-1).float()
+    return (values, out.hidden_states[-1]) if return_hidden else values
+
+
+def values_at(
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    position_ids: torch.Tensor | None,
+    blocks: torch.Tensor | None,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+) -> torch.Tensor:
+    """The values at the tokens (rows[i], cols[i]) only, in that order. A token may be listed
+    more than once (prefix trees read one response for several pairs); it is computed once."""
+    at = rows * input_ids.shape[1] + cols
+    values = token_values(
+        model, input_ids, attention_mask, position_ids, blocks=blocks, keep=at.unique()
+    )
+    return values.flatten()[at]
+
+
+def _mask_for_attention(model: Any, mask: torch.Tensor) -> torch.Tensor:
+    """Boolean 4-D masks become one additive float mask (0 = attend, dtype minimum = blocked).
+
+    Eager attention adds the mask. SDPA would convert a boolean mask to float in every layer,
+    and every layer keeps its copy for backward; one shared float mask is kept once. Under
+    autocast, and for SDPA off the CPU, the boolean mask stays (a float mask must match the
+    query dtype there).
+    """
+    if mask.dtype != torch.bool:
+        return mask
+    if model.config._attn_implementation in speed.SDPA_NAMES and (
+        mask.device.type != "cpu" or torch.is_autocast_enabled("cpu")
+    ):
+        return mask
+    return speed.additive_mask(mask, next(value_head(model).parameters()).dtype)
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token per row, from the mask alone (any padding side)."""
+    seq = attention_mask.shape[-1]
+    positions = torch.arange(seq, device=attention_mask.device)
+    return (positions * attention_mask.long()).argmax(-1)
+
+
+def sequence_rewards(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """One reward per row: the value at the last real token."""
+    values = token_values(model, input_ids, attention_mask)
+    index = last_token_index(attention_mask)
+    return values.gather(1, index.unsqueeze(1)).squeeze(1)
+
+
+def attention_cost_ratio(config: Any) -> float:
+    """FLOPs of attention per query-key pair over linear FLOPs per token, in one layer: what a
+    dense masked attention over n tokens costs (n^2 pairs) against the work per token.
+
+    Q K^T and P V take 4 x heads x head_dim FLOPs per pair; the projections and a gated MLP
+    take 2 x their parameters per token. For SmolLM2-135M it is about 3.3e-4.
+    """
+    try:
+        hidden, heads = config.hidden_size, config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or hidden // heads
+        kv = getattr(config, "num_key_value_heads", None) or heads
+        params = 2 * hidden * heads * head_dim + 2 * hidden * kv * head_dim
+        params += 3 * hidden * config.intermediate_size
+    except (AttributeError, TypeError):
+        return 3e-4  # not a decoder config we can read: a typical small-model value
+    return 4 * heads * head_dim / (2 * params)

@@ -1,0 +1,111 @@
+"""Training data preparation (orchestration): read every data set, split each by prompt, mix
+the training parts by weight, tokenise once, cut to length, and count every row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rmtrain.batching.collate import pair_tokens
+from rmtrain.config import TrainConfig
+from rmtrain.data.layout import encode_pairs_detailed, uses_chat_template
+from rmtrain.data.pairs import (
+    DataCounts,
+    Pair,
+    load_rows,
+    mix_weighted,
+    parse_dataset_spec,
+    read_pairs,
+    split_by_group,
+)
+from rmtrain.data.validation import record_dropped
+from rmtrain.errors import RmtrainError
+
+
+@dataclass
+class PreparedData:
+    train: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+    test_pairs: list[Pair]  # indexed by each test feature's pair_index
+    counts: DataCounts  # all data sets together
+    test_truncated: int = 0
+    per_dataset: dict[str, DataCounts] = field(default_factory=dict)
+    test_sets: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+def _read(source: str, cfg: TrainConfig) -> tuple[list[Pair], DataCounts]:
+    pairs, counts = read_pairs(
+        load_rows(source, cfg.dataset_split), cfg.frac, cfg.seed, cfg.margin_column
+    )
+    if not pairs:
+        raise RmtrainError(
+            f"no usable pairs in {source}: {counts.rows_read} rows read, malformed "
+            f"{dict(counts.malformed)}; check the columns and values"
+        )
+    return pairs, counts
+
+
+def _encode(tokenizer: Any, pairs: list[Pair], cfg: TrainConfig, counts: DataCounts) -> tuple:
+    feats, truncated, dropped = encode_pairs_detailed(
+        tokenizer,
+        pairs,
+        cfg.max_length,
+        uses_chat_template(tokenizer, cfg.chat_template),
+        cfg.min_prompt_length,
+    )
+    counts.truncated += truncated
+    record_dropped(counts, pairs, dropped)
+    for f in feats:
+        f["length"] = pair_tokens(f, cfg.packing)
+    return feats, truncated
+
+
+def _merge(parts: dict[str, DataCounts]) -> DataCounts:
+    total = DataCounts()
+    for c in parts.values():
+        total.rows_read += c.rows_read
+        total.malformed.update(c.malformed)
+        total.truncated += c.truncated
+        total.dropped.update(c.dropped)
+        total.train_pairs += c.train_pairs
+        total.test_pairs += c.test_pairs
+        total.bad_rows.extend(c.bad_rows)
+    return total
+
+
+def prepare_data(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
+    """Every data set is split by prompt on its own; training parts are mixed by weight (or
+    concatenated); test parts stay apart so each can be reported separately."""
+    specs = [parse_dataset_spec(s) for s in cfg.datasets()]
+    weighted = [w is not None for _, w in specs]
+    if any(weighted) and not all(weighted):
+        raise RmtrainError("give every --dataset a weight (a.jsonl:0.7 b.jsonl:0.3) or none")
+    per: dict[str, DataCounts] = {}
+    train_parts: dict[str, list[Pair]] = {}
+    test_parts: dict[str, list[Pair]] = {}
+    for source, _ in specs:
+        pairs, per[source] = _read(source, cfg)
+        train_parts[source], test_parts[source] = split_by_group(pairs, cfg.test_size, cfg.seed)
+    if all(weighted) and len(specs) > 1:
+        train_parts = mix_weighted(train_parts, {s: w for s, w in specs}, cfg.seed)
+    train, test, test_pairs, test_sets, test_truncated = [], [], [], {}, 0
+    for source in per:
+        feats, _ = _encode(tokenizer, train_parts[source], cfg, per[source])
+        per[source].train_pairs = len(feats)
+        train.extend(feats)
+        feats, truncated = _encode(tokenizer, test_parts[source], cfg, per[source])
+        for f in feats:  # pair_index becomes global across data sets
+            f["pair_index"] += len(test_pairs)
+        test_pairs.extend(test_parts[source])
+        test_truncated += truncated
+        per[source].test_pairs = len(feats)
+        test_sets[source] = sorted(feats, key=lambda f: -f["length"])
+        test.extend(feats)
+    test.sort(key=lambda f: -f["length"])  # order is free (metrics follow pair_index)
+    counts = _merge(per)
+    if not train or not test:
+        raise RmtrainError(
+            f"too few pairs to train and evaluate ({len(train)} train, {len(test)} test); "
+            "raise --frac or --max-length, or use more data"
+        )
+    return PreparedData(train, test, test_pairs, counts, test_truncated, per, test_sets)

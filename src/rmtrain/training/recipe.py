@@ -1,0 +1,412 @@
+"""`rmtrain train`: the recipe, read top to bottom.
+
+config -> tokenizer -> data (read, sample, split, tokenise once, cut, count) -> model ->
+PairwiseRewardTrainer -> final evaluation -> atomic save of model, tokenizer, config, metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainingArguments, set_seed
+
+from rmtrain import speed
+from rmtrain.batching.collate import make_collator, make_eval_collator
+from rmtrain.config import TrainConfig, save_config
+from rmtrain.data.layout import default_prompt_floor
+from rmtrain.data.pairs import DataCounts
+from rmtrain.data.validation import check_bad_rows, write_data_report
+from rmtrain.errors import RmtrainError
+from rmtrain.evaluation.evaluate import summarise, write_report
+from rmtrain.evaluation.model_card import render_model_card
+from rmtrain.modeling.loading import (
+    lm_head_weight,
+    load_reward_model,
+    load_tokenizer,
+    resolve_dtype,
+)
+from rmtrain.modeling.lora import apply_lora, merged, quantization_config
+from rmtrain.modeling.rewards import attention_cost_ratio
+from rmtrain.tracking import finish_tracking, start_tracking
+from rmtrain.training.atomic_save import STAGE_NAME, check_output_dir, publish, staging_dir
+from rmtrain.training.data_setup import PreparedData, prepare_data
+from rmtrain.training.trainer import (
+    CHECKS_GRAD_NORM,
+    NonFiniteGuard,
+    PairwiseRewardTrainer,
+    latest_checkpoint,
+    make_compute_metrics,
+)
+
+REPORT_DIR = "eval_report"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def checkpointing(cfg: TrainConfig, n_params: int) -> bool:
+    """--gradient-checkpointing, by default on for models over 1B parameters."""
+    return n_params > 1e9 if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
+
+
+def training_arguments(
+    cfg: TrainConfig, output: Path, report_to: list[str], n_params: int = 0
+) -> TrainingArguments:
+    on_gpu = torch.cuda.is_available()
+    auto_bf16 = cfg.dtype == "auto" and on_gpu and torch.cuda.is_bf16_supported()
+    mixed_bf16 = auto_bf16 and not cfg.fp16 if cfg.bf16 is None else cfg.bf16
+    args = TrainingArguments(
+        output_dir=str(output / CHECKPOINT_DIR),
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch,
+        per_device_eval_batch_size=cfg.eval_batch or 4 * cfg.batch,
+        gradient_accumulation_steps=cfg.grad_accum,
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if cfg.eval_steps else "no",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=cfg.save_total_limit,
+        report_to=report_to,
+        run_name=cfg.run_name,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=mixed_bf16,
+        fp16=cfg.fp16,
+        activation_checkpointing=checkpointing(cfg, n_params),
+        activation_checkpointing_kwargs={
+            "use_reentrant": False,
+            "every_n_layers": cfg.checkpoint_every,
+        },
+        use_cpu=not on_gpu,
+        remove_unused_columns=False,
+        label_names=["pair_index"],
+        dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        disable_tqdm=False,
+    )
+    return one_device_per_process(args)
+
+
+def one_device_per_process(args: TrainingArguments) -> TrainingArguments:
+    """With several GPUs visible and no launcher, the Trainer wraps the model in
+    `nn.DataParallel`, which splits a batch's rows across replicas: packed rows carry per-batch
+    block sizes and reward positions, and the value hook would see one replica's values, so
+    rewards would be wrong. One process drives one GPU; several go through `accelerate launch`
+    or torchrun (DDP, FSDP, DeepSpeed), as the README's multi-GPU section says."""
+    if args.n_gpu > 1:
+        print(
+            f"[rmtrain] {args.n_gpu} GPUs visible in one process: training on {args.device} "
+            "only; launch with `accelerate launch` or torchrun to use them all",
+            flush=True,
+        )
+        args._n_gpu = 1
+    return args
+
+
+def _print_counts(counts: DataCounts) -> None:
+    c = counts.to_dict()
+    print(
+        f"[rmtrain] data: {c['rows_read']} rows read, {c['malformed_total']} malformed "
+        f"{c['malformed']}, {c['truncated']} truncated, {c['dropped_total']} dropped "
+        f"{c['dropped']}, {c['train_pairs']} train / {c['test_pairs']} test pairs",
+        flush=True,
+    )
+
+
+def _save(trainer: Any, tokenizer: Any, cfg: TrainConfig, result: dict[str, Any], output: Path):
+    """All ranks take part (ZeRO-3 / FSDP gather the full weights); rank 0 writes the rest."""
+    main = trainer.is_world_process_zero()
+    stage = staging_dir(output) if main else output / STAGE_NAME
+    trainer.accelerator.wait_for_everyone()
+    model = trainer.model
+    if cfg.lora_r and cfg.merge_lora:
+        model = merged(model)
+        trainer.model = model
+    model.config.reward_mean = result["metrics"]["reward_mean"]
+    model.config.reward_std = result["metrics"]["reward_std"]
+    model.config.rmtrain = {
+        "max_length": cfg.max_length,
+        "chat_template": cfg.chat_template,
+        "prompt_floor": cfg.min_prompt_length or default_prompt_floor(cfg.max_length),
+        "base_model": cfg.model,
+    }
+    trainer.save_model(str(stage))
+    trainer.accelerator.wait_for_everyone()
+    if not main:
+        return
+    tokenizer.save_pretrained(str(stage))
+    save_config(cfg, stage / "rmtrain_config.yaml")
+    (stage / "metrics.json").write_text(json.dumps(result, indent=2))
+    (stage / "README.md").write_text(render_model_card(cfg.to_dict(), result, REPORT_DIR))
+    publish(stage, output)
+
+
+def _held_out(sink: dict[str, Any], data: PreparedData, eval_out: dict, n_rows: int) -> Any:
+    """One report section from an evaluation's rewards (gathered over all ranks, so it works
+    under DDP, ZeRO-3 and FSDP alike)."""
+    kept = [data.test_pairs[i] for i in sink["index"]]
+    counts = {
+        "rows_read": n_rows,
+        "malformed": {},
+        "malformed_total": 0,
+        "truncated": data.test_truncated,
+        "dropped_total": n_rows - len(kept),
+        "scored_pairs": len(kept),
+    }
+    seconds = float(next((v for k, v in eval_out.items() if k.endswith("_runtime")), 0.0))
+    return summarise(kept, sink["chosen"], sink["rejected"], counts, seconds)
+
+
+def _evaluate(trainer: Any, data: PreparedData, sink: dict[str, Any]) -> tuple[dict, dict, dict]:
+    """Final evaluation: each data set's held-out split apart (when several), then all together.
+    Returns (overall metrics, per-data-set metrics, report sections)."""
+    per, sections = {}, {}
+    if len(data.test_sets) > 1:
+        for i, (source, feats) in enumerate(data.test_sets.items()):
+            raw = trainer.evaluate(eval_dataset=feats, metric_key_prefix=f"eval_set{i}")
+            per[source] = {k.removeprefix(f"eval_set{i}_"): v for k, v in raw.items()}
+            sections[source] = _held_out(sink, data, raw, len(feats))
+    raw = trainer.evaluate()
+    if not sections:
+        sections["held-out split"] = _held_out(sink, data, raw, len(data.test_pairs))
+    return {k.removeprefix("eval_"): v for k, v in raw.items()}, per, sections
+
+
+def _resume_path(cfg: TrainConfig, output: Path) -> str | None:
+    if not cfg.resume:
+        return None
+    if cfg.resume != "latest":
+        if not (Path(cfg.resume) / "trainer_state.json").is_file():
+            raise RmtrainError(f"--resume {cfg.resume} is not a checkpoint folder")
+        return cfg.resume
+    last = latest_checkpoint(output / CHECKPOINT_DIR)
+    if last is None:
+        raise RmtrainError(
+            f"--resume: no complete checkpoint in {output / CHECKPOINT_DIR}; start without "
+            "--resume (and with --save-steps N to write checkpoints)"
+        )
+    return str(last)
+
+
+def run_train(
+    cfg: TrainConfig,
+    callbacks: list[Any] | None = None,
+    nested: bool = False,
+    mlflow_uri: str | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate and save; returns {'metrics': ..., 'data': ...} as in metrics.json."""
+    output = Path(cfg.output).expanduser()
+    main = is_main_process()
+    if main:  # other ranks would see rank 0's first files and refuse the folder
+        check_output_dir(output, cfg.overwrite or bool(cfg.resume))
+    resume = _resume_path(cfg, output)
+    if cfg.block_attention == "flex" and not torch.cuda.is_available():
+        raise RmtrainError(
+            "--block-attention flex trains on a CUDA GPU only: FlexAttention has no backward on "
+            "CPU. Use --block-attention auto (per block on CPU)"
+        )
+    tune_allocator(cfg)
+    set_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model, cfg.pad_token, cfg.trust_remote_code)
+    data = prepare_data(cfg, tokenizer)
+    _print_counts(data.counts)
+    if main:
+        write_data_report(data.counts, output / "data_report.json", data.per_dataset)
+    check_bad_rows(data.counts, cfg.max_bad_fraction, cfg.strict, str(output / "data_report.json"))
+    model = build_model(cfg, tokenizer.pad_token_id)
+    check_free_disk(output, model, with_optimizer=bool(cfg.save_steps))
+    run_name = cfg.run_name or f"rmtrain-{time.strftime('%Y%m%d-%H%M%S')}"
+    report_to = (
+        start_tracking(cfg.report_to, output, run_name, cfg.to_dict(), nested, mlflow_uri)
+        if main
+        else [r for r in cfg.report_to if r != "none"] or ["none"]
+    )
+    failed = True
+    sink: dict[str, Any] = {}
+    result: dict[str, Any] = {"metrics": {}, "data": data.counts.to_dict()}
+    try:
+        trainer = _make_trainer(cfg, model, tokenizer, data, output, report_to, sink, callbacks)
+        train_out = trainer.train(resume_from_checkpoint=resume)
+        metrics, per_dataset, sections = _evaluate(trainer, data, sink)
+        metrics.update(
+            train_loss=train_out.training_loss,
+            train_steps=train_out.global_step,
+            train_runtime=train_out.metrics.get("train_runtime"),
+            train_tokens=trainer.tokens_seen * trainer.args.world_size,
+            train_peak_memory_gib=peak_memory_gib(),
+        )
+        result["metrics"] = metrics
+        if per_dataset:
+            result["per_dataset"] = per_dataset
+            result["data_per_dataset"] = {k: c.to_dict() for k, c in data.per_dataset.items()}
+        result["log_history"] = [h for h in trainer.state.log_history if "loss" in h]
+        if trainer.is_world_process_zero():
+            write_report(sections, output / REPORT_DIR, cfg.model)
+        _save(trainer, tokenizer, cfg, result, output)
+        failed = False
+    finally:
+        finish_tracking(report_to, result["metrics"], result["data"], failed)
+    if main:
+        print(f"[rmtrain] held-out metrics: {json.dumps(_headline(result['metrics']))}")
+        print(f"[rmtrain] saved model, tokenizer, rmtrain_config.yaml, metrics.json to {output}")
+    return result
+
+
+def _make_trainer(
+    cfg: TrainConfig,
+    model: Any,
+    tokenizer: Any,
+    data: PreparedData,
+    output: Path,
+    report_to: list[str],
+    sink: dict[str, Any],
+    callbacks: list[Any] | None,
+) -> PairwiseRewardTrainer:
+    pad = tokenizer.pad_token_id
+    varlen = cfg.attn_implementation == "flash_attention_2"
+    cost = attention_cost_ratio(model.config)
+    return PairwiseRewardTrainer(
+        model=model,
+        args=training_arguments(cfg, output, report_to, model.num_parameters()),
+        train_dataset=data.train,
+        eval_dataset=data.test,
+        data_collator=train_collator(cfg, pad, cost),
+        eval_collator=make_eval_collator(cfg.packing, pad, cfg.max_length, varlen, cost),
+        compute_metrics=make_compute_metrics(
+            [p.group for p in data.test_pairs],
+            sink,
+            [p.margin for p in data.test_pairs],
+            cfg.center_rewards_coef,
+        ),
+        callbacks=[*([] if CHECKS_GRAD_NORM else [NonFiniteGuard()]), *(callbacks or [])],
+        center_rewards_coef=cfg.center_rewards_coef,
+        lm_loss_coef=cfg.lm_loss_coef,
+        lm_head_weight=lm_head_weight(model, cfg.model) if cfg.lm_loss_coef > 0 else None,
+        group_by_prompt=cfg.group_by_prompt,
+        fold_clipping=cfg.speed == "auto",
+    )
+
+
+def peak_memory_gib() -> float:
+    """Peak GPU memory allocated, or the process's peak resident memory on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def is_main_process() -> bool:
+    """Rank 0 (before the Trainer exists, from the launcher's environment)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def build_model(cfg: TrainConfig, pad_token_id: int) -> Any:
+    """The reward model as configured: dtype, attention kernel, optional (Q)LoRA."""
+    model = load_reward_model(
+        cfg.model,
+        pad_token_id,
+        resolve_dtype_for_weights(cfg.dtype),
+        cfg.trust_remote_code,
+        cfg.seed,
+        cfg.attn_implementation,
+        quantization_config(cfg.load_in_4bit),
+    )
+    speed.install(model, speed_options(cfg), checkpointing(cfg, model.num_parameters()))
+    if cfg.lora_r > 0:
+        if cfg.load_in_4bit:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model)
+        model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target)
+    return model
+
+
+def speed_options(cfg: TrainConfig, training: bool = True) -> speed.SpeedOptions:
+    """The speed group of the config as `rmtrain.speed` takes it."""
+    return speed.SpeedOptions(
+        enabled=cfg.speed == "auto",
+        training=training,
+        lean_activations=cfg.lean_activations,
+        cap_activations=cfg.cap_activations and cfg.lora_r == 0,  # LoRA: few gradients
+        fuse_elementwise=cfg.fuse_elementwise,
+        block_attention=cfg.block_attention,
+    )
+
+
+def tune_allocator(cfg: TrainConfig) -> bool:
+    """--retain-freed-memory, for training on CPU (on a GPU the step's memory is CUDA's)."""
+    return cfg.speed == "auto" and cfg.retain_freed_memory and speed.retain_memory()
+
+
+def check_free_disk(output: Path, model: Any, with_optimizer: bool) -> None:
+    """Fail before training when the disk cannot hold one checkpoint (weights + AdamW state)."""
+    n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    need = n_bytes * (3 if with_optimizer else 1)
+    free = shutil.disk_usage(output).free
+    if free < need:
+        raise RmtrainError(
+            f"{output} has {free / 2**20:.0f} MiB free; one checkpoint needs about "
+            f"{need / 2**20:.0f} MiB. Free some space or choose another --output"
+        )
+
+
+def train_collator(cfg: TrainConfig, pad_id: int, attention_cost: float) -> Any:
+    """The training collator the config asks for: `--packing`, and with `--group-by-prompt` or
+    `--prefix-trees` prefix trees of up to two max lengths (any pair fits one tree). On CPU a
+    tree's attention runs branch by branch (`rmtrain.flash.TreeFlash`), so sharing a prefix
+    never widens it: every shared prefix is shared (no attention cost weighed against it)."""
+    varlen = cfg.attn_implementation == "flash_attention_2"
+    trees = trains_on_trees(cfg)
+    tree_cap = 2 * cfg.max_length if trees else 0
+    per_block = cfg.speed == "auto" and cfg.block_attention in ("auto", "on")
+    cpu = not torch.cuda.is_available() and per_block
+    cost = 0.0 if trees and cpu else attention_cost
+    return make_collator(cfg.packing, pad_id, row_budget(cfg), varlen, tree_cap, cost)
+
+
+def trains_on_trees(cfg: TrainConfig) -> bool:
+    """`--prefix-trees` resolved: auto is on for CPU training without an LM loss."""
+    if cfg.packing != "prefix_sharing" or cfg.lm_loss_coef > 0:
+        return False
+    if cfg.group_by_prompt or cfg.prefix_trees == "on":
+        return True
+    auto = cfg.prefix_trees == "auto" and cfg.speed == "auto"  # a speed layout: off with speed
+    return auto and not torch.cuda.is_available()
+
+
+def row_budget(cfg: TrainConfig) -> int:
+    return 4 * cfg.max_length if cfg.row_budget is None else cfg.row_budget
+
+
+def resolve_dtype_for_weights(name: str) -> torch.dtype:
+    """'auto' keeps fp32 master weights; on bf16 GPUs the Trainer adds bf16 autocast."""
+    return torch.float32 if name == "auto" else resolve_dtype(name)
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    keys = (
+        "win_rate",
+        "kendall_tau",
+        "loss",
+        "margin_mean",
+        "reward_mean",
+        "reward_std",
+        "num_pairs",
+    )
+    return {
+        k: round(metrics[k], 4) if isinstance(metrics[k], float) else metrics[k]
+        for k in keys
+        if k in metrics
+    }

@@ -1,0 +1,89 @@
+from rmtrain.data.layout import (
+    Encoded,
+    encode_batch,
+    encode_pairs,
+    fit_pair,
+    fit_single,
+    render,
+)
+from rmtrain.data.pairs import Pair
+
+
+def test_chat_layout_for_qwen3(qwen_tokenizer):
+    head, body, tail = render(qwen_tokenizer, "Hi?", "Hello!", chat=True)
+    assert head == "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
+    assert body == "<think>\n\n</think>\n\nHello!"
+    assert tail == "<|im_end|>\n"
+    full = qwen_tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello!"}],
+        tokenize=False,
+    )
+    assert head + body + tail == full
+
+
+def test_plain_layout_ends_with_eos(qwen_tokenizer):
+    (enc,) = encode_batch(qwen_tokenizer, ["Q"], ["A"], chat=False)
+    assert enc.tail == [qwen_tokenizer.eos_token_id]
+    assert qwen_tokenizer.decode(enc.prompt + enc.body) == "Q\n\nA"
+
+
+def test_no_cut_when_it_fits():
+    c, r = Encoded([1, 2], [3, 4], [9]), Encoded([1, 2], [5], [9])
+    fitted = fit_pair([1, 2], c, r, max_length=5)
+    assert (fitted.prompt, fitted.chosen, fitted.rejected, fitted.truncated) == (
+        [1, 2],
+        [3, 4, 9],
+        [5, 9],
+        False,
+    )
+
+
+def test_prompt_is_cut_from_the_left_first():
+    prompt = list(range(10))  # 10 prompt tokens, responses need 3
+    c, r = Encoded(prompt, [20, 21], [99]), Encoded(prompt, [30], [99])
+    fitted = fit_pair(prompt, c, r, max_length=8, prompt_floor=2)
+    assert fitted.prompt == [5, 6, 7, 8, 9]  # most recent 5 prompt tokens
+    assert fitted.chosen == [20, 21, 99] and fitted.truncated
+
+
+def test_then_the_response_is_cut_and_the_tail_stays():
+    prompt = list(range(10))
+    c, r = Encoded(prompt, list(range(20, 30)), [99]), Encoded(prompt, [30], [99])
+    fitted = fit_pair(prompt, c, r, max_length=8, prompt_floor=3)
+    assert fitted.prompt == [7, 8, 9]  # cut to the floor
+    assert fitted.chosen == [20, 21, 22, 23, 99]  # body cut from its end, reward token kept
+    assert fitted.rejected == [30, 99]
+    assert len(fitted.prompt) + len(fitted.chosen) == 8
+
+
+def test_pairs_identical_after_cutting_are_reported():
+    prompt = [1] * 10
+    c, r = Encoded(prompt, [5, 6, 7, 8], [99]), Encoded(prompt, [5, 6, 7, 9], [99])
+    assert fit_pair(prompt, c, r, max_length=6, prompt_floor=2) == "identical_after_truncation"
+
+
+def test_tail_that_cannot_fit_is_too_long():
+    c = Encoded([], [1], [7, 8, 9])
+    assert fit_pair([], c, c, max_length=3) == "too_long"
+
+
+def test_fit_single_uses_the_same_rule():
+    prompt = list(range(10))
+    enc = Encoded(prompt, list(range(20, 30)), [99])
+    ids, truncated = fit_single(enc, max_length=8, prompt_floor=3)
+    assert ids == [7, 8, 9, 20, 21, 22, 23, 99] and truncated
+
+
+def test_encode_pairs_counts_truncated_and_dropped(qwen_tokenizer):
+    long_prompt = " ".join(["word"] * 200)
+    pairs = [
+        Pair("short?", "yes", "no", group="a", row=0),
+        Pair(long_prompt, "answer one", "answer two", group="b", row=1),
+        Pair(long_prompt, "same start " * 50 + "x", "same start " * 50 + "y", group="c", row=2),
+    ]
+    feats, truncated, dropped = encode_pairs(qwen_tokenizer, pairs, 64, chat=True)
+    assert [f["pair_index"] for f in feats] == [0, 1]
+    assert truncated == 1 and dropped == {"identical_after_truncation": 1}
+    for f in feats:
+        assert len(f["prompt_ids"]) + len(f["chosen_ids"]) <= 64
+        assert f["chosen_ids"][-2:] == qwen_tokenizer("<|im_end|>\n")["input_ids"]

@@ -1,0 +1,68 @@
+import json
+
+import pytest
+
+from rmtrain.cli import main
+from rmtrain.data.stackexchange import answer_score, html_to_markdown, iter_pairs
+from rmtrain.errors import RmtrainError
+from tests.conftest import shared_data_or_skip
+
+POSTS = """<?xml version="1.0" encoding="utf-8"?>
+<posts>
+  <row Id="1" PostTypeId="1" AcceptedAnswerId="3" CreationDate="2020-01-01T00:00:00.000"
+       Score="5" Title="Why?" Body="&lt;p&gt;Tell me &lt;b&gt;why&lt;/b&gt;.&lt;/p&gt;"
+       Tags="&lt;beer&gt;" />
+  <row Id="2" PostTypeId="2" ParentId="1" Score="7" Body="&lt;p&gt;Seven&lt;/p&gt;" />
+  <row Id="3" PostTypeId="2" ParentId="1" Score="1" Body="&lt;p&gt;One&lt;/p&gt;" />
+  <row Id="4" PostTypeId="2" ParentId="1" Score="-2" Body="&lt;p&gt;Minus&lt;/p&gt;" />
+  <row Id="5" PostTypeId="1" Title="Lonely" Body="&lt;p&gt;x&lt;/p&gt;" Score="0" />
+  <row Id="6" PostTypeId="2" ParentId="5" Score="3" Body="&lt;p&gt;only&lt;/p&gt;" />
+</posts>
+"""
+
+
+def test_answer_score_rule():
+    # round(log2(1 + 7)) = 3; round(log2(2)) = 1, +1 accepted = 2; negative -> -1
+    assert (answer_score(7, False), answer_score(1, True), answer_score(-2, False)) == (3, 2, -1)
+    assert answer_score(0, False) == 0
+
+
+def test_pairs_from_a_tiny_dump(tmp_path):
+    xml = tmp_path / "Posts.xml"
+    xml.write_text(POSTS)
+    rows = list(iter_pairs(xml))
+    # scores 3, 2, -1 all differ -> 3 pairs; question 5 has a single answer -> none
+    assert [(r["response_j"], r["response_k"]) for r in rows] == [
+        ("Seven", "One"),
+        ("Seven", "Minus"),
+        ("One", "Minus"),
+    ]
+    assert rows[0]["question"] == "# Why?\n\nTell me **why**."
+    assert (rows[0]["score_j"], rows[0]["score_k"], rows[0]["qid"]) == (3, 2, 1)
+    assert list(iter_pairs(xml, max_pairs=2)) != rows and len(list(iter_pairs(xml, 2))) == 2
+
+
+def test_html_to_markdown():
+    html = (
+        '<p>See <a href="http://x.org">this</a>:</p>'
+        "<pre><code>a = 1\n</code></pre><ul><li>one</li></ul>"
+    )
+    assert html_to_markdown(html) == "See [this](http://x.org):\n\n```\na = 1\n```\n\n- one"
+
+
+def test_malformed_dump_names_the_line(tmp_path):
+    xml = tmp_path / "Posts.xml"
+    xml.write_text("<posts>\n<row Id='1' PostTypeId='1'\n</posts>")
+    with pytest.raises(RmtrainError, match="line 3"):
+        list(iter_pairs(xml))
+
+
+def test_beer_dump_converts_to_the_published_count(tmp_path, capsys):
+    data = shared_data_or_skip()
+    out = tmp_path / "beer.jsonl"
+    xml = data / "stackexchange" / "beer.stackexchange.com-Posts.xml"
+    assert main(["prepare", "stackexchange", "--input", str(xml), "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 1267 and len({r["qid"] for r in rows}) == 384
+    assert all(r["score_j"] > r["score_k"] for r in rows)
+    assert "1267 pairs from 384 questions" in capsys.readouterr().out

@@ -1,0 +1,137 @@
+import json
+
+import numpy as np
+import pytest
+
+from rmtrain.cli import main
+from rmtrain.data.pairs import Pair
+from rmtrain.evaluation.evaluate import length_baseline, summarise, write_report
+
+
+def stub_pairs() -> tuple[list[Pair], np.ndarray, np.ndarray]:
+    """Four hand-made pairs with known rewards (a stub scorer) and lengths."""
+    pairs = [
+        Pair("p1", "long answer", "short", "p1", 0, extra={"subset": "math"}),  # longer chosen
+        Pair("p1", "tiny", "much longer", "p1", 1, extra={"subset": "math"}),  # shorter chosen
+        Pair("p2", "same", "size", "p2", 2, extra={"subset": "chat"}),  # equal length
+        Pair("p3", "abc", "abcdef", "p3", 3, extra={"subset": "chat"}),  # shorter chosen
+    ]
+    chosen = np.array([2.0, 1.0, 0.0, -1.0])
+    rejected = np.array([1.0, 3.0, -1.0, 0.0])
+    return pairs, chosen, rejected
+
+
+def test_metrics_baselines_and_subsets_are_exact():
+    pairs, chosen, rejected = stub_pairs()
+    res = summarise(pairs, chosen, rejected, {"rows_read": 4})
+    r = res.report
+    assert r["metrics"]["win_rate"] == 0.5  # pairs 0 and 2 right
+    # per prompt: p1 (1 - 1) / 2 = 0, p2 = 1, p3 = -1 -> mean 0
+    assert r["metrics"]["kendall_tau"] == pytest.approx(0.0)
+    # longer wins: pair 0 -> 1, pair 1 -> 0, pair 2 tie -> 0.5, pair 3 -> 0: 1.5 / 4
+    assert r["baselines"] == {"chance": 0.5, "longer_response": 0.375}
+    assert r["beats_length_baseline"] is True
+    assert r["subsets"] == {
+        "chat": {"win_rate": 0.5, "pairs": 2},
+        "math": {"win_rate": 0.5, "pairs": 2},
+    }
+    assert r["metrics"]["margin_mean"] == pytest.approx((1 - 2 + 1 - 1) / 4)
+    assert r["metrics"]["chosen_reward_std"] == pytest.approx(np.std([2.0, 1.0, 0.0, -1.0]))
+
+
+def test_model_below_length_baseline_is_flagged(tmp_path):
+    pairs, chosen, rejected = stub_pairs()
+    res = summarise(
+        pairs,
+        chosen - 5.0,
+        rejected,
+        {
+            "rows_read": 4,
+            "malformed_total": 0,
+            "truncated": 0,
+            "dropped_total": 0,
+            "scored_pairs": 4,
+        },
+    )
+    assert res.report["metrics"]["win_rate"] == 0.0
+    assert res.report["beats_length_baseline"] is False
+    report = write_report({"stub": res}, tmp_path, "stub-model")
+    md = (tmp_path / "report.md").read_text()
+    assert "does not beat the prefer-the-longer-response" in md
+    for name in report["datasets"]["stub"]["plots"]:
+        png = tmp_path / name
+        assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_length_baseline_ties_count_half():
+    assert length_baseline(np.array([3, 2, 5]), np.array([1, 2, 9])) == pytest.approx(0.5)
+
+
+def write_formats(tmp_path) -> list[str]:
+    user = {"role": "user", "content": "How do I get started with bread?"}
+    good = "Start with the flour and pay attention to the yeast."
+    bad = "Whatever, just search the internet."
+    rows = {
+        "explicit.jsonl": {"prompt": user["content"], "chosen": good, "rejected": bad},
+        "se.jsonl": {"qid": 1, "question": user["content"], "response_j": good, "response_k": bad},
+        "hh.jsonl": {
+            "chosen": f"\n\nHuman: {user['content']}\n\nAssistant: {good}",
+            "rejected": f"\n\nHuman: {user['content']}\n\nAssistant: {bad}",
+        },
+        "conv.jsonl": {
+            "prompt": [user],
+            "chosen": [{"role": "assistant", "content": good}],
+            "rejected": [{"role": "assistant", "content": bad}],
+        },
+    }
+    paths = []
+    for name, row in rows.items():
+        path = tmp_path / name
+        path.write_text((json.dumps(row) + "\n") * 3)
+        paths.append(str(path))
+    return paths
+
+
+def test_rmtrain_eval_on_a_trained_model_writes_every_file(trained, tmp_path):
+    model, _ = trained
+    sources = write_formats(tmp_path)
+    args = ["eval", "--model", str(model), "--output", str(tmp_path / "rep")]
+    for s in sources:
+        args += ["--dataset", s]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert list(report["datasets"]) == sources
+    win_rates = set()
+    for r in report["datasets"].values():
+        assert r["counts"]["scored_pairs"] == 3 and r["counts"]["rows_read"] == 3
+        assert r["scoring"]["pairs_per_s"] > 0
+        for png in r["plots"]:
+            assert (tmp_path / "rep" / png).stat().st_size > 1000
+        win_rates.add(r["metrics"]["win_rate"])
+    assert win_rates <= {0.0, 1.0}  # three identical rows: all right or all wrong
+    assert (tmp_path / "rep" / "report.md").read_text().count("## ") == 4
+
+
+def test_training_writes_the_report_and_a_model_card(trained):
+    model, _ = trained
+    metrics = json.loads((model / "metrics.json").read_text())["metrics"]
+    report = json.loads((model / "eval_report" / "report.json").read_text())
+    held_out = report["datasets"]["held-out split"]
+    assert held_out["metrics"]["win_rate"] == pytest.approx(metrics["win_rate"])
+    assert held_out["counts"]["scored_pairs"] == metrics["num_pairs"]
+    assert "longer_response" in held_out["baselines"] and held_out["scoring"]["pairs_per_s"] > 0
+    # The reloaded model, scored by the standalone scorer, reproduces the trainer's evaluation.
+
+    from rmtrain.config import build_config, load_yaml
+    from rmtrain.serving.scorer import load_scorer
+    from rmtrain.training.recipe import prepare_data
+
+    cfg = build_config(load_yaml(model / "rmtrain_config.yaml"))
+    scorer = load_scorer(str(model))
+    scored = scorer.score_pairs(prepare_data(cfg, scorer.tokenizer).test_pairs)
+    rewards = np.concatenate([scored.chosen, scored.rejected])
+    assert rewards.mean() == pytest.approx(metrics["reward_mean"], abs=1e-5)
+    assert np.mean(scored.chosen > scored.rejected) == pytest.approx(metrics["win_rate"])
+    card = (model / "README.md").read_text()
+    assert "AutoModelForSequenceClassification.from_pretrained" in card
+    assert "builtin:tiny-qwen3" in card and "win_rate" in card

@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+from scipy.stats import kendalltau
+
+from rmtrain.evaluation.metrics import kendall_tau, reward_metrics, win_rate
+
+
+def test_win_rate_counts_ties_as_losses():
+    assert win_rate(np.array([1.0, 2.0, 0.5, 3.0]), np.array([0.0, 2.0, 1.0, 1.0])) == 0.5
+
+
+def test_kendall_tau_matches_scipy_on_a_full_ranking():
+    # One prompt, answers a > b > c (true ranks 3, 2, 1) with rewards 0.2, 0.9, 0.1.
+    rewards = {"a": 0.2, "b": 0.9, "c": 0.1}
+    pairs = [("a", "b"), ("a", "c"), ("b", "c")]  # every pair of the ranking, better first
+    chosen = np.array([rewards[x] for x, _ in pairs])
+    rejected = np.array([rewards[y] for _, y in pairs])
+    ours = kendall_tau(chosen, rejected, ["q"] * 3)
+    # By hand: (a,b) discordant, (a,c) concordant, (b,c) concordant -> (2 - 1) / 3 = 1/3.
+    assert ours == pytest.approx(1 / 3)
+    ref = kendalltau([0.2, 0.9, 0.1], [3, 2, 1]).statistic
+    assert ours == pytest.approx(ref)
+
+
+def test_kendall_tau_averages_over_prompts_not_pairs():
+    # Prompt p: 3 pairs all right (tau 1); prompt q: 1 pair wrong (tau -1) -> mean 0, not 0.5.
+    chosen = np.array([1.0, 1.0, 1.0, 0.0])
+    rejected = np.array([0.0, 0.0, 0.0, 1.0])
+    assert kendall_tau(chosen, rejected, ["p", "p", "p", "q"]) == pytest.approx(0.0)
+
+
+def test_reward_metrics_are_exact():
+    m = reward_metrics(np.array([1.0, 3.0]), np.array([0.0, 4.0]), ["a", "b"])
+    assert m["win_rate"] == 0.5
+    assert m["reward_mean"] == pytest.approx(2.0)
+    assert m["reward_std"] == pytest.approx(np.std([1.0, 3.0, 0.0, 4.0]))
+    assert m["chosen_reward_mean"] == 2.0 and m["rejected_reward_mean"] == 2.0
+    assert m["margin_mean"] == pytest.approx(0.0)
+    assert m["num_pairs"] == 2

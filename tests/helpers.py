@@ -1,0 +1,72 @@
+"""Helpers shared by tests: fixed features, tiny models and the reference loss/gradients.
+
+Tests import from here (never from each other); benchmarks import only the package.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rmtrain.modeling.losses import pairwise_loss
+from rmtrain.training.trainer import pair_rewards
+from tests.conftest import tiny_llama, tiny_qwen3
+
+FEATURES = [
+    {
+        "prompt_ids": [11, 12, 13],
+        "chosen_ids": [21, 22, 23, 24],
+        "rejected_ids": [31],
+        "pair_index": 0,
+    },
+    {"prompt_ids": [], "chosen_ids": [41, 42], "rejected_ids": [51, 52, 53], "pair_index": 1},
+    {"prompt_ids": [61] * 9, "chosen_ids": [62], "rejected_ids": [63, 64], "pair_index": 2},
+    {"prompt_ids": [7, 8], "chosen_ids": [9] * 6, "rejected_ids": [10] * 6, "pair_index": 3},
+]
+
+# pairs sharing prompts and answers: prefix trees compute each shared prefix once
+SHARED = [
+    {"prompt_ids": [5, 6], "chosen_ids": [7, 8], "rejected_ids": [9], "pair_index": 4},
+    {"prompt_ids": [5, 6], "chosen_ids": [7, 8], "rejected_ids": [10, 11], "pair_index": 5},
+    {"prompt_ids": [5, 6], "chosen_ids": [9], "rejected_ids": [10, 11], "pair_index": 6},
+    {"prompt_ids": [5, 6], "chosen_ids": [7, 8], "rejected_ids": [9], "pair_index": 7},
+    {"prompt_ids": [5], "chosen_ids": [6, 7], "rejected_ids": [6, 7, 8, 3], "pair_index": 8},
+]
+
+
+def make_model(arch: str, attn: str):
+    """A tiny random stock model (eval mode) and its pad id."""
+    if arch == "qwen3":
+        from rmtrain.modeling.loading import load_tokenizer
+
+        tok = load_tokenizer("builtin:tiny-qwen3")
+        model, pad = tiny_qwen3(tok, attn_implementation=attn), tok.pad_token_id
+    else:
+        model, pad = tiny_llama(200, 0), 0
+        model.config._attn_implementation = attn
+    return model.train(False), pad
+
+
+def prepared(model: Any, **options: Any) -> Any:
+    """`model` prepared by the speed door (for scoring unless `training=True` is given)."""
+    from rmtrain import speed
+
+    speed.install(model, speed.SpeedOptions(**{"training": False, **options}))
+    return model
+
+
+def loss_and_grads(model, batch, rewards=pair_rewards):
+    model.zero_grad()
+    chosen, rejected = rewards(model, batch)
+    loss = pairwise_loss(chosen, rejected)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return chosen.detach(), rejected.detach(), loss.detach(), grads
+
+
+def full_rewards(model, batch):
+    """The reference: values at every position from the untrimmed forward, then read."""
+    from rmtrain.modeling.rewards import token_values
+    from rmtrain.training.trainer import _read_rewards
+
+    args = (model, batch["input_ids"], batch.get("attention_mask"), batch["position_ids"])
+    return _read_rewards(token_values(*args, blocks=batch.get("attention_blocks")), batch)

@@ -1,0 +1,80 @@
+"""LoRA: only adapters and the head train; the head survives save/reload; merged == adapter."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rmtrain.cli import main
+from rmtrain.config import TrainConfig
+from rmtrain.modeling.loading import load_reward_model, load_tokenizer
+from rmtrain.modeling.lora import load_adapter_model
+from rmtrain.serving.scorer import load_scorer
+from rmtrain.training.recipe import prepare_data
+from tests.conftest import tiny_train_args, write_demo
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lora")
+    data = write_demo(tmp / "prefs.jsonl", 60, seed=8)
+    common = [
+        "--lr",
+        "1e-2",
+        "--max-steps",
+        "5",
+        "--seed",
+        "11",
+        "--lora-r",
+        "4",
+        "--lora-alpha",
+        "8",
+    ]
+    assert main(tiny_train_args(data, tmp / "adapter", *common)) == 0
+    assert main(tiny_train_args(data, tmp / "merged", *common, "--merge-lora")) == 0
+    return tmp, data
+
+
+def test_only_adapters_and_head_change(runs):
+    tmp, _ = runs
+    tok = load_tokenizer("builtin:tiny-qwen3")
+    fresh = load_reward_model("builtin:tiny-qwen3", tok.pad_token_id, seed=11)
+    trained = load_adapter_model(tmp / "adapter", tok.pad_token_id)
+    base = dict(fresh.named_parameters())
+    changed = set()
+    for name, p in trained.named_parameters():
+        key = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        if "lora_" in name:
+            changed.add("lora")
+        elif "modules_to_save" in name:
+            assert not torch.equal(p, base["score.weight"]), "the head did not train"
+            changed.add("head")
+        elif "original_module" not in name:
+            assert torch.equal(p, base[key]), f"{name} changed but is not an adapter or the head"
+    assert changed == {"lora", "head"}
+    lora_b = [p for n, p in trained.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in lora_b)  # lora_B starts at zero
+
+
+def test_head_survives_reload_and_merged_equals_adapter(runs):
+    tmp, data = runs
+    metrics = json.loads((tmp / "adapter" / "metrics.json").read_text())["metrics"]
+    cfg = TrainConfig(
+        model="builtin:tiny-qwen3",
+        dataset=str(data),
+        frac=1.0,
+        max_length=96,
+        seed=11,
+        report_to=["none"],
+    )
+    tok = load_tokenizer(cfg.model)
+    test_pairs = prepare_data(cfg, tok).test_pairs
+    adapter = load_scorer(str(tmp / "adapter")).score_pairs(test_pairs)
+    merged = load_scorer(str(tmp / "merged")).score_pairs(test_pairs)
+    both = np.concatenate([adapter.chosen, adapter.rejected])
+    assert both.mean() == pytest.approx(metrics["reward_mean"], abs=1e-5)  # trained head back
+    assert np.allclose(adapter.chosen, merged.chosen, atol=1e-4)
+    assert np.allclose(adapter.rejected, merged.rejected, atol=1e-4)
+    assert (tmp / "merged" / "config.json").is_file()
+    assert not (tmp / "merged" / "adapter_config.json").exists()

@@ -1,0 +1,245 @@
+"""Resume after a crash, atomic checkpoints, data validation and numeric guards."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rmtrain.cli import main
+from rmtrain.config import build_config
+from rmtrain.data.builtin import demo_rows
+from rmtrain.errors import RmtrainError
+from rmtrain.training.recipe import run_train
+from tests.conftest import count_calls, tiny_train_args, write_demo
+
+ROOT = Path(__file__).resolve().parents[2]
+EVAL_KEYS = ("win_rate", "kendall_tau", "loss", "reward_mean", "reward_std", "margin_mean")
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    return write_demo(tmp_path_factory.mktemp("data") / "prefs.jsonl", 80, seed=5)
+
+
+def train_args(data, out, *extra):
+    steps = ["--lr", "1e-3", "--max-steps", "8", "--save-steps", "2", "--seed", "7"]
+    return tiny_train_args(data, out, *steps, "--logging-steps", "1", *extra)
+
+
+def cli(args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "rmtrain", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def same_model(a: Path, b: Path) -> None:
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    ma = json.loads((a / "metrics.json").read_text())["metrics"]
+    mb = json.loads((b / "metrics.json").read_text())["metrics"]
+    assert {k: ma[k] for k in EVAL_KEYS} == {k: mb[k] for k in EVAL_KEYS}
+
+
+def test_sigkill_then_resume_equals_uninterrupted(data_file, tmp_path):
+    ref = cli(train_args(data_file, tmp_path / "ref"))
+    assert ref.wait(300) == 0, ref.stderr.read()
+    kill_at = random.Random().choice([2, 4, 6])
+    out = tmp_path / "killed"
+    proc = cli(train_args(data_file, out))
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / f"checkpoint-{kill_at}").exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before the kill"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "config.json").exists()  # no finished model after the kill
+    resumed = cli(train_args(data_file, out, "--resume"))
+    assert resumed.wait(300) == 0, resumed.stderr.read()
+    same_model(tmp_path / "ref", out)
+
+
+def test_kill_while_saving_a_checkpoint_leaves_a_resumable_state(data_file, tmp_path, monkeypatch):
+    from transformers import Trainer
+
+    real = Trainer._save_rng_state
+
+    def dies_at_step_6(self, output_dir):
+        if self.state.global_step == 6:
+            raise KeyboardInterrupt("killed while writing checkpoint-6")
+        return real(self, output_dir)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(Trainer, "_save_rng_state", dies_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(build_config(_as_config(train_args(data_file, out))))
+    monkeypatch.setattr(Trainer, "_save_rng_state", real)
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert (ckpts / ".staging" / "checkpoint-6" / "model.safetensors").exists()  # the broken one
+    from rmtrain.training.trainer import latest_checkpoint
+
+    assert latest_checkpoint(ckpts).name == "checkpoint-4"
+    assert main(train_args(data_file, out, "--resume")) == 0
+    assert (out / "config.json").is_file()
+
+
+def _as_config(args):
+    """CLI args list -> config mapping (for in-process calls)."""
+    from rmtrain.cli import build_parser
+    from rmtrain.config import TrainConfig, config_from_args
+
+    return config_from_args(build_parser().parse_args(args), TrainConfig).to_dict()
+
+
+def test_nan_loss_stops_with_step_and_checkpoint(data_file, tmp_path, monkeypatch):
+    import rmtrain.training.trainer as tr
+
+    calls = {"n": 0}
+    real = tr.pairwise_loss
+
+    def poisoned(*a, **kw):
+        calls["n"] += 1
+        loss = real(*a, **kw)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(tr, "pairwise_loss", poisoned)
+    with pytest.raises(RmtrainError) as err:
+        run_train(build_config(_as_config(train_args(data_file, tmp_path / "nan"))))
+    msg = str(err.value)
+    assert "non-finite loss at step 3" in msg and "checkpoint-2" in msg and "--lr" in msg
+    assert not (tmp_path / "nan" / "config.json").exists()
+
+
+@pytest.mark.parametrize("clip", [[], ["--max-grad-norm", "0"]], ids=["clipped", "unclipped"])
+def test_nan_gradient_is_caught(data_file, tmp_path, monkeypatch, clip):
+    """Caught from the norm Trainer computes anyway, with clipping on or off."""
+    import rmtrain.training.trainer as tr
+
+    def hook(grad):
+        return grad * float("nan")
+
+    real = tr.pair_rewards
+
+    def poisoned(model, batch):
+        c, r = real(model, batch)
+        if model.training:
+            c.register_hook(hook)
+        return c, r
+
+    monkeypatch.setattr(tr, "pair_rewards", poisoned)
+    with pytest.raises(RmtrainError, match="non-finite gradient at step 1"):
+        run_train(build_config(_as_config(train_args(data_file, tmp_path / "g", *clip))))
+
+
+def test_one_pass_over_the_gradients_for_the_norm_per_step(data_file, tmp_path, monkeypatch):
+    """The non-finite check reuses Trainer's norm (on CPU, that of clipping folded into fused
+    AdamW, `rmtrain.clip`): one pass over the gradients per step, not a second pass of a guard
+    callback."""
+    from rmtrain.speed import clip
+
+    passes = count_calls(monkeypatch, clip, "total_norm")
+    foreach = count_calls(monkeypatch, torch, "_foreach_norm")
+    args = tiny_train_args(data_file, tmp_path / "n", "--max-steps", "3")
+    run_train(build_config(_as_config(args)))
+    assert len(passes) == 3 and foreach == []
+
+
+def test_guard_callback_stops_at_a_non_finite_gradient(tmp_path):
+    """The fallback for Trainer releases without `_get_grad_norm`."""
+    from types import SimpleNamespace
+
+    from rmtrain.training.trainer import NonFiniteGuard
+
+    model = torch.nn.Linear(2, 1)
+    model.weight.grad = torch.tensor([[1.0, float("inf")]])
+    args = SimpleNamespace(output_dir=str(tmp_path), learning_rate=1e-3)
+    state = SimpleNamespace(global_step=4)
+    with pytest.raises(RmtrainError, match="non-finite gradient at step 5"):
+        NonFiniteGuard().on_pre_optimizer_step(args, state, None, model=model)
+    model.weight.grad = torch.ones(1, 2)
+    NonFiniteGuard().on_pre_optimizer_step(args, state, None, model=model)
+
+
+BAD_ROWS = [
+    {"prompt": "p0", "chosen": "fine", "rejected": "worse"},  # 0 good
+    {"prompt": "p1", "chosen": None, "rejected": "r"},  # 1 missing_field
+    {"prompt": "p2", "chosen": ["not", "text"], "rejected": "r"},  # 2 not_text
+    {"prompt": "p3", "chosen": "same", "rejected": "same"},  # 3 identical
+    {"prompt": "p4", "chosen": "", "rejected": "r"},  # 4 empty_text
+    {"prompt": "p5", "chosen": "bad \ufffd bytes", "rejected": "r"},  # 5 invalid_utf8
+    {"prompt": "p6", "chosen": "c", "rejected": "r", "margin": "big"},  # 6 bad_margin
+    {"prompt": "p7", "chosen": "ok", "rejected": "fine too"},  # 7 good
+]
+
+
+def write_bad(tmp_path) -> Path:
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in BAD_ROWS) + "{broken json\n")
+    return path
+
+
+def test_validate_reports_exact_counts_and_indices(tmp_path, capsys):
+    path = write_bad(tmp_path)
+    report_path = tmp_path / "report.json"
+    code = main(["validate", "--dataset", str(path), "--output", str(report_path)])
+    assert code == 2  # 7 of 9 rows bad > 1%
+    report = json.loads(report_path.read_text())
+    assert report["rows_read"] == 9 and report["bad_rows"] == 7
+    assert report["rows"] == [
+        {"row": 1, "reason": "missing_field"},
+        {"row": 2, "reason": "not_text"},
+        {"row": 3, "reason": "identical"},
+        {"row": 4, "reason": "empty_text"},
+        {"row": 5, "reason": "invalid_utf8"},
+        {"row": 6, "reason": "bad_margin"},
+        {"row": 8, "reason": "invalid_json"},
+    ]
+    assert "--max-bad-fraction" in capsys.readouterr().err
+
+
+def test_too_long_rows_are_bad_and_strict_stops_training(tmp_path, qwen_tokenizer):
+    from rmtrain.data.validation import validate_dataset
+
+    rows = [{"prompt": "p", "chosen": "a b", "rejected": "c d"}] * 3
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    counts = validate_dataset(str(path), qwen_tokenizer, max_length=2, chat=True)
+    assert counts.bad_rows == [(0, "too_long"), (1, "too_long"), (2, "too_long")]
+    data = tmp_path / "mostly_good.jsonl"
+    good = demo_rows(40, seed=2)
+    data.write_text("".join(json.dumps(r) + "\n" for r in good + [BAD_ROWS[1]]))
+    out = tmp_path / "strict"
+    args = train_args(data, out, "--strict")
+    assert main(args) == 2
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["rows"] == [{"row": 40, "reason": "missing_field"}]
+    assert main([*train_args(data, tmp_path / "lenient"), "--max-bad-fraction", "0.05"]) == 0
+
+
+def test_output_dir_safety(tmp_path, data_file, capsys, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(train_args(data_file, blocker / "sub")) == 2
+    assert "cannot write" in capsys.readouterr().err
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10, 9, 1))
+    assert main(train_args(data_file, tmp_path / "full")) == 2
+    assert "MiB free" in capsys.readouterr().err

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+from transformers import EvalPrediction
+
+from rmtrain.training.trainer import EpochSeededRandomSampler, make_compute_metrics
+
+
+def test_eval_metrics_are_exact_over_pairs_and_deduplicated():
+    sink = {}
+    compute = make_compute_metrics(["a", "a", "b"], sink, margins=[0.0, 1.0, 0.0])
+    # pair 2 appears twice (padding of the last batch across ranks): counted once
+    preds = np.array([[2.0, 0.0], [0.0, 0.0], [1.0, 3.0], [1.0, 3.0]])
+    m = compute(EvalPrediction(predictions=preds, label_ids=np.array([0, 1, 2, 2])))
+    assert m["num_pairs"] == 3 and m["win_rate"] == pytest.approx(1 / 3)
+    # -log sigmoid(2) = 0.126928, -log sigmoid(0 - 1) = 1.313262, -log sigmoid(-2) = 2.126928
+    assert m["loss"] == pytest.approx((0.126928 + 1.313262 + 2.126928) / 3, abs=1e-5)
+    # prompt a: pair 0 right, pair 1 tie -> (1 + 0) / 2; prompt b: -1 -> mean -0.25
+    assert m["kendall_tau"] == pytest.approx(-0.25)
+    assert sink["index"].tolist() == [0, 1, 2]
+
+
+def test_seeded_sampler_is_the_same_in_every_process_and_epoch_dependent():
+    a, b = EpochSeededRandomSampler(10, 5), EpochSeededRandomSampler(10, 5)
+    assert list(a) == list(b) and sorted(a) == list(range(10))
+    b.set_epoch(1)
+    assert list(a) != list(b)
+
+
+def test_training_step_runs_backward_under_the_attention_backends(tmp_path, monkeypatch):
+    """Checkpointed layers recompute their forward during backward: the SDPA kernel choice must
+    hold there too, so the whole step, backward included, runs inside `speed.sdpa_backends`."""
+    import contextlib
+
+    from transformers import TrainingArguments
+
+    import rmtrain.training.trainer as trainer_mod
+    from rmtrain.batching.collate import PairCollator
+    from rmtrain.training.trainer import PairwiseRewardTrainer
+    from tests.helpers import FEATURES, make_model
+
+    model, pad = make_model("llama", "sdpa")
+    state = {"inside": 0, "grad_seen_inside": []}
+
+    @contextlib.contextmanager
+    def recording(device):  # nested: the step's, and each forward's own
+        state["inside"] += 1
+        try:
+            yield
+        finally:
+            state["inside"] -= 1
+
+    monkeypatch.setattr(trainer_mod.speed, "sdpa_backends", recording)
+    model.model.embed_tokens.weight.register_hook(
+        lambda g: state["grad_seen_inside"].append(state["inside"] > 0)
+    )
+    args = TrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, report_to=[], remove_unused_columns=False
+    )
+    trainer = PairwiseRewardTrainer(model=model, args=args, data_collator=PairCollator(pad))
+    trainer.current_gradient_accumulation_steps = 1  # set by train() in a real run
+    loss = trainer.training_step(trainer.model, PairCollator(pad)(FEATURES[:2]))
+    assert float(loss) > 0 and state["grad_seen_inside"] == [True] and not state["inside"]
+
+
+def test_prompt_grouped_sampler_keeps_a_prompts_pairs_together():
+    from rmtrain.training.trainer import PromptGroupedSampler
+
+    keys = ["a", "b", "a", "c", "b", "a", "d"]
+    sampler = PromptGroupedSampler(keys, seed=7)
+    order = list(sampler)
+    assert sorted(order) == list(range(7)) and len(sampler) == 7
+    runs = [keys[i] for i in order]
+    # each prompt's pairs are one contiguous run
+    assert len([k for j, k in enumerate(runs) if j == 0 or runs[j - 1] != k]) == 4
+    assert list(PromptGroupedSampler(keys, seed=7)) == order  # same in every process
+    orders = set()
+    for epoch in range(6):
+        sampler.set_epoch(epoch)
+        orders.add(tuple(sampler))
+    assert len(orders) > 1  # reshuffled per epoch
