@@ -223,9 +223,9 @@ def test_activations_are_capped_by_default_unless_something_else_sets_the_memory
     """A 400-token batch keeps more than the tiny Llama's 347,648 gradient bytes (see
     tests/speed/test_lean.py), so the default recomputes both MLPs; checkpointing, LoRA and plain
     modules leave them alone."""
+    from rmtrain import speed
     from rmtrain.cli import build_parser
     from rmtrain.config import TrainConfig, config_from_args
-    from rmtrain import speed
     from rmtrain.training.recipe import checkpointing, speed_options
     from tests.conftest import tiny_llama
 
