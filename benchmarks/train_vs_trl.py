@@ -226,7 +226,7 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
     from rmtrain.batching.collate import make_eval_collator, pair_tokens
     from rmtrain.config import TrainConfig
     from rmtrain.modeling.rewards import attention_cost_ratio
-    from rmtrain.training.recipe import (
+    from rmtrain.training.settings import (
         checkpointing,
         speed_options,
         train_collator,

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -321,53 +319,6 @@ def _tree_problems(cfg: TrainConfig) -> list[str]:
     if trees and cfg.packing != "prefix_sharing" and not cfg.group_by_prompt:
         return [f"{trees} needs --packing prefix_sharing"]
     return []
-
-
-def _base_type(tp: Any) -> Any:
-    """`int | None` -> int; `list[str]` -> str (argparse uses nargs for lists)."""
-    args = [a for a in typing.get_args(tp) if a is not type(None)]
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType) and len(args) == 1:
-        return _base_type(args[0])
-    if origin is list:
-        return args[0]
-    return tp
-
-
-def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
-    """One flag per dataclass field, under its group's heading; defaults are SUPPRESSed so only
-    the flags given override YAML."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    groups = GROUPS if cls is TrainConfig else {"options": tuple(fields)}
-    for title, names in groups.items():
-        section = parser.add_argument_group(title)
-        for name in names:
-            _add_flag(section, fields[name], hints[name])
-
-
-def _add_flag(section: Any, f: dataclasses.Field, hint: Any) -> None:
-    flag = "--" + f.name.replace("_", "-")
-    base = _base_type(hint)
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    help_text = f"{f.metadata['help']} (default: {default})"
-    kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-    if base is bool:
-        kwargs.update(nargs="?", const=True, type=_parse_bool)
-    else:
-        kwargs["type"] = base
-        for key in ("nargs", "const", "action"):
-            if key in f.metadata:
-                kwargs[key] = f.metadata[key]
-    section.add_argument(flag, **kwargs)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -3,15 +3,10 @@ import json
 
 import pytest
 
-from rmtrain.data.pairs import (
-    detect_format,
-    load_rows,
-    parse_hh_transcript,
-    read_pairs,
-    sample_indices,
-    split_by_group,
-    split_common_prefix,
-)
+from rmtrain.data.formats import detect_format, parse_hh_transcript, split_common_prefix
+from rmtrain.data.pairs import read_pairs
+from rmtrain.data.reading import load_rows
+from rmtrain.data.splits import sample_indices, split_by_group
 from rmtrain.errors import RmtrainError
 from tests.conftest import write_jsonl
 
@@ -136,7 +131,7 @@ def test_parse_hh_transcript_rejects_other_text():
 def test_a_jsonl_line_that_looks_like_an_array_is_one_row(tmp_path, line):
     """Found by the line-preservation property: a .jsonl file whose first line opens a JSON
     array was read as an array, which failed on `[` and swallowed or split lines otherwise."""
-    from rmtrain.data.pairs import _InvalidJson, read_json_rows
+    from rmtrain.data.reading import _InvalidJson, read_json_rows
 
     path = tmp_path / "x.jsonl"
     path.write_text(line + "\n" + json.dumps({"prompt": "p"}) + "\n")

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from rmtrain.cli import main
-from rmtrain.data.pairs import Pair, mix_weighted, parse_dataset_spec
+from rmtrain.data.pairs import Pair
+from rmtrain.data.splits import mix_weighted, parse_dataset_spec
 from rmtrain.errors import RmtrainError
 from rmtrain.modeling.losses import lm_loss
 from tests.conftest import tiny_train_args, write_demo

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from rmtrain.batching.collate import PackedCollator, PairCollator
 from rmtrain.data.layout import encode_pairs
-from rmtrain.data.pairs import read_json_rows, read_pairs
+from rmtrain.data.pairs import read_pairs
+from rmtrain.data.reading import read_json_rows
 from rmtrain.errors import RmtrainError
 
 text = st.text(max_size=60)

@@ -3,7 +3,8 @@
 import json
 
 from rmtrain.data.layout import encode_pairs
-from rmtrain.data.pairs import load_rows, read_pairs
+from rmtrain.data.pairs import read_pairs
+from rmtrain.data.reading import load_rows
 from rmtrain.data.stackexchange import iter_pairs
 from tests.conftest import shared_data_or_skip
 

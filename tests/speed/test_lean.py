@@ -15,7 +15,7 @@ from tests.helpers import FEATURES, loss_and_grads, make_model, prepared
 
 def _saved_floats(model, batch) -> int:
     """Floats in the distinct tensors autograd keeps for backward (parameters excluded), every
-    layer run at every position (`rmtrain.last_layer` is tested on its own)."""
+    layer run at every position (`speed.last_layer` is tested on its own)."""
     from tests.helpers import full_rewards
 
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}

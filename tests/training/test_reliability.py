@@ -150,7 +150,7 @@ def test_nan_gradient_is_caught(data_file, tmp_path, monkeypatch, clip):
 
 def test_one_pass_over_the_gradients_for_the_norm_per_step(data_file, tmp_path, monkeypatch):
     """The non-finite check reuses Trainer's norm (on CPU, that of clipping folded into fused
-    AdamW, `rmtrain.clip`): one pass over the gradients per step, not a second pass of a guard
+    AdamW, `speed.clip`): one pass over the gradients per step, not a second pass of a guard
     callback."""
     from rmtrain.speed import clip
 

@@ -168,7 +168,7 @@ def test_training_collator_follows_prefix_trees(extra, cuda, trees, monkeypatch)
     from rmtrain.batching.collate import PackedCollator, PrefixTreeCollator
     from rmtrain.cli import build_parser
     from rmtrain.config import TrainConfig, config_from_args
-    from rmtrain.training.recipe import train_collator
+    from rmtrain.training.settings import train_collator
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     argv = ["train", "--dataset", "d.jsonl", *extra]
@@ -226,7 +226,7 @@ def test_activations_are_capped_by_default_unless_something_else_sets_the_memory
     from rmtrain import speed
     from rmtrain.cli import build_parser
     from rmtrain.config import TrainConfig, config_from_args
-    from rmtrain.training.recipe import checkpointing, speed_options
+    from rmtrain.training.settings import checkpointing, speed_options
     from tests.conftest import tiny_llama
 
     model = tiny_llama(200, 0)
@@ -242,7 +242,7 @@ def test_several_gpus_in_one_process_train_on_one(tmp_path, capsys):
     batch's packed rows across replicas (wrong rewards): one process keeps one device."""
     from transformers import TrainingArguments
 
-    from rmtrain.training.recipe import one_device_per_process
+    from rmtrain.training.settings import one_device_per_process
 
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=2)
     assert str(args.device) == "cpu"  # device set up; now pretend it found 4 GPUs
@@ -258,7 +258,12 @@ def test_several_gpus_in_one_process_train_on_one(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "flags,cuda,calls",
-    [([], False, 1), (["--retain-freed-memory", "false"], False, 0), ([], True, 0)],
+    [
+        ([], False, 1),
+        (["--retain-freed-memory", "false"], False, 0),
+        (["--speed", "off"], False, 0),
+        ([], True, 0),
+    ],
 )
 def test_allocator_tuned_for_cpu_training_unless_turned_off(monkeypatch, flags, cuda, calls):
     import rmtrain.training.recipe as train_module

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from transformers import EvalPrediction
 
-from rmtrain.training.trainer import EpochSeededRandomSampler, make_compute_metrics
+from rmtrain.training.samplers import EpochSeededRandomSampler
+from rmtrain.training.trainer import make_compute_metrics
 
 
 def test_eval_metrics_are_exact_over_pairs_and_deduplicated():
@@ -63,7 +64,7 @@ def test_training_step_runs_backward_under_the_attention_backends(tmp_path, monk
 
 
 def test_prompt_grouped_sampler_keeps_a_prompts_pairs_together():
-    from rmtrain.training.trainer import PromptGroupedSampler
+    from rmtrain.training.samplers import PromptGroupedSampler
 
     keys = ["a", "b", "a", "c", "b", "a", "d"]
     sampler = PromptGroupedSampler(keys, seed=7)

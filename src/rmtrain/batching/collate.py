@@ -224,7 +224,7 @@ def row_blocks(
     sizes: Sequence[Sequence[int]], forks: Sequence[Sequence[tuple[int, int]]] | None = None
 ) -> torch.Tensor:
     """[rows, most blocks in a row]: each row's block sizes in column order, 0-padded; with
-    `forks`, [rows, blocks, 3] of (size, p, c) (`rmtrain.attention.Blocks`). Rows are block
+    `forks`, [rows, blocks, 3] of (size, p, c) (`speed.attention.Blocks`). Rows are block
     diagonal (no token attends outside its pair or tree), which lets attention run per block."""
     entries: Sequence[Sequence[Any]] = sizes
     if forks is not None:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from rmtrain.data.layout import encode_pairs_detailed
-from rmtrain.data.pairs import DataCounts, Pair, load_rows, read_pairs
+from rmtrain.data.pairs import DataCounts, Pair, read_pairs
+from rmtrain.data.reading import load_rows
 from rmtrain.errors import RmtrainError
 
 

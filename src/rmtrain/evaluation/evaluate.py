@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from rmtrain.data.pairs import Pair, load_rows, read_pairs
+from rmtrain.data.pairs import Pair, read_pairs
+from rmtrain.data.reading import load_rows
 from rmtrain.errors import RmtrainError
 from rmtrain.evaluation.metrics import reward_metrics
 
@@ -143,10 +144,11 @@ def run_eval(
     max_length: int | None = None,
     batch: int | None = None,
     split: str = "train",
+    speed_mode: str = "auto",
 ) -> dict[str, Any]:
     from rmtrain.serving.scorer import load_scorer
 
-    scorer = load_scorer(model_dir, max_length=max_length)
+    scorer = load_scorer(model_dir, max_length=max_length, speed_mode=speed_mode)
     if batch:
         scorer.token_budget = max(batch * 2 * scorer.max_length, 2 * scorer.max_length)
     results = {src: evaluate_source(scorer, src, split) for src in datasets}

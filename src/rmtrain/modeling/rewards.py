@@ -144,7 +144,7 @@ def attention_cost_ratio(config: Any) -> float:
     dense masked attention over n tokens costs (n^2 pairs) against the work per token.
 
     Q K^T and P V take 4 x heads x head_dim FLOPs per pair; the projections and a gated MLP
-    take 2 x their parameters per token. For SmolLM2-135M it is about 3.3e-4.
+    take 2 x their parameters per token.
     """
     try:
         hidden, heads = config.hidden_size, config.num_attention_heads

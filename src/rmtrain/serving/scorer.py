@@ -20,8 +20,8 @@ import torch
 from rmtrain import speed
 from rmtrain.batching.collate import pack_trees, sequence_ends
 from rmtrain.batching.prefix_tree import build_trees
+from rmtrain.data.formats import is_messages
 from rmtrain.data.layout import encode_batch, encode_pairs, fit_single, uses_chat_template
-from rmtrain.data.pairs import is_messages
 from rmtrain.errors import RmtrainError
 from rmtrain.modeling.loading import choose_pad_token, saved_options
 from rmtrain.modeling.rewards import attention_cost_ratio, unwrap, values_at

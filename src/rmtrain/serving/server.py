@@ -281,6 +281,7 @@ def serve(
     max_length: int | None = None,
     dynamic_batching: bool = True,
     trust_remote_code: bool = False,
+    speed_mode: str = "auto",
 ) -> None:
     import uvicorn
 
@@ -288,6 +289,11 @@ def serve(
 
     if not is_loopback(host) and not api_key:
         log.warning("serving on %s without --api-key: anyone who can reach it can use it", host)
-    scorer = load_scorer(model_dir, max_length=max_length, trust_remote_code=trust_remote_code)
+    scorer = load_scorer(
+        model_dir,
+        max_length=max_length,
+        trust_remote_code=trust_remote_code,
+        speed_mode=speed_mode,
+    )
     app = create_app(scorer, model_dir, api_key, limits, normalize, dynamic_batching)
     uvicorn.run(app, host=host, port=port, limit_concurrency=1024, timeout_keep_alive=5)

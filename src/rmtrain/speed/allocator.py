@@ -1,16 +1,15 @@
 """Keep memory freed during a training step in the process (CPU, glibc).
 
-Every step allocates its activations and gradients afresh and frees them at its end. By
-default glibc gives the free top of its heap back to the kernel once it exceeds a threshold
-(twice the mmap threshold, which it raises up to 32 MB), so the next step faults the same pages
-in again, each one zero-filled by the kernel: about 60,000 page faults (240 MB) per step of 2
-SE pairs on SmolLM2-135M. Here the trim threshold is lifted, so those pages stay mapped and are
-reused. The mmap threshold is fixed at glibc's own ceiling (32 MB; lifting the trim threshold
-alone would freeze it at 128 KB): larger blocks are still mapped and unmapped one by one. A
-heap serving them too ran as fast but grew step after step (one more 120 MB hole each time),
-so they stay out of it. Peak resident memory stays where the step puts it; only what a finished
-step frees is no longer given back. (`MALLOC_TRIM_THRESHOLD_` / `MALLOC_MMAP_THRESHOLD_` set
-the same from the environment, for any program.)
+Every step allocates its activations and gradients afresh and frees them at its end. By default
+glibc gives the free top of its heap back to the kernel once it exceeds a threshold (twice the
+mmap threshold, which it raises up to 32 MB), so the next step faults the same pages in again,
+each one zero-filled by the kernel. Here the trim threshold is lifted, so those pages stay
+mapped and are reused. The mmap threshold is fixed at glibc's own ceiling (32 MB; lifting the
+trim threshold alone would freeze it at 128 KB): larger blocks are still mapped and unmapped one
+by one. A heap serving them too grows step after step (fragmentation), so they stay out of it.
+Peak resident memory stays where the step puts it; only what a finished step frees is no longer
+given back. (`MALLOC_TRIM_THRESHOLD_` / `MALLOC_MMAP_THRESHOLD_` set the same from the
+environment, for any program.)
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ alone, so a row of k blocks of n tokens costs k n^2 instead of (k n)^2, and grou
 models keep their keys and values un-repeated (SDPA's `enable_gqa`) instead of copying them
 per query head and keeping the copies for backward. Within a block, a prefix-shared pair or a
 prefix tree runs run by run, each run of queries against only the keys it sees (on CPU
-through `rmtrain.flash`, in training too; elsewhere a tree trains as one masked call).
+through `speed.flash`, in training too; elsewhere a tree trains as one masked call).
 
 With `attention_flex` the row runs as one FlexAttention call instead, with a block mask built
 once per batch from the row's 4-D mask: the kernel skips the 128 x 128 tiles the mask blocks
@@ -171,7 +171,7 @@ def _forked(
 
 
 def _gathers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> bool:
-    """Whether forked blocks run as `rmtrain.flash.ForkedFlash` (and, training, tree blocks as
+    """Whether forked blocks run as `speed.flash.ForkedFlash` (and, training, tree blocks as
     `TreeFlash`): on CPU (its flash kernel is the one SDPA picks there), one dtype, no
     dropout."""
     return q.device.type == "cpu" and not dropout and q.dtype == k.dtype == v.dtype
@@ -183,7 +183,7 @@ def _tail_masks(blocks: Blocks, device: torch.device, dtype: torch.dtype, gather
     [tail, c + tail]: tail token i sees keys 0..p-1 (the prefix) and c..c+i (itself);
     `gathered`: [tail, p + tail] over the prefix's keys and the tail's. SDPA turns a boolean
     mask into a float copy in every call and keeps that copy for backward: one per layer,
-    24 MB of an SE step's 656 MB kept on SmolLM2. One float mask of the query's dtype is used
+    one mask per layer. One float mask of the query's dtype is used
     as is, so every layer keeps the same tensor (the forward's cache holds them)."""
     masks = {}
     for n, p, c in (b for row in blocks for b in row if not isinstance(b, int) and b[0] > b[2]):
@@ -203,7 +203,7 @@ def _tree(sdpa: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments
     then its own, causally (aligned bottom right), instead of one masked call over the whole
     tree, which computes every pair of the tree's tokens. Without gradients (scoring): the
     gathered copies would be kept for backward (training on CPU runs the segments in
-    `rmtrain.flash.TreeFlash`, which gathers again in backward). `segments` None: one call
+    `speed.flash.TreeFlash`, which gathers again in backward). `segments` None: one call
     with the block's `mask`."""
     if segments is None:
         return [sdpa(q, k, v, attn_mask=mask)]

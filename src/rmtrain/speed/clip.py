@@ -2,19 +2,17 @@
 
 `clip_grad_norm_` reads every gradient once for the norm, then reads and writes every one
 again to scale it, before the optimizer reads them a third time: on a CPU these are passes over
-memory (540 MB of gradients for SmolLM2-135M). Here the scale goes to the fused kernel as its
+memory (every gradient, each time). Here the scale goes to the fused kernel as its
 `grad_scale` (the divisor it applies for AMP's loss scaling, writing the gradients back
 unscaled), so scaling costs no pass of its own. Same clipped gradients and weights, to float
 rounding (a division by 1 / coef in place of a multiplication by coef).
 
 The norm is taken row by row (`total_norm`): `torch._foreach_norm`, which `clip_grad_norm_`
-uses, sums each gradient in one float accumulator, 3e-4 off on SmolLM2's 28M-element embedding
-gradient; rows of the last dimension sum exactly to float rounding, and the pass runs 1.7x
-faster on this CPU (`benchmarks/ab_session13.py norm -`).
+uses, sums each gradient in one float accumulator, which drifts on gradients of tens of millions
+of elements; rows of the last dimension sum exactly to float rounding, and faster.
 
-Taking each gradient's norm in a hook as backward makes it (still in cache) would save the
-norm's pass too, but raised SmolLM2's peak RSS by about 100 MB (3,556 against 3,450 MB,
-`benchmarks/ab_session12.py peak se hooks` / `plain`).
+Taking each gradient's norm in a hook as backward makes it would save the norm's pass too, but
+keeps per-parameter state alive through backward and raises peak memory, so it is not done.
 """
 
 from __future__ import annotations
@@ -65,7 +63,7 @@ def total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
 
 def folds_into(optimizer: Any) -> bool:
     """Whether clipping can ride on `optimizer`'s step: a fused torch Adam / AdamW whose
-    parameters are all on CPU (where it was measured) and that no AMP scaler drives."""
+    parameters are all on CPU and that no AMP scaler drives."""
     if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
         return False
     if not optimizer.defaults.get("fused") or hasattr(optimizer, "grad_scale"):

@@ -8,7 +8,7 @@ only the pairs it sees (a tail of r tokens r x (p + r), not r x (c + r) with the
 masked). Autograd would keep each run's gathered keys for backward; these Functions keep the
 block's q, k, v (kept anyway) and each call's output and logsumexp, gather the keys again in
 backward, and write each block's key and value gradients once. Same kernel and values as the
-masked SDPA call, to float rounding (`tests/test_attention.py`).
+masked SDPA call, to float rounding (`tests/speed/test_attention.py`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The elementwise work of the lean modules (`rmtrain.lean`) as pure functions, eager or fused.
+"""The elementwise work of the lean modules (`speed.lean`) as pure functions, eager or fused.
 
 Eagerly, each of these is several passes over memory, which bound their speed on a CPU;
 `torch.compile` turns each function into one loop. The functions take only tensors of a fixed

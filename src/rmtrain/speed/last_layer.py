@@ -3,10 +3,8 @@
 A reward model reads one value per response, at its last token. Every layer but the last must
 run at all positions (the next layer's keys and values read them), but the last layer's
 attention output projection and MLP feed nothing except the final norm and the value head at
-the same position. `only_rows` runs those two modules at the reward tokens alone. A SmolLM2
-SE step reads 4 values from ~950 tokens: the two modules are 84% of a layer's matrix work, so
-2.8% of the step's over 30 layers, and 11 MB of ~490 MB kept for backward
-(benchmarks/README.md, session 8). Keys, values and queries still run everywhere.
+the same position. `only_rows` runs those two modules at the reward tokens alone; keys, values
+and queries still run everywhere.
 
 The outputs at the other positions lack the two modules' contribution, so values read there
 are not rewards: callers pass the positions they read.

@@ -9,18 +9,21 @@ are cheap to recompute from tensors that are kept anyway:
 - the projections that read a norm's output (q/k/v, gate/up) and the MLP's down projection
   (reads SiLU(gate) * up) keep their input for the weight gradient: here they keep the
   recipe (the norm's input and 1/rms, or gate and up) and recompute the input in backward;
-- o_proj reads the concatenated outputs of `rmtrain.attention`'s blocks, each of which SDPA
+- o_proj reads the concatenated outputs of `speed.attention`'s blocks, each of which SDPA
   keeps for its own backward: it keeps those and concatenates them again in backward.
-On SmolLM2-135M the first two are 2,688 of the ~11,800 floats autograd keeps per token and layer
-(23%), the projections 2 x hidden + MLP width more (another 2,688); all of it elementwise work to
-redo. `cap_activations` goes one step further where a batch would keep more activations than
-the gradients take: it recomputes the MLPs of just enough first layers (their gate and up,
-two matrix products each) so that memory peaks with the gradients, as in any trainer.
-Only the module types listed below are touched (their forward is the same formula as
-transformers' own; projections only when they are plain `nn.Linear` outside DeepSpeed ZeRO-3;
-under autocast they cast as autocast's linear does); others keep theirs. The elementwise work
-itself is in `rmtrain.kernels`, eager or compiled (`make_lean(..., fuse=True)`). The attention
-modules' rotary embedding runs as one autograd node (`rmtrain.rotary`, same values).
+The first two save hidden-size floats per norm and MLP-width floats per MLP, per token and
+layer; the projections as many again; all of it elementwise work to redo. `cap_activations`
+goes one step further where a batch would keep more activations than the gradients take: it
+recomputes the MLPs of just enough first layers (their gate and up, two matrix products each)
+so that memory peaks with the gradients, as in any trainer.
+
+Only the module types listed below are touched, on one model's instances (their forward is the
+same formula as transformers' own; projections only when they are plain `nn.Linear` outside
+DeepSpeed ZeRO-3; under autocast they cast as autocast's linear does); others keep theirs.
+Which tensor can be recomputed from what is held in the model's `Recipes` table, never on the
+tensors. The elementwise work itself is in `speed.kernels`, eager or compiled
+(`make_lean(..., fuse=True)`). The attention modules' rotary embedding runs as one autograd
+node (`speed.rotary`, same values).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Rotary position embedding as one autograd node, for the Llama-style decoders `rmtrain.lean`
+"""Rotary position embedding as one autograd node, for the Llama-style decoders `speed.lean`
 makes lean.
 
 transformers applies RoPE as `q * cos + rotate_half(q) * sin`, where `rotate_half` is a negation

@@ -9,15 +9,9 @@ from typing import Any
 from rmtrain.batching.collate import pair_tokens
 from rmtrain.config import TrainConfig
 from rmtrain.data.layout import encode_pairs_detailed, uses_chat_template
-from rmtrain.data.pairs import (
-    DataCounts,
-    Pair,
-    load_rows,
-    mix_weighted,
-    parse_dataset_spec,
-    read_pairs,
-    split_by_group,
-)
+from rmtrain.data.pairs import DataCounts, Pair, read_pairs
+from rmtrain.data.reading import load_rows
+from rmtrain.data.splits import mix_weighted, parse_dataset_spec, split_by_group
 from rmtrain.data.validation import record_dropped
 from rmtrain.errors import RmtrainError
 

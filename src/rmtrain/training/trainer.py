@@ -3,7 +3,7 @@
 Only the hooks that differ are overridden: the loss (one forward over chosen + rejected), the
 prediction step (returns per-pair rewards and pair indices, so metrics are exact over the whole
 eval set), and a guard that the model is called with our inputs. Data and model logic live in
-`collate.py` and `model.py`.
+`batching/` and `modeling/`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch.utils.data import SequentialSampler
 from transformers import EvalPrediction, Trainer, TrainerCallback
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from rmtrain import speed
 from rmtrain.batching.collate import group_by_prompt
@@ -27,6 +26,11 @@ from rmtrain.errors import RmtrainError
 from rmtrain.evaluation.metrics import reward_metrics
 from rmtrain.modeling.losses import lm_loss, pairwise_loss
 from rmtrain.modeling.rewards import last_token_index, token_values, values_at
+from rmtrain.training.samplers import (
+    EpochSeededLengthSampler,
+    EpochSeededRandomSampler,
+    PromptGroupedSampler,
+)
 
 
 def pair_rewards(model: Any, batch: dict[str, torch.Tensor], with_hidden: bool = False) -> Any:
@@ -64,62 +68,6 @@ def _halves(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rewards[:half], rewards[half:]
 
 
-class EpochSeededLengthSampler(LengthGroupedSampler):
-    """Length-grouped order drawn from seed + epoch, not from the global RNG, so a resumed run
-    replays exactly the order the interrupted run was following."""
-
-    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
-        super().__init__(batch_size, lengths=lengths)
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Any:
-        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return super().__iter__()
-
-
-class EpochSeededRandomSampler(torch.utils.data.Sampler):
-    """A shuffle drawn from seed + epoch only: the same order in every process (so sharding
-    across ranks reproduces one process's global batches) and after a resume."""
-
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Any:
-        gen = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.n, generator=gen).tolist())
-
-
-class PromptGroupedSampler(EpochSeededRandomSampler):
-    """Pairs of one prompt next to each other, prompts and the pairs within each shuffled from
-    seed + epoch: consecutive pairs fill a batch, so a question's answers meet in one step
-    (InstructGPT trains on all comparisons of a prompt together) and prefix trees compute the
-    question, and an answer repeated across its pairs, once."""
-
-    def __init__(self, keys: Sequence[Any], seed: int) -> None:
-        super().__init__(len(keys), seed)
-        self.groups: dict[Any, list[int]] = {}
-        for i, key in enumerate(keys):
-            self.groups.setdefault(key, []).append(i)
-
-    def __iter__(self) -> Any:
-        gen = torch.Generator().manual_seed(self.seed + self.epoch)
-        groups = list(self.groups.values())
-        order = []
-        for g in torch.randperm(len(groups), generator=gen).tolist():
-            members = groups[g]
-            order += [members[i] for i in torch.randperm(len(members), generator=gen).tolist()]
-        return iter(order)
-
-
 class PairwiseRewardTrainer(Trainer):
     """Bradley-Terry reward-model training on `PairCollator` batches."""
 
@@ -154,7 +102,7 @@ class PairwiseRewardTrainer(Trainer):
 
     def _clip_grad_norm(self, model: Any) -> Any:
         """Trainer's clipping, folded into the step of a fused Adam(W) on CPU in a single
-        process (`rmtrain.clip`: one pass over the gradients instead of three)."""
+        process (`speed.clip`: one pass over the gradients instead of three)."""
         if self._folded_clip is None:
             inner = getattr(self.optimizer, "optimizer", self.optimizer)
             single = self.accelerator.distributed_type == "NO" and self.accelerator.scaler is None
@@ -166,8 +114,7 @@ class PairwiseRewardTrainer(Trainer):
     def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
         """Trainer's gradient norm, which it computes every step (for clipping, else for the
         log), checked before the optimizer step: a non-finite one stops training there. This
-        is `NonFiniteGuard`'s check without a second pass over every gradient (65 ms a step
-        for 135M parameters on 2 CPU cores)."""
+        is `NonFiniteGuard`'s check without a second pass over every gradient."""
         norm = super()._get_grad_norm(model, grad_norm=grad_norm)
         if norm is not None and not math.isfinite(float(norm)):
             raise non_finite("gradient", self.state.global_step + 1, self.args)

@@ -1,0 +1,70 @@
+"""Sampling (`--frac`), the held-out split by prompt, and weighted mixing of data sets."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+from rmtrain.data.pairs import Pair
+from rmtrain.errors import RmtrainError
+
+
+def sample_indices(n: int, frac: float, seed: int) -> list[int]:
+    """A deterministic sample of round(frac * n) rows (at least one), in source order."""
+    if n == 0:
+        raise RmtrainError("the data set is empty; pass a file with preference rows")
+    k = max(1, round(frac * n))
+    return sorted(random.Random(seed).sample(range(n), k))
+
+
+def split_by_group(pairs: list[Pair], test_size: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Deterministic split where all pairs of one prompt land on the same side (no leakage)."""
+    groups = sorted({p.group for p in pairs})
+    random.Random(seed).shuffle(groups)
+    target = round(test_size * len(pairs))
+    by_group = Counter(p.group for p in pairs)
+    test_groups: set[str] = set()
+    taken = 0
+    for g in groups:
+        if taken >= target:
+            break
+        test_groups.add(g)
+        taken += by_group[g]
+    if len(test_groups) == len(groups) and len(groups) > 1:
+        test_groups.discard(groups[-1])
+    train = [p for p in pairs if p.group not in test_groups]
+    test = [p for p in pairs if p.group in test_groups]
+    return train, test
+
+
+def parse_dataset_spec(spec: str) -> tuple[str, float | None]:
+    """`path:0.7` -> ('path', 0.7); a spec without a numeric suffix is a whole data set."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and head:
+        try:
+            weight = float(tail)
+        except ValueError:
+            return spec, None
+        if not weight > 0:
+            raise RmtrainError(f"mixing weight in {spec!r} must be positive")
+        return head, weight
+    return spec, None
+
+
+def mix_weighted(
+    parts: dict[str, list[Pair]], weights: dict[str, float], seed: int
+) -> dict[str, list[Pair]]:
+    """The largest mixture that honours the weights without repeating a pair.
+
+    With shares w_k (normalised) and n_k pairs available, the mixture has T = min_k n_k / w_k
+    pairs, round(w_k * T) drawn deterministically from data set k.
+    """
+    total = sum(weights.values())
+    shares = {k: w / total for k, w in weights.items()}
+    size = min(len(parts[k]) / shares[k] for k in parts)
+    out = {}
+    for i, (name, pairs) in enumerate(parts.items()):
+        take = min(len(pairs), round(shares[name] * size))
+        picked = sorted(random.Random(seed + i).sample(range(len(pairs)), take))
+        out[name] = [pairs[j] for j in picked]
+    return out

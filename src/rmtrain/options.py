@@ -1,0 +1,117 @@
+"""Typed options of the subcommands other than `train` (whose options are `config.TrainConfig`).
+
+Each dataclass is the single source of its subcommand's flags and help, as `TrainConfig` is for
+`train`; the CLI builds one and hands its fields to the orchestration by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rmtrain.config import _opt
+
+SPEED_HELP = (
+    "auto: rmtrain's exact speed-ups (prefix trees, per-block attention); off: the plain "
+    "transformers forward, to compare or bisect. Same rewards either way."
+)
+
+
+@dataclass
+class EvalConfig:
+    """`rmtrain eval`: a reward model on preference data sets, with a report and plots."""
+
+    model: str = _opt(None, "Model folder saved by rmtrain train.", required=True)
+    dataset: list[str] = _opt(
+        [],
+        "Data set (file or hub name, any training format); repeat for several.",
+        action="append",
+        required=True,
+    )
+    output: str = _opt(None, "Report folder (report.json, report.md, PNG plots).", required=True)
+    max_length: int | None = _opt(None, "Tokens per sequence (default: the training value).")
+    batch: int | None = _opt(None, "Pairs per forward pass (approximate).")
+    split: str = _opt("train", "Split of hub data sets.")
+    speed: str = _opt("auto", SPEED_HELP, choices=("auto", "off"))
+
+
+@dataclass
+class ScoreConfig:
+    """`rmtrain score`: rewards for the rows of a JSONL file, streamed."""
+
+    model: str = _opt(None, "Model folder saved by rmtrain train.", required=True)
+    input: str = _opt(None, "JSONL: prompt + response, messages, or text.", required=True)
+    output: str = _opt(None, "JSONL: each input row plus reward or error.", required=True)
+    batch: int = _opt(256, "Rows read and scored per chunk.")
+    max_length: int | None = _opt(None, "Tokens per row (default: the training value).")
+    normalize: bool = _opt(False, "Apply the saved reward mean / std.")
+    speed: str = _opt("auto", SPEED_HELP, choices=("auto", "off"))
+
+
+@dataclass
+class ServeConfig:
+    """`rmtrain serve`: the HTTP reward server."""
+
+    model: str = _opt(None, "Model folder saved by rmtrain train.", required=True)
+    host: str = _opt("127.0.0.1", "Bind address (loopback by default).")
+    port: int = _opt(8000, "Port.")
+    api_key: str | None = _opt(
+        None,
+        "Bearer token required on requests. Default: $RMTRAIN_API_KEY when set (its value is "
+        "never printed).",
+        show_default=False,
+    )
+    normalize: bool = _opt(False, "Apply the saved reward mean / std.")
+    max_length: int | None = _opt(
+        None, "Tokens per item (default: the training value); longer items are cut as in training."
+    )
+    max_items: int = _opt(64, "Items per request.")
+    max_body_bytes: int = _opt(2_000_000, "Request body limit in bytes.")
+    timeout: float = _opt(30.0, "Seconds per request.")
+    batch_wait_ms: float = _opt(5.0, "How long a request waits for others to batch with.")
+    dynamic_batching: bool = _opt(True, "Score concurrent requests together.")
+    trust_remote_code: bool = _opt(False, "Allow model code from the hub (off for safety).")
+    speed: str = _opt("auto", SPEED_HELP, choices=("auto", "off"))
+
+
+@dataclass
+class HpoConfig:
+    """`rmtrain hpo`: an Optuna study over training options."""
+
+    space: str = _opt(None, "Search space (YAML).", required=True)
+    n_trials: int = _opt(None, "Total trials in the study.", required=True)
+    output: str = _opt(None, "Study folder (trials, plots, best config).", required=True)
+    config: str | None = _opt(None, "Base training config (YAML).")
+    storage: str | None = _opt(None, "Optuna storage URL (default: SQLite in --output).")
+    study_name: str = _opt("rmtrain-hpo", "Study name.")
+    jobs: int = _opt(1, "Processes sharing the study.")
+    metric: str = _opt("win_rate", "Held-out metric to optimise.")
+    direction: str | None = _opt(
+        None,
+        "maximize or minimize (default: minimize for loss, else maximize).",
+        choices=("maximize", "minimize"),
+    )
+    pruner: str = _opt(
+        "median", "Stop poor trials early at eval steps.", choices=("median", "none")
+    )
+
+
+@dataclass
+class ValidateConfig:
+    """`rmtrain validate`: every row of a data set checked; bad rows written with their place."""
+
+    dataset: str = _opt(None, "File or hub name (any training format).", required=True)
+    model: str | None = _opt(None, "Tokenizer source for the length check (skipped without).")
+    max_length: int = _opt(512, "Token limit of the length check.")
+    max_bad_fraction: float = _opt(0.01, "Fail when more than this share of rows is bad.")
+    strict: bool = _opt(False, "Fail on any bad row.")
+    output: str = _opt("data_report.json", "Report path.")
+
+
+@dataclass
+class PrepareStackExchangeConfig:
+    """`rmtrain prepare stackexchange`: a dump's Posts.xml to stack-exchange-paired pairs."""
+
+    input: str = _opt(None, "Posts.xml or a site .7z dump.", required=True)
+    output: str = _opt(None, "Pairs file: .jsonl or .parquet.", required=True)
+    max_pairs_per_question: int = _opt(10, "Cap of pairs per question.")
+    seed: int = _opt(0, "Seed for sampling capped pairs.")
