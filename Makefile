@@ -31,7 +31,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/train_vs_trl.py --models smollm2 --datasets se --max-length 512 --steps 8 --repeats 4 --paths trl prefix_sharing
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -1,6 +1,6 @@
 """Reward server under load: 200 concurrent requests of mixed sizes over loopback.
 
-    python benchmarks/bench_serve.py [--model DIR] [--requests 200]
+    python benchmarks/serve_load.py [--model DIR] [--requests 200] [--output F]
 
 The server (`rmtrain serve`) runs in its own process; this process is the client. It runs the
 same load twice, with dynamic batching on and off, and prints errors, p50/p99 latency and
@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
 import socket
 import subprocess
@@ -25,7 +23,9 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, setup_record  # noqa: E402
+
 WORDS = [
     "flour",
     "yeast",
@@ -150,16 +150,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default=None)
     ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--output", default=None, help="also write the result JSON here")
     a = ap.parse_args()
     model = a.model or demo_model()
     reqs = make_requests(a.requests)
-    out: dict = {
-        "setup": {
-            "command": " ".join(["python", *sys.argv]),
-            "model": model,
-            "machine": f"{platform.machine()} {os.cpu_count()} cpus",
-        }
-    }
+    out: dict = {"setup": setup_record({"model": model, "requests": a.requests})}
     for dynamic in (True, False):
         proc, url = run_server(model, dynamic)
         try:
@@ -175,6 +170,8 @@ def main() -> None:
         out["dynamic_batching"]["items_per_s"] / out["no_batching"]["items_per_s"]
     )
     print(json.dumps(out))
+    if a.output:
+        Path(a.output).write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

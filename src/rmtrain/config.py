@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -370,9 +371,11 @@ def build_config(overrides: dict[str, Any], cls: type = TrainConfig) -> Any:
             f"unknown config keys {unknown}; valid keys are: {', '.join(sorted(names))}"
         )
     values = dict(overrides)
-    for key in ("report_to", "dataset"):
-        if isinstance(values.get(key), str):
-            values[key] = [values[key]]
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():  # a single value where the option takes a list
+        kinds = [hints.get(key), *typing.get_args(hints.get(key))]
+        if isinstance(value, str) and any(typing.get_origin(k) is list for k in kinds):
+            values[key] = [value]
     try:
         return cls(**values)
     except TypeError as exc:
@@ -385,7 +388,8 @@ def config_from_args(args: argparse.Namespace, cls: type = TrainConfig) -> Any:
     config_path = getattr(args, "config", None)
     if config_path:
         values.update(load_yaml(config_path))
-    values.update({k: v for k, v in vars(args).items() if k not in ("config", "command", "func")})
+    names = {f.name for f in dataclasses.fields(cls)}  # the parser's own entries left out
+    values.update({k: v for k, v in vars(args).items() if k in names})
     return build_config(values, cls)
 
 

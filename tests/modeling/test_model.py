@@ -10,17 +10,9 @@ from rmtrain.modeling.loading import choose_pad_token
 from rmtrain.modeling.rewards import last_token_index, sequence_rewards, token_values
 from rmtrain.training.trainer import pair_rewards
 from tests.conftest import tiny_llama, tiny_qwen3
+from tests.helpers import FEATURES as ALL_FEATURES
 
-FEATURES = [
-    {
-        "prompt_ids": [11, 12, 13],
-        "chosen_ids": [21, 22, 23, 24],
-        "rejected_ids": [31],
-        "pair_index": 0,
-    },
-    {"prompt_ids": [], "chosen_ids": [41, 42], "rejected_ids": [51, 52, 53], "pair_index": 1},
-    {"prompt_ids": [61] * 9, "chosen_ids": [62], "rejected_ids": [63, 64], "pair_index": 2},
-]
+FEATURES = ALL_FEATURES[:3]  # the first three shared features
 
 
 def separate_rewards(model, seqs):

@@ -46,7 +46,7 @@ def last_layer_modules(model: Any) -> tuple[torch.nn.Module, torch.nn.Module] | 
     layers = getattr(base, "layers", None)
     if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
         return None
-    if getattr(model, "is_gradient_checkpointing", False):
+    if getattr(model, "is_activation_checkpointing", False):
         return None
     o_proj = getattr(getattr(layers[-1], "self_attn", None), "o_proj", None)
     mlp = getattr(layers[-1], "mlp", None)
