@@ -19,6 +19,7 @@ from rmtrain.flags import add_config_arguments
 from rmtrain.options import (
     EvalConfig,
     HpoConfig,
+    LogModelConfig,
     PrepareStackExchangeConfig,
     ScoreConfig,
     ServeConfig,
@@ -62,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Score each request alone (= --dynamic-batching false).",
     )
     _subcommand(sub, "validate", "check every row of a data set", ValidateConfig, _cmd_validate)
+    log_model = _subcommand(
+        sub, "log-model", "log a saved model folder to MLflow", LogModelConfig, _cmd_log_model
+    )
+    log_model.add_argument("output", help="output folder of rmtrain train")
     hpo = _subcommand(sub, "hpo", "hyperparameter search with Optuna", HpoConfig, _cmd_hpo)
     hpo.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -137,7 +142,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from rmtrain.serving.scorer import load_scorer, score_file
 
     cfg: ScoreConfig = options_from_args(args)
-    scorer = load_scorer(cfg.model, max_length=cfg.max_length, speed_mode=cfg.speed)
+    scorer = load_scorer(
+        _local_model(cfg.model)[0], max_length=cfg.max_length, speed_mode=cfg.speed
+    )
     with tqdm(desc="scoring rows", unit="row") as bar:
         counts = score_file(
             scorer, cfg.input, cfg.output, cfg.batch, cfg.normalize, progress=bar.update
@@ -159,8 +166,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         request_timeout_s=cfg.timeout,
         batch_wait_ms=cfg.batch_wait_ms,
     )
+    folder, registered = _local_model(cfg.model)
     serve(
-        model_dir=cfg.model,
+        model_dir=folder,
+        model_name=registered or cfg.model,
         host=cfg.host,
         port=cfg.port,
         api_key=cfg.api_key or os.environ.get("RMTRAIN_API_KEY") or None,
@@ -174,12 +183,34 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _local_model(model: str) -> tuple[str, str | None]:
+    """A local folder for --model, downloading an MLflow model URI; and the name a registered
+    model is served under."""
+    if not model.startswith(("models:/", "runs:/")):
+        return model, None
+    from rmtrain.tracking.models import download_model
+    from rmtrain.tracking.runs import tracking_uri
+
+    folder, name = download_model(model, tracking_uri())
+    return str(folder), name
+
+
+def _cmd_log_model(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rmtrain.tracking.models import log_output_folder
+
+    cfg: LogModelConfig = options_from_args(args)
+    log_output_folder(Path(args.output), cfg.register_model, cfg.model_alias, cfg.run_name)
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from rmtrain.evaluation.evaluate import run_eval
 
     cfg: EvalConfig = options_from_args(args)
     run_eval(
-        model_dir=cfg.model,
+        model_dir=_local_model(cfg.model)[0],
         datasets=cfg.dataset,
         output=cfg.output,
         max_length=cfg.max_length,

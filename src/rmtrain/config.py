@@ -79,7 +79,14 @@ class TrainConfig:
     max_steps: int = _opt(-1, "Stop after this many optimizer steps (-1: run all epochs).")
     seed: int = _opt(42, "Seed for sampling, splitting, initialisation and shuffling.")
     logging_steps: int = _opt(100, "Log loss to console / MLflow / W&B every N steps.")
-    eval_steps: int | None = _opt(None, "Evaluate every N steps (default: only at the end).")
+    eval_steps: int = _opt(
+        100,
+        "Held-out win rate, Kendall's tau and loss every N steps, on --eval-sample pairs (0: "
+        "only at the end, on the whole held-out split, as always).",
+    )
+    eval_sample: int = _opt(
+        1000, "Held-out pairs (a fixed seeded sample) for the evaluations during training."
+    )
     report_to: list[str] = _opt(
         ["mlflow", "wandb"], "Trackers: any of mlflow, wandb, or none.", nargs="+"
     )
@@ -174,6 +181,12 @@ class TrainConfig:
     strict: bool = _opt(False, "Stop on any bad row.")
     overwrite: bool = _opt(False, "Replace an existing non-empty --output.")
     run_name: str | None = _opt(None, "Run name for MLflow / W&B.")
+    register_model: str | None = _opt(
+        None, "Register the logged model in the MLflow Model Registry under this name."
+    )
+    model_alias: str | None = _opt(
+        None, "With --register-model: point this alias (e.g. candidate) at the new version."
+    )
 
     def __post_init__(self) -> None:
         _check_ranges(self)
@@ -232,6 +245,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "gradient_checkpointing",
         "checkpoint_every",
         "eval_steps",
+        "eval_sample",
         "save_steps",
         "save_total_limit",
         "resume",
@@ -248,7 +262,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "retain_freed_memory",
     ),
     "output": ("output", "overwrite"),
-    "tracking": ("report_to", "logging_steps", "run_name"),
+    "tracking": ("report_to", "logging_steps", "run_name", "register_model", "model_alias"),
 }
 
 
@@ -278,6 +292,12 @@ def _check_ranges(cfg: TrainConfig) -> None:
             "--packing prefix_sharing"
         )
     problems += _tree_problems(cfg)
+    if cfg.eval_steps < 0 or cfg.eval_sample < 1:
+        problems.append("--eval-steps must be 0 or more and --eval-sample at least 1")
+    if (cfg.register_model or cfg.model_alias) and "mlflow" not in cfg.report_to:
+        problems.append("--register-model and --model-alias need --report-to mlflow")
+    if cfg.model_alias and not cfg.register_model:
+        problems.append("--model-alias needs --register-model NAME")
     if cfg.speed not in ("auto", "off"):
         problems.append(f"--speed must be auto or off, got {cfg.speed!r}")
     if cfg.block_attention not in ("auto", "on", "off", "flex"):

@@ -10,7 +10,6 @@ Intermediate eval results feed a pruner (median by default). At the end: `best_c
 from __future__ import annotations
 
 import dataclasses
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -176,15 +175,10 @@ def _start_parent_run(out: Path, name: str, base: dict[str, Any]) -> str | None:
     report_to = base.get("report_to", TrainConfig().report_to)
     if "mlflow" not in (report_to if isinstance(report_to, list) else [report_to]):
         return None
-    import mlflow
+    from rmtrain.tracking.runs import start_mlflow_run, tracking_uri
 
-    from rmtrain.tracking import tracking_uri
-
-    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    uri = tracking_uri(out)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "rmtrain"))
-    mlflow.start_run(run_name=name)
+    uri = tracking_uri()
+    start_mlflow_run(uri, name, base, nested=False)
     return uri
 
 

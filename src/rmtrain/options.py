@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 from rmtrain.config import _opt
 
+MODEL_HELP = (
+    "Model folder saved by rmtrain train, or an MLflow model: models:/NAME/VERSION, "
+    "models:/NAME@ALIAS or runs:/RUN_ID/model (from MLFLOW_TRACKING_URI, else ./mlflow.db)."
+)
 SPEED_HELP = (
     "auto: rmtrain's exact speed-ups (prefix trees, per-block attention); off: the plain "
     "transformers forward, to compare or bisect. Same rewards either way."
@@ -20,7 +24,7 @@ SPEED_HELP = (
 class EvalConfig:
     """`rmtrain eval`: a reward model on preference data sets, with a report and plots."""
 
-    model: str = _opt(None, "Model folder saved by rmtrain train.", required=True)
+    model: str = _opt(None, MODEL_HELP, required=True)
     dataset: list[str] = _opt(
         [],
         "Data set (file or hub name, any training format); repeat for several.",
@@ -38,7 +42,7 @@ class EvalConfig:
 class ScoreConfig:
     """`rmtrain score`: rewards for the rows of a JSONL file, streamed."""
 
-    model: str = _opt(None, "Model folder saved by rmtrain train.", required=True)
+    model: str = _opt(None, MODEL_HELP, required=True)
     input: str = _opt(None, "JSONL: prompt + response, messages, or text.", required=True)
     output: str = _opt(None, "JSONL: each input row plus reward or error.", required=True)
     batch: int = _opt(256, "Rows read and scored per chunk.")
@@ -51,7 +55,7 @@ class ScoreConfig:
 class ServeConfig:
     """`rmtrain serve`: the HTTP reward server."""
 
-    model: str = _opt(None, "Model folder saved by rmtrain train.", required=True)
+    model: str = _opt(None, MODEL_HELP, required=True)
     host: str = _opt("127.0.0.1", "Bind address (loopback by default).")
     port: int = _opt(8000, "Port.")
     api_key: str | None = _opt(
@@ -115,3 +119,13 @@ class PrepareStackExchangeConfig:
     output: str = _opt(None, "Pairs file: .jsonl or .parquet.", required=True)
     max_pairs_per_question: int = _opt(10, "Cap of pairs per question.")
     seed: int = _opt(0, "Seed for sampling capped pairs.")
+
+
+@dataclass
+class LogModelConfig:
+    """`rmtrain log-model OUTPUT`: log a saved output folder to MLflow as a new run (metrics,
+    report, files and the model), and register it; for a run whose tracking store failed."""
+
+    register_model: str | None = _opt(None, "Register the model under this name.")
+    model_alias: str | None = _opt(None, "With --register-model: point this alias at it.")
+    run_name: str | None = _opt(None, "Run name (default: the output folder's name).")

@@ -49,14 +49,23 @@ def test_metrics_and_counts(trained):
     assert len(config["id2label"]) == 1 and config["pad_token_id"] == 151643
 
 
-def test_mlflow_run_recorded(trained):
+def test_mlflow_run_recorded(trained, mlflow_store):
+    from mlflow import MlflowClient
+
     out, _ = trained
-    metas = list((out / "mlruns").glob("*/*/meta.yaml"))
-    assert metas, "no MLflow run under the output folder"
-    run_dir = metas[0].parent
-    assert (run_dir / "metrics" / "final_win_rate").is_file()
-    assert (run_dir / "metrics" / "loss").is_file()
-    assert (run_dir / "params" / "rmtrain.model").read_text() == "builtin:tiny-qwen3"
+    client = MlflowClient(mlflow_store)
+    runs = [
+        r
+        for e in client.search_experiments()
+        for r in client.search_runs([e.experiment_id])
+        if r.data.params.get("rmtrain.output") == str(out)
+    ]
+    assert len(runs) == 1, "no MLflow run for the trained output"
+    run = runs[0]
+    assert run.data.params["rmtrain.model"] == "builtin:tiny-qwen3"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 4, 6]
+    final = client.get_metric_history(run.info.run_id, "final_win_rate")
+    assert [m.step for m in final] == [6]  # at the last step, not at step 0
 
 
 def test_reloaded_model_gives_rmtrain_rewards(trained):

@@ -261,33 +261,46 @@ class ScoreCounts:
     errors: int = 0
 
 
+def score_records(
+    scorer: RewardScorer, records: Sequence[Any], normalize: bool = False
+) -> list[dict[str, Any]]:
+    """Per JSON record (prompt + response, messages, or text), in order: its `reward` and
+    whether it was `truncated`, or the `error` that kept it from being scored."""
+    results: list[dict[str, Any]] = [{} for _ in records]
+    items, where = [], []
+    for i, record in enumerate(records):
+        item = parse_item(record)
+        if isinstance(item, str):
+            results[i] = {"error": item}
+        else:
+            items.append(item)
+            where.append(i)
+    encoded = encode_items(scorer, items)
+    fit = [(w, e) for w, e in zip(where, encoded, strict=True) if e is not None]
+    rewards = scorer.score_ids([e[0] for _, e in fit], normalize=normalize) if fit else []
+    for (w, e), reward in zip(fit, rewards, strict=True):
+        results[w] = {"reward": float(reward), "truncated": e[1]}
+    for w, e in zip(where, encoded, strict=True):
+        if e is None:
+            results[w] = {"error": "too long: the response tail alone exceeds max length"}
+    return results
+
+
 def _score_chunk(scorer: RewardScorer, lines: list[str], normalize: bool) -> list[dict[str, Any]]:
     """Output records for input lines: each input plus `reward`/`truncated`, or `error`."""
     out: list[dict[str, Any]] = []
-    items: list[Item] = []
-    where: list[int] = []
+    rows, where = [], []
     for line in lines:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             out.append({"input": line.rstrip("\n"), "error": f"invalid JSON: {exc.msg}"})
             continue
-        record = row if isinstance(row, dict) else {"input": row}
-        item = parse_item(row)
-        if isinstance(item, str):
-            out.append({**record, "error": item})
-            continue
-        out.append(record)
-        items.append(item)
+        out.append(row if isinstance(row, dict) else {"input": row})
+        rows.append(row)
         where.append(len(out) - 1)
-    encoded = encode_items(scorer, items)
-    fit = [(w, e) for w, e in zip(where, encoded, strict=True) if e is not None]
-    rewards = scorer.score_ids([e[0] for _, e in fit], normalize=normalize) if fit else []
-    for (w, e), reward in zip(fit, rewards, strict=True):
-        out[w] = {**out[w], "reward": float(reward), "truncated": e[1]}
-    for w, e in zip(where, encoded, strict=True):
-        if e is None:
-            out[w] = {**out[w], "error": "too long: the response tail alone exceeds max length"}
+    for w, result in zip(where, score_records(scorer, rows, normalize), strict=True):
+        out[w] = {**out[w], **result}
     return out
 
 

@@ -282,7 +282,9 @@ def serve(
     dynamic_batching: bool = True,
     trust_remote_code: bool = False,
     speed_mode: str = "auto",
+    model_name: str | None = None,
 ) -> None:
+    """Serve the model in `model_dir`; `/info` names it `model_name` (default: the folder)."""
     import uvicorn
 
     from rmtrain.serving.scorer import load_scorer
@@ -295,5 +297,5 @@ def serve(
         trust_remote_code=trust_remote_code,
         speed_mode=speed_mode,
     )
-    app = create_app(scorer, model_dir, api_key, limits, normalize, dynamic_batching)
+    app = create_app(scorer, model_name or model_dir, api_key, limits, normalize, dynamic_batching)
     uvicorn.run(app, host=host, port=port, limit_concurrency=1024, timeout_keep_alive=5)

@@ -3,6 +3,7 @@ the training parts by weight, tokenise once, cut to length, and count every row.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,3 +104,12 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
             "raise --frac or --max-length, or use more data"
         )
     return PreparedData(train, test, test_pairs, counts, test_truncated, per, test_sets)
+
+
+def eval_sample(features: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+    """At most `n` held-out features, a fixed seeded sample in their order: the evaluations
+    during training see the same pairs every time and stay cheap on long data sets."""
+    if len(features) <= n:
+        return features
+    keep = sorted(random.Random(seed).sample(range(len(features)), n))
+    return [features[i] for i in keep]

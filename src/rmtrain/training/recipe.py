@@ -32,9 +32,16 @@ from rmtrain.modeling.loading import (
 )
 from rmtrain.modeling.lora import apply_lora, merged, quantization_config
 from rmtrain.modeling.rewards import attention_cost_ratio
-from rmtrain.tracking import finish_tracking, start_tracking
+from rmtrain.tracking.runs import (
+    MlflowMetrics,
+    finish_tracking,
+    log_final,
+    log_report_to_wandb,
+    start_tracking,
+    trainer_report_to,
+)
 from rmtrain.training.atomic_save import STAGE_NAME, check_output_dir, publish, staging_dir
-from rmtrain.training.data_setup import PreparedData, prepare_data
+from rmtrain.training.data_setup import PreparedData, eval_sample, prepare_data
 from rmtrain.training.settings import (
     CHECKPOINT_DIR,
     checkpointing,
@@ -118,7 +125,7 @@ def _evaluate(trainer: Any, data: PreparedData, sink: dict[str, Any]) -> tuple[d
             raw = trainer.evaluate(eval_dataset=feats, metric_key_prefix=f"eval_set{i}")
             per[source] = {k.removeprefix(f"eval_set{i}_"): v for k, v in raw.items()}
             sections[source] = _held_out(sink, data, raw, len(feats))
-    raw = trainer.evaluate()
+    raw = trainer.evaluate(eval_dataset=data.test)  # the whole split, logged at the last step
     if not sections:
         sections["held-out split"] = _held_out(sink, data, raw, len(data.test_pairs))
     return {k.removeprefix("eval_"): v for k, v in raw.items()}, per, sections
@@ -168,17 +175,20 @@ def run_train(
     model = build_model(cfg, tokenizer.pad_token_id)
     check_free_disk(output, model, with_optimizer=bool(cfg.save_steps))
     run_name = cfg.run_name or f"rmtrain-{time.strftime('%Y%m%d-%H%M%S')}"
-    report_to = (
+    trackers = (
         start_tracking(cfg.report_to, output, run_name, cfg.to_dict(), nested, mlflow_uri)
         if main
         else [r for r in cfg.report_to if r != "none"] or ["none"]
     )
-    failed = True
+    if main and "mlflow" in trackers:
+        callbacks = [*(callbacks or []), MlflowMetrics()]
+    failed, step = True, 0
     sink: dict[str, Any] = {}
     result: dict[str, Any] = {"metrics": {}, "data": data.counts.to_dict()}
     try:
-        trainer = _make_trainer(cfg, model, tokenizer, data, output, report_to, sink, callbacks)
+        trainer = _make_trainer(cfg, model, tokenizer, data, output, trackers, sink, callbacks)
         train_out = trainer.train(resume_from_checkpoint=resume)
+        step = train_out.global_step
         metrics, per_dataset, sections = _evaluate(trainer, data, sink)
         metrics.update(
             train_loss=train_out.training_loss,
@@ -197,11 +207,43 @@ def run_train(
         _save(trainer, tokenizer, cfg, result, output)
         failed = False
     finally:
-        finish_tracking(report_to, result["metrics"], result["data"], failed)
+        log_final(trackers, result["metrics"], result["data"], step)
+        problem = None if failed or not main else _publish(trackers, cfg, output)
+        finish_tracking(trackers, failed)
     if main:
         print(f"[rmtrain] held-out metrics: {json.dumps(_headline(result['metrics']))}")
         print(f"[rmtrain] saved model, tokenizer, rmtrain_config.yaml, metrics.json to {output}")
+    if problem:
+        raise RmtrainError(problem)
     return result
+
+
+def _publish(trackers: list[str], cfg: TrainConfig, output: Path) -> str | None:
+    """The saved model, its report and files into the MLflow run (and the registry, and W&B's
+    run); the reason and the command to retry when the tracking store fails."""
+    if "wandb" in trackers:
+        log_report_to_wandb(output / REPORT_DIR)
+    if "mlflow" not in trackers:
+        return None
+    try:
+        from rmtrain.tracking.models import log_run_outputs, register
+
+        uri = log_run_outputs(output, REPORT_DIR)
+        print(f"[rmtrain] logged the model to MLflow: {uri}")
+        if cfg.register_model:
+            version = register(uri, cfg.register_model, cfg.model_alias, output)
+            print(f"[rmtrain] registered models:/{version}")
+    except Exception as exc:  # noqa: BLE001 - the model is saved; only the tracking failed
+        retry = f"rmtrain log-model {output}"
+        if cfg.register_model:
+            retry += f" --register-model {cfg.register_model}"
+        if cfg.model_alias:
+            retry += f" --model-alias {cfg.model_alias}"
+        return (
+            f"the model is saved in {output}, but logging it to MLflow failed "
+            f"({type(exc).__name__}: {str(exc)[:160]}); to log it later: {retry}"
+        )
+    return None
 
 
 def _make_trainer(
@@ -210,7 +252,7 @@ def _make_trainer(
     tokenizer: Any,
     data: PreparedData,
     output: Path,
-    report_to: list[str],
+    trackers: list[str],
     sink: dict[str, Any],
     callbacks: list[Any] | None,
 ) -> PairwiseRewardTrainer:
@@ -219,9 +261,9 @@ def _make_trainer(
     cost = attention_cost_ratio(model.config)
     return PairwiseRewardTrainer(
         model=model,
-        args=training_arguments(cfg, output, report_to, model.num_parameters()),
+        args=training_arguments(cfg, output, trainer_report_to(trackers), model.num_parameters()),
         train_dataset=data.train,
-        eval_dataset=data.test,
+        eval_dataset=eval_sample(data.test, cfg.eval_sample, cfg.seed),
         data_collator=train_collator(cfg, pad, cost),
         eval_collator=make_eval_collator(cfg.packing, pad, cfg.max_length, varlen, cost),
         compute_metrics=make_compute_metrics(

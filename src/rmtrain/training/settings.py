@@ -43,7 +43,7 @@ def training_arguments(
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
         eval_strategy="steps" if cfg.eval_steps else "no",
-        eval_steps=cfg.eval_steps,
+        eval_steps=cfg.eval_steps or None,
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500,
         save_total_limit=cfg.save_total_limit,

@@ -1,0 +1,203 @@
+"""The trained model in MLflow: logged as a pyfunc model of its run (the Hugging Face folder
+inside it, rewards through rmtrain's own scorer), with the run's report and files as artifacts,
+optionally registered with tags, a description and an alias; and back: a `models:/` or
+`runs:/` URI to a local model folder.
+
+Imported only when MLflow is in use (`--report-to none` never imports MLflow).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from rmtrain.errors import RmtrainError
+
+MODEL_NAME = "model"  # the logged model's name in its run: runs:/<run>/model
+ARTIFACT_FILES = ("metrics.json", "data_report.json", "rmtrain_config.yaml", "README.md")
+EXAMPLE = pd.DataFrame({"prompt": ["How do I keep bread fresh?"], "response": ["Wrap it."]})
+
+
+class RewardModel(mlflow.pyfunc.PythonModel):
+    """`predict(DataFrame)` -> one reward per row: columns `prompt` + `response` (text or chat
+    messages) or `messages` (ending with the assistant turn), scored as `rmtrain score` does."""
+
+    def load_context(self, context: Any) -> None:
+        from rmtrain.serving.scorer import load_scorer
+
+        self.scorer = load_scorer(context.artifacts["model_dir"])
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> np.ndarray:
+        from rmtrain.serving.scorer import score_records
+
+        records = [_plain(row) for row in model_input.to_dict(orient="records")]
+        results = score_records(self.scorer, records)
+        bad = [f"row {i}: {r['error']}" for i, r in enumerate(results) if "error" in r]
+        if bad:
+            raise ValueError("; ".join(bad[:5]))
+        return np.asarray([r["reward"] for r in results], dtype=np.float64)
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """A DataFrame row as the JSON object `rmtrain score` reads (no NaN for absent columns,
+    numpy arrays of messages as lists)."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            continue
+        out[key] = value
+    return out
+
+
+def _signature() -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Object, Property, Schema, TensorSpec
+
+    message = Object([Property("role", "string"), Property("content", "string")])
+    inputs = Schema(
+        [
+            ColSpec("string", "prompt", required=False),
+            ColSpec("string", "response", required=False),
+            ColSpec(Array(message), "messages", required=False),
+        ]
+    )
+    outputs = Schema([TensorSpec(np.dtype("float64"), (-1,))])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def log_run_outputs(output: Path, report_dir: str) -> str:
+    """The output folder's report, plots and files as artifacts of the active run, then the
+    model; returns the logged model's URI."""
+    run = mlflow.active_run()
+    if run is None:
+        raise RmtrainError("no active MLflow run to log the model into")
+    for name in ARTIFACT_FILES:
+        if (output / name).is_file():
+            mlflow.log_artifact(str(output / name))
+    if (output / report_dir).is_dir():
+        mlflow.log_artifacts(str(output / report_dir), artifact_path=report_dir)
+        for png in sorted((output / report_dir).glob("*.png")):
+            mlflow.log_image(_image(png), artifact_file=f"plots/{png.name}")
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_NAME,
+        python_model=RewardModel(),
+        artifacts={"model_dir": str(output)},
+        signature=_signature(),
+        input_example=EXAMPLE,
+    )
+    return info.model_uri  # models:/<logged model id>; runs:/<run>/model names it too
+
+
+def _image(path: Path) -> Any:
+    import matplotlib.image
+
+    return matplotlib.image.imread(str(path))
+
+
+def register(model_uri: str, name: str, alias: str | None, output: Path) -> str:
+    """A new version of registered model `name` from `model_uri`, tagged with the data sets,
+    held-out win rate and tau and the code version, the model card as its description, and
+    `alias` pointing at it. Returns 'name/version'."""
+    client = mlflow.MlflowClient()
+    version = mlflow.register_model(model_uri, name, tags=_tags(output)).version
+    card = output / "README.md"
+    if card.is_file():
+        client.update_model_version(name, version, description=card.read_text()[:5000])
+    if alias:
+        client.set_registered_model_alias(name, alias, version)
+    return f"{name}/{version}"
+
+
+def _tags(output: Path) -> dict[str, str]:
+    from rmtrain import __version__
+    from rmtrain.modeling.loading import saved_options
+
+    metrics = json.loads((output / "metrics.json").read_text()).get("metrics", {})
+    options = saved_options(output)
+    tags = {
+        "datasets": ",".join(map(str, options.get("dataset", []))),
+        "base_model": str(options.get("model", "")),
+        "win_rate": f"{metrics.get('win_rate', float('nan')):.4f}",
+        "kendall_tau": f"{metrics.get('kendall_tau', float('nan')):.4f}",
+        "rmtrain_version": __version__,
+    }
+    commit = _commit()
+    if commit:
+        tags["rmtrain_commit"] = commit
+    return tags
+
+
+def _commit() -> str | None:
+    """The git commit of the rmtrain checkout in use, when it is one."""
+    here = Path(__file__).resolve().parent
+    done = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here, check=False
+    )
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def is_mlflow_uri(model: str) -> bool:
+    return model.startswith(("models:/", "runs:/"))
+
+
+def download_model(uri: str, tracking_uri: str) -> tuple[Path, str]:
+    """The local Hugging Face folder of a logged or registered rmtrain model, and a name for it
+    ('models:/NAME/VERSION' for registered models)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(uri))
+    except Exception as exc:  # noqa: BLE001 - unknown name, version, alias, or no server
+        raise RmtrainError(
+            f"cannot fetch {uri} from MLflow at {tracking_uri} ({type(exc).__name__}: "
+            f"{str(exc)[:160]}); check the name and version or alias, and MLFLOW_TRACKING_URI"
+        ) from None
+    folders = [p.parent for p in (local / "artifacts").glob("*/config.json")]
+    folders += [p.parent for p in (local / "artifacts").glob("*/adapter_config.json")]
+    if not folders:
+        raise RmtrainError(f"{uri} is not an rmtrain model (no model folder in its artifacts)")
+    return folders[0], _display_name(uri)
+
+
+def _display_name(uri: str) -> str:
+    """models:/NAME@ALIAS -> models:/NAME/VERSION (what an alias points at now)."""
+    if uri.startswith("models:/") and "@" in uri:
+        name, alias = uri.removeprefix("models:/").split("@", 1)
+        version = mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
+        return f"models:/{name}/{version}"
+    return uri
+
+
+def log_output_folder(
+    output: Path, register_model: str | None, alias: str | None, run_name: str | None
+) -> str:
+    """An existing output folder of `rmtrain train` as a new MLflow run: its options as
+    params, its final metrics at its last step, its files, report and model; registered when
+    asked. Returns the logged model's URI."""
+    from rmtrain.modeling.loading import saved_options
+    from rmtrain.tracking.runs import finish_tracking, log_final, start_tracking, tracking_uri
+
+    if not (output / "config.json").is_file() or not (output / "metrics.json").is_file():
+        raise RmtrainError(f"{output} is not an output folder of rmtrain train (no model)")
+    result = json.loads((output / "metrics.json").read_text())
+    params = saved_options(output)
+    start_tracking(["mlflow"], output, run_name or output.resolve().name, params)
+    failed = True
+    try:
+        step = int(result.get("metrics", {}).get("train_steps", 0))
+        log_final(["mlflow"], result.get("metrics", {}), result.get("data", {}), step)
+        uri = log_run_outputs(output, "eval_report")
+        print(f"[rmtrain] logged the model to MLflow at {tracking_uri()}: {uri}")
+        if register_model:
+            print(f"[rmtrain] registered models:/{register(uri, register_model, alias, output)}")
+        failed = False
+    finally:
+        finish_tracking(["mlflow"], failed)
+    return uri

@@ -1,0 +1,220 @@
+"""The trained model in MLflow, against a real `mlflow server` (SQLite backend, subprocess
+killed by pid): params, per-step metrics, artifacts, the logged pyfunc model, the registry,
+`models:/` URIs in `rmtrain score`, the default store, and a server that dies mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+from transformers import TrainerCallback
+
+from rmtrain.cli import main
+from tests.conftest import tiny_train_args, write_demo
+
+pytestmark = pytest.mark.slow
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+ROWS = [
+    {"prompt": "How do I keep bread fresh?", "response": "Wrap it in cloth."},
+    {"prompt": "How do I keep bread fresh?", "response": "No idea."},
+    {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello!"}]},
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer in {seconds} s")
+
+
+def _start_server(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    port = port or _free_port()
+    cmd = [
+        MLFLOW,
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    _wait(url, proc)
+    return proc, url
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """The server and its workers (one process group), by pid."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    proc, url = _start_server(tmp_path / "server")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "rmtrain-server-test")
+    yield url
+    _stop(proc)
+
+
+def _score(model: str, tmp_path: Path, name: str) -> list[float]:
+    src, out = tmp_path / f"{name}.in.jsonl", tmp_path / f"{name}.out.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    assert main(["score", "--model", model, "--input", str(src), "--output", str(out)]) == 0
+    return [json.loads(line)["reward"] for line in out.read_text().splitlines()]
+
+
+def test_training_logs_the_model_its_metrics_artifacts_and_registers_it(server, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    data = write_demo(tmp_path / "prefs.jsonl", 120, seed=1)
+    out = tmp_path / "model"
+    extra = ["--lr", "1e-3", "--max-steps", "6", "--logging-steps", "2", "--eval-steps", "3"]
+    extra += ["--eval-sample", "10", "--report-to", "mlflow", "--run-name", "server-run"]
+    extra += ["--register-model", "demo-rm", "--model-alias", "candidate"]
+    assert main(tiny_train_args(data, out, *extra)) == 0
+
+    client = MlflowClient(server)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("rmtrain-server-test").experiment_id]
+    )
+    rid = run.info.run_id
+    assert run.data.params["rmtrain.lr"] == "0.001" and run.info.status == "FINISHED"
+    steps = {
+        k: [m.step for m in client.get_metric_history(rid, k)] for k in ("loss", "eval_win_rate")
+    }
+    assert steps["loss"] == [1, 2, 4, 6]
+    assert steps["eval_win_rate"] == [3, 6, 6]  # every eval step (sample), then the whole split
+    final = client.get_metric_history(rid, "eval_win_rate")[-1].value
+    assert final == pytest.approx(
+        json.loads((out / "metrics.json").read_text())["metrics"]["win_rate"]
+    )
+    files = {a.path for a in client.list_artifacts(rid)}
+    assert {"metrics.json", "data_report.json", "rmtrain_config.yaml", "README.md"} <= files
+    report = {a.path for a in client.list_artifacts(rid, "eval_report")}
+    assert {"eval_report/report.md", "eval_report/report.json"} <= report
+    assert any(p.endswith(".png") for p in report)
+
+    version = client.get_model_version_by_alias("demo-rm", "candidate")
+    assert version.version == "1" and version.tags["datasets"] == str(data)
+    assert float(version.tags["win_rate"]) == pytest.approx(final, abs=1e-4)
+    assert "rmtrain_version" in version.tags and "rmtrain" in version.description.lower()
+
+    want = _score(str(out), tmp_path, "folder")
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{rid}/model")
+    # a frame of prompt / response rows, and one of chat messages
+    got = [*pyfunc.predict(pd.DataFrame(ROWS[:2])), *pyfunc.predict(pd.DataFrame(ROWS[2:]))]
+    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-5
+    registered = _score("models:/demo-rm@candidate", tmp_path, "registry")
+    assert max(abs(a - b) for a, b in zip(registered, want, strict=True)) < 1e-5
+
+    port = _free_port()
+    serve = subprocess.Popen(
+        [MLFLOW, "models", "serve", "-m", f"runs:/{rid}/model", "--env-manager", "local",
+         "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )  # fmt: skip  (mlflow starts the venv's uvicorn by name)
+    try:
+        _wait(f"http://127.0.0.1:{port}", serve, 180)
+        body = {"dataframe_records": ROWS[:2]}
+        answer = httpx.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60)
+        assert answer.status_code == 200, answer.text
+        served = answer.json()["predictions"]
+        assert max(abs(a - b) for a, b in zip(served, want[:2], strict=True)) < 1e-5
+    finally:
+        _stop(serve)
+
+
+def test_default_store_is_mlflow_db_in_the_working_directory(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    data = write_demo(tmp_path / "prefs.jsonl", 40, seed=2)
+    args = tiny_train_args(data, tmp_path / "model", "--max-steps", "2", "--report-to", "mlflow")
+    assert main(args) == 0
+    assert (tmp_path / "mlflow.db").is_file()
+    client = MlflowClient("sqlite:///mlflow.db")
+    experiment = client.get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"])
+    (run,) = client.search_runs([experiment.experiment_id])
+    models = client.search_logged_models(experiment_ids=[experiment.experiment_id])
+    assert [m.source_run_id for m in models] == [run.info.run_id]
+
+
+class _KillServerAt(TrainerCallback):
+    """Kills the tracking server after step `step`."""
+
+    def __init__(self, proc: subprocess.Popen, step: int) -> None:
+        self.proc, self.step = proc, step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            _stop(self.proc)
+
+
+def test_server_dying_mid_run_keeps_the_model_and_log_model_retries(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from rmtrain.cli import build_parser
+    from rmtrain.config import TrainConfig, config_from_args
+    from rmtrain.errors import RmtrainError
+    from rmtrain.training.recipe import run_train
+
+    root, port = tmp_path / "server", _free_port()
+    proc, url = _start_server(root, port)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    data = write_demo(tmp_path / "prefs.jsonl", 60, seed=3)
+    out = tmp_path / "model"
+    argv = tiny_train_args(data, out, "--max-steps", "4", "--logging-steps", "1")
+    argv += ["--report-to", "mlflow", "--register-model", "late-rm"]
+    cfg = config_from_args(build_parser().parse_args(argv), TrainConfig)
+    try:
+        with pytest.raises(RmtrainError) as failure:
+            run_train(cfg, callbacks=[_KillServerAt(proc, 2)])
+    finally:
+        _stop(proc)
+    message = str(failure.value)
+    assert f"rmtrain log-model {out} --register-model late-rm" in message
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+
+    proc, url = _start_server(root, port)  # the same store, back again
+    try:
+        assert main(["log-model", str(out), "--register-model", "late-rm"]) == 0
+        version = MlflowClient(url).get_latest_versions("late-rm")[0]
+        assert version.version == "1" and version.tags["datasets"] == str(data)
+    finally:
+        _stop(proc)
