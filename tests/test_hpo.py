@@ -1,5 +1,6 @@
 """Optuna search over a tiny Qwen3, offline."""
 
+import json
 import os
 
 import optuna
@@ -36,7 +37,7 @@ def setup(tmp_path_factory):
     return tmp
 
 
-def hpo(setup, out, n):
+def hpo(setup, out, n, *extra):
     return main(
         [
             "hpo",
@@ -48,6 +49,7 @@ def hpo(setup, out, n):
             str(n),
             "--output",
             str(out),
+            *extra,
         ]
     )
 
@@ -121,3 +123,20 @@ def test_pruned_and_failed_trials_are_recorded(setup, tmp_path, monkeypatch):
     study = optuna.load_study(study_name="rmtrain-hpo", storage=f"sqlite:///{out3 / 'study.db'}")
     assert study.trials[0].state.name == "FAIL"
     assert "--max-length" in study.trials[0].user_attrs["error"]
+
+
+def test_the_best_trial_is_registered(setup, tmp_path):
+    """`--register-model`: no trial registers itself; the best one is logged and registered,
+    its tags naming its held-out win rate."""
+    import yaml as _yaml
+    from mlflow import MlflowClient
+
+    out = tmp_path / "study"
+    assert hpo(setup, out, 2, "--register-model", "hpo-best", "--model-alias", "best") == 0
+    summary = _yaml.safe_load((out / "summary.yaml").read_text())
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    (version,) = client.search_model_versions("name='hpo-best'")
+    assert client.get_model_version_by_alias("hpo-best", "best").version == version.version
+    best = f"trial-{summary['best_trial']:04d}"
+    metrics = json.loads((out / best / "metrics.json").read_text())["metrics"]
+    assert float(version.tags["win_rate"]) == pytest.approx(metrics["win_rate"], abs=1e-4)

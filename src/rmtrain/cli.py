@@ -132,6 +132,8 @@ def _cmd_hpo(args: argparse.Namespace) -> int:
         direction=direction,
         pruner=cfg.pruner,
         worker=args.worker,
+        register_model=cfg.register_model,
+        model_alias=cfg.model_alias,
     )
     return 0
 

@@ -86,6 +86,8 @@ def make_objective(
             "output": str(output / f"trial-{trial.number:04d}"),
             "overwrite": True,
             "run_name": f"trial-{trial.number:04d}",
+            "register_model": None,  # the study registers its best trial, not every trial
+            "model_alias": None,
         }
         try:
             cfg = build_config(values)
@@ -118,6 +120,8 @@ def run_hpo(
     direction: str = "maximize",
     pruner: str = "median",
     worker: bool = False,
+    register_model: str | None = None,
+    model_alias: str | None = None,
 ) -> dict[str, Any]:
     import optuna
 
@@ -144,7 +148,13 @@ def run_hpo(
         proc.wait()
     if worker:
         return {}
-    return write_results(study, base, out, metric)
+    summary = write_results(study, base, out, metric)
+    if register_model and "best_trial" in summary:
+        from rmtrain.tracking.models import log_output_folder
+
+        best = out / f"trial-{summary['best_trial']:04d}"
+        log_output_folder(best, register_model, model_alias, f"{study_name}-best")
+    return summary
 
 
 def _finished(study: Any) -> int:

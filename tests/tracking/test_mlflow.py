@@ -218,3 +218,20 @@ def test_server_dying_mid_run_keeps_the_model_and_log_model_retries(tmp_path, mo
         assert version.version == "1" and version.tags["datasets"] == str(data)
     finally:
         _stop(proc)
+
+
+def test_report_to_none_never_imports_mlflow(tmp_path):
+    """`--report-to none` stays offline and free of MLflow (a fresh process, so nothing else
+    imported it first)."""
+    data = write_demo(tmp_path / "prefs.jsonl", 30, seed=5)
+    argv = tiny_train_args(data, tmp_path / "model", "--max-steps", "1")
+    code = (
+        "import json, sys\n"
+        "from rmtrain.cli import main\n"
+        f"assert main({argv!r}) == 0\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True
+    )
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
