@@ -110,3 +110,41 @@ def test_hub_model_offline_is_a_clear_error(tmp_path, capsys):
     )
     assert code == 2
     assert "HF_HUB_OFFLINE" in capsys.readouterr().err
+
+
+def test_grouped_yaml_equals_flat_yaml_and_the_saved_config_round_trips(tmp_path):
+    from rmtrain.config import GROUPS, save_config
+
+    grouped = tmp_path / "grouped.yaml"
+    grouped.write_text(
+        "model: {model: builtin:tiny-qwen3}\ntraining: {lr: 1.0e-4, batch: 8}\n"
+        "speed: {speed: 'off', packing: none}\ntracking: {report_to: none}\n"
+    )
+    flat = tmp_path / "flat.yaml"
+    flat.write_text(
+        "model: builtin:tiny-qwen3\nlr: 1.0e-4\nbatch: 8\nspeed: 'off'\npacking: none\n"
+        "report_to: none\n"
+    )
+    a, b = parse(["--config", str(grouped)]), parse(["--config", str(flat)])
+    assert a == b and (a.lr, a.batch, a.speed, a.packing) == (1e-4, 8, "off", "none")
+    saved = tmp_path / "saved.yaml"
+    save_config(a, saved)
+    assert parse(["--config", str(saved)]) == a
+    assert sorted(n for names in GROUPS.values() for n in names) == sorted(
+        f.name for f in dataclasses.fields(TrainConfig)
+    )  # every option in exactly one group
+
+
+def test_an_option_under_the_wrong_group_names_its_group(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("training: {packing: none}\n")
+    with pytest.raises(RmtrainError, match=r"training.packing is not a training option.*speed"):
+        parse(["--config", str(path)])
+
+
+def test_help_lists_train_options_under_their_groups(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = capsys.readouterr().out
+    order = [text.index(f"\n{g}:") for g in ("model", "data", "training", "speed", "output")]
+    assert order == sorted(order) and text.index("\n  --speed ") > text.index("\nspeed:")

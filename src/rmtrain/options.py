@@ -97,6 +97,10 @@ class HpoConfig:
     pruner: str = _opt(
         "median", "Stop poor trials early at eval steps.", choices=("median", "none")
     )
+    register_model: str | None = _opt(
+        None, "Log the best trial's model to MLflow and register it under this name."
+    )
+    model_alias: str | None = _opt(None, "With --register-model: point this alias at it.")
 
 
 @dataclass

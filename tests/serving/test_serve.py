@@ -200,3 +200,13 @@ bodies = st.one_of(
 def test_fuzzed_bodies_never_5xx(open_url, body, path):
     r = httpx.post(f"{open_url}{path}", json=body, timeout=30)
     assert r.status_code < 500, (body, r.status_code, r.text)
+
+
+def test_help_never_prints_the_api_key(monkeypatch, capsys):
+    from rmtrain.cli import build_parser
+
+    monkeypatch.setenv("RMTRAIN_API_KEY", "zz-secret-zz")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    text = capsys.readouterr().out
+    assert "--api-key" in text and "zz-secret-zz" not in text

@@ -117,7 +117,8 @@ def test_training_logs_the_model_its_metrics_artifacts_and_registers_it(server, 
         k: [m.step for m in client.get_metric_history(rid, k)] for k in ("loss", "eval_win_rate")
     }
     assert steps["loss"] == [1, 2, 4, 6]
-    assert steps["eval_win_rate"] == [3, 6, 6]  # every eval step (sample), then the whole split
+    assert steps["eval_win_rate"] == steps["eval_kendall_tau"] == [3, 6]  # sample, whole split
+    assert steps["final_win_rate"] == [6]
     final = client.get_metric_history(rid, "eval_win_rate")[-1].value
     assert final == pytest.approx(
         json.loads((out / "metrics.json").read_text())["metrics"]["win_rate"]
@@ -140,12 +141,29 @@ def test_training_logs_the_model_its_metrics_artifacts_and_registers_it(server, 
     assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-5
     registered = _score("models:/demo-rm@candidate", tmp_path, "registry")
     assert max(abs(a - b) for a, b in zip(registered, want, strict=True)) < 1e-5
+    from rmtrain.cli import _local_model
+
+    folder, served_as = _local_model("models:/demo-rm@candidate")  # what serve's /info says
+    assert served_as == "models:/demo-rm/1" and (Path(folder) / "model.safetensors").is_file()
 
     port = _free_port()
     serve = subprocess.Popen(
-        [MLFLOW, "models", "serve", "-m", f"runs:/{rid}/model", "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            MLFLOW,
+            "models",
+            "serve",
+            "-m",
+            f"runs:/{rid}/model",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
         env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
     )  # fmt: skip  (mlflow starts the venv's uvicorn by name)
     try:

@@ -9,7 +9,10 @@ Imported only when MLflow is in use (`--report-to none` never imports MLflow).
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from rmtrain import __version__
 from rmtrain.errors import RmtrainError
 
 MODEL_NAME = "model"  # the logged model's name in its run: runs:/<run>/model
@@ -86,14 +90,45 @@ def log_run_outputs(output: Path, report_dir: str) -> str:
         mlflow.log_artifacts(str(output / report_dir), artifact_path=report_dir)
         for png in sorted((output / report_dir).glob("*.png")):
             mlflow.log_image(_image(png), artifact_file=f"plots/{png.name}")
-    info = mlflow.pyfunc.log_model(
-        name=MODEL_NAME,
-        python_model=RewardModel(),
-        artifacts={"model_dir": str(output)},
-        signature=_signature(),
-        input_example=EXAMPLE,
-    )
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory() as tmp:
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
+            artifacts={"model_dir": str(_model_files(output, Path(tmp) / "hf_model"))},
+            signature=_signature(),
+            input_example=EXAMPLE,
+            pip_requirements=_requirements(),
+            metadata={"rmtrain_version": __version__},
+        )
     return info.model_uri  # models:/<logged model id>; runs:/<run>/model names it too
+
+
+def _model_files(output: Path, folder: Path) -> Path:
+    """The model's own files (weights, config, tokenizer, card: the folder's top level) linked
+    into `folder`; not what a run writes beside them (checkpoints, trackers' logs, reports)."""
+    folder.mkdir(parents=True)
+    for path in output.iterdir():
+        if path.is_file() and path.name != "data_report.json":
+            try:
+                os.link(path, folder / path.name)
+            except OSError:  # another file system: copy
+                shutil.copy2(path, folder / path.name)
+    return folder
+
+
+def _requirements() -> list[str]:
+    """What the model needs to load (given, not inferred: inferring loads the model again)."""
+    import torch
+    import transformers
+
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"transformers=={transformers.__version__}",
+        f"mlflow=={mlflow.__version__}",
+        "pandas",
+        f"rmtrain=={__version__}",
+    ]
 
 
 def _image(path: Path) -> Any:
@@ -117,7 +152,6 @@ def register(model_uri: str, name: str, alias: str | None, output: Path) -> str:
 
 
 def _tags(output: Path) -> dict[str, str]:
-    from rmtrain import __version__
     from rmtrain.modeling.loading import saved_options
 
     metrics = json.loads((output / "metrics.json").read_text()).get("metrics", {})

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import set_seed
+from transformers import ProgressCallback, set_seed
 
 from rmtrain import speed
 from rmtrain.batching.collate import make_eval_collator
@@ -41,6 +41,7 @@ from rmtrain.tracking.runs import (
     trainer_report_to,
 )
 from rmtrain.training.atomic_save import STAGE_NAME, check_output_dir, publish, staging_dir
+from rmtrain.training.console import ConsoleProgress
 from rmtrain.training.data_setup import PreparedData, eval_sample, prepare_data
 from rmtrain.training.settings import (
     CHECKPOINT_DIR,
@@ -55,6 +56,7 @@ from rmtrain.training.trainer import (
     CHECKS_GRAD_NORM,
     NonFiniteGuard,
     PairwiseRewardTrainer,
+    WholeSplitAtTheEnd,
     latest_checkpoint,
     make_compute_metrics,
 )
@@ -259,7 +261,7 @@ def _make_trainer(
     pad = tokenizer.pad_token_id
     varlen = cfg.attn_implementation == "flash_attention_2"
     cost = attention_cost_ratio(model.config)
-    return PairwiseRewardTrainer(
+    trainer = PairwiseRewardTrainer(
         model=model,
         args=training_arguments(cfg, output, trainer_report_to(trackers), model.num_parameters()),
         train_dataset=data.train,
@@ -272,13 +274,20 @@ def _make_trainer(
             [p.margin for p in data.test_pairs],
             cfg.center_rewards_coef,
         ),
-        callbacks=[*([] if CHECKS_GRAD_NORM else [NonFiniteGuard()]), *(callbacks or [])],
+        callbacks=[
+            *([] if CHECKS_GRAD_NORM else [NonFiniteGuard()]),
+            WholeSplitAtTheEnd(),
+            *(callbacks or []),
+        ],
         center_rewards_coef=cfg.center_rewards_coef,
         lm_loss_coef=cfg.lm_loss_coef,
         lm_head_weight=lm_head_weight(model, cfg.model) if cfg.lm_loss_coef > 0 else None,
         group_by_prompt=cfg.group_by_prompt,
         fold_clipping=cfg.speed == "auto",
     )
+    if trainer.pop_callback(ProgressCallback) is not None:  # the console's own lines
+        trainer.add_callback(ConsoleProgress)
+    return trainer
 
 
 def peak_memory_gib() -> float:

@@ -297,6 +297,16 @@ def rotate_checkpoints(folder: str | Path, keep: int | None) -> None:
 CHECKS_GRAD_NORM = callable(getattr(Trainer, "_get_grad_norm", None))
 
 
+class WholeSplitAtTheEnd(TrainerCallback):
+    """No evaluation of the sample at the last step: the recipe evaluates the whole held-out
+    split there anyway (transformers would otherwise evaluate both)."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = False
+        return control
+
+
 class NonFiniteGuard(TrainerCallback):
     """Stops at the first non-finite gradient, naming the step and the last good checkpoint
     (with its own pass over the gradients: only where `CHECKS_GRAD_NORM` is false)."""
