@@ -199,6 +199,7 @@ def _trl_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[in
         report_to=[],
         save_strategy="no",
         logging_steps=10_000,
+        eval_steps=0,  # train() is timed alone; evaluate() is timed apart
         bf16=gpu,
         use_cpu=not gpu,
         disable_tqdm=True,
@@ -264,6 +265,7 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
         speed="off" if "speedoff" in flags else "auto",
         report_to=["none"],
         logging_steps=10_000,
+        eval_steps=0,  # train() is timed alone; evaluate() is timed apart
     )
     tune_allocator(cfg)
     speed.install(model, speed_options(cfg), checkpointing(cfg, model.num_parameters()))
