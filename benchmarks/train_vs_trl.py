@@ -199,7 +199,6 @@ def _trl_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[in
         report_to=[],
         save_strategy="no",
         logging_steps=10_000,
-        eval_steps=0,  # train() is timed alone; evaluate() is timed apart
         bf16=gpu,
         use_cpu=not gpu,
         disable_tqdm=True,
