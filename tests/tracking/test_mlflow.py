@@ -113,9 +113,8 @@ def test_training_logs_the_model_its_metrics_artifacts_and_registers_it(server, 
     )
     rid = run.info.run_id
     assert run.data.params["rmtrain.lr"] == "0.001" and run.info.status == "FINISHED"
-    steps = {
-        k: [m.step for m in client.get_metric_history(rid, k)] for k in ("loss", "eval_win_rate")
-    }
+    names = ("loss", "eval_win_rate", "eval_kendall_tau", "final_win_rate")
+    steps = {k: [m.step for m in client.get_metric_history(rid, k)] for k in names}
     assert steps["loss"] == [1, 2, 4, 6]
     assert steps["eval_win_rate"] == steps["eval_kendall_tau"] == [3, 6]  # sample, whole split
     assert steps["final_win_rate"] == [6]
