@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
+from rmtrain.batching.collate import make_collator
 from rmtrain.modeling.losses import pairwise_loss
 from rmtrain.training.trainer import pair_rewards
 from tests.conftest import tiny_llama, tiny_qwen3
@@ -46,12 +49,44 @@ def make_model(arch: str, attn: str):
     return model.train(False), pad
 
 
+def tiny_gpt2(vocab_size: int = 200, pad_token_id: int = 0):
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=256,
+        num_labels=1,
+        pad_token_id=pad_token_id,
+        attn_implementation="sdpa",
+    )
+    return GPT2ForSequenceClassification(config).eval(), pad_token_id
+
+
+# the training collators of --packing none / padding_free / prefix_sharing, and prefix trees
+LAYOUTS = {
+    "none": lambda pad: make_collator("none", pad, 0),
+    "padding_free": lambda pad: make_collator("padding_free", pad, 64),
+    "prefix_sharing": lambda pad: make_collator("prefix_sharing", pad, 64),
+    "trees": lambda pad: make_collator("prefix_sharing", pad, 0, tree_cap=1000),
+}
+
+
 def prepared(model: Any, **options: Any) -> Any:
     """`model` prepared by the speed door (for scoring unless `training=True` is given)."""
     from rmtrain import speed
 
     speed.install(model, speed.SpeedOptions(**{"training": False, **options}))
     return model
+
+
+def prepared_model(arch: str, attn: str) -> tuple:
+    """A tiny model prepared for scoring by the speed door (per-block attention on CPU)."""
+    model, pad = make_model(arch, attn)
+    return prepared(model), pad
 
 
 def loss_and_grads(model, batch, rewards=pair_rewards):

@@ -10,8 +10,8 @@ from rmtrain.speed import attention
 from rmtrain.speed import flash as flash_module
 from rmtrain.training.trainer import pair_rewards
 from tests.conftest import count_calls, tiny_llama
-from tests.helpers import FEATURES
-from tests.helpers import make_model as stock_model
+from tests.helpers import FEATURES, prepared
+from tests.helpers import prepared_model as make_model
 
 
 class _Layer(torch.nn.Module):
@@ -186,7 +186,7 @@ def test_block_attention_setting_picks_the_path(when, per_block, monkeypatch):
     model, pad = make_model("qwen3", "sdpa")
     batch = PackedCollator(pad, "prefix_sharing", 64)(FEATURES)
     dense = [r.detach() for r in pair_rewards(model, {**batch, "attention_blocks": None})]
-    _prepare(model, when)
+    prepared(model, block_attention=when)
     calls = _count_sdpa_calls(monkeypatch)
     chosen, rejected = pair_rewards(model, batch)
     # per block: two calls per pair (its causal run, its rejected tail); else one per row
@@ -196,25 +196,11 @@ def test_block_attention_setting_picks_the_path(when, per_block, monkeypatch):
     assert torch.allclose(rejected, dense[1], atol=1e-5)
 
 
-def make_model(arch: str, attn: str) -> tuple:
-    """A tiny model prepared for scoring by the speed door (per-block attention on CPU)."""
-    model, pad = stock_model(arch, attn)
-    _prepare(model, "auto")
-    return model, pad
-
-
-def _prepare(model, when: str) -> None:
-    """`model` prepared for scoring by the speed door with --block-attention `when`."""
-    from rmtrain import speed
-
-    speed.install(model, speed.SpeedOptions(training=False, block_attention=when))
-
-
 def _tree_batch() -> tuple:
     """A tiny Llama and a tree batch: two pairs sharing a prompt (and their rejected answer),
     and a pair of its own."""
     model, pad = tiny_llama(200, 0), 0
-    _prepare(model, "auto")
+    prepared(model)
     shared = {"prompt_ids": [5, 6, 7], "rejected_ids": [9], "margin": 0.0}
     feats = [
         {**shared, "chosen_ids": [8, 8], "pair_index": 0},
@@ -330,7 +316,7 @@ def test_flex_setting_scores_with_one_call_per_layer_and_one_block_mask(arch, mo
     batch = PackedCollator(pad, mode, 64)(FEATURES)
     with torch.no_grad():
         dense = pair_rewards(model, {**batch, "attention_blocks": None})
-        _prepare(model, "flex")
+        prepared(model, block_attention="flex")
         flex = count_calls(monkeypatch, attention, "flex_rows")
         built = count_calls(monkeypatch, flex_module, "create_block_mask")
         sdpa = _count_sdpa_calls(monkeypatch)
@@ -357,7 +343,7 @@ def test_flex_setting_scores_tree_batches_as_the_dense_path():
     args = (model, batch["input_ids"], batch["attention_mask"], batch["position_ids"])
     with torch.no_grad():
         want = token_values(*args)
-        _prepare(model, "flex")
+        prepared(model, block_attention="flex")
         got = token_values(*args, blocks=batch["attention_blocks"])
     assert (got[0] - want[0]).abs().max().item() < 1e-5
     assert (got[1, :4] - want[1, :4]).abs().max().item() < 1e-5  # then 3 pad columns

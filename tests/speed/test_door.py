@@ -13,46 +13,15 @@ import pytest
 import torch
 
 from rmtrain import speed
-from rmtrain.batching.collate import make_collator
-from tests.helpers import FEATURES, SHARED, loss_and_grads, make_model
+from tests.helpers import FEATURES, LAYOUTS, SHARED, loss_and_grads, make_model, tiny_gpt2
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def tiny_gpt2(vocab_size: int = 200, pad_token_id: int = 0):
-    from transformers import GPT2Config, GPT2ForSequenceClassification
-
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=vocab_size,
-        n_embd=64,
-        n_layer=2,
-        n_head=4,
-        n_positions=256,
-        num_labels=1,
-        pad_token_id=pad_token_id,
-        attn_implementation="sdpa",
-    )
-    return GPT2ForSequenceClassification(config).eval(), pad_token_id
-
-
-def _model(arch: str):
-    return tiny_gpt2() if arch == "gpt2" else make_model(arch, "sdpa")
-
-
-# the training collators of --packing none / padding_free / prefix_sharing, and prefix trees
-LAYOUTS = {
-    "none": lambda pad: make_collator("none", pad, 0),
-    "padding_free": lambda pad: make_collator("padding_free", pad, 64),
-    "prefix_sharing": lambda pad: make_collator("prefix_sharing", pad, 64),
-    "trees": lambda pad: make_collator("prefix_sharing", pad, 0, tree_cap=1000),
-}
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gpt2"])
 def test_speed_auto_equals_speed_off(arch, layout):
-    plain, pad = _model(arch)
+    plain, pad = tiny_gpt2() if arch == "gpt2" else make_model(arch, "sdpa")
     fast = copy.deepcopy(plain)
     handle = speed.install(fast, speed.SpeedOptions(training=True))
     assert handle is not None and speed.handle_of(plain) is None

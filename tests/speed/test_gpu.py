@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from rmtrain import speed
-from tests.helpers import FEATURES, SHARED, loss_and_grads, make_model
-from tests.speed.test_door import LAYOUTS, tiny_gpt2
+from tests.helpers import FEATURES, LAYOUTS, SHARED, loss_and_grads, make_model, tiny_gpt2
 
 pytestmark = [
     pytest.mark.gpu,

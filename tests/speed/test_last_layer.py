@@ -8,13 +8,7 @@ from rmtrain.batching.collate import PackedCollator, PairCollator, make_collator
 from rmtrain.speed.last_layer import last_layer_modules, only_rows
 from rmtrain.training.trainer import pair_rewards
 from tests.helpers import FEATURES, SHARED, full_rewards, loss_and_grads, prepared
-from tests.helpers import make_model as stock_model
-
-
-def make_model(arch: str, attn: str) -> tuple:
-    model, pad = stock_model(arch, attn)
-    return prepared(model), pad
-
+from tests.helpers import prepared_model as make_model
 
 BATCHES = {
     "padded": lambda pad: PairCollator(pad)(FEATURES),
