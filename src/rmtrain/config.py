@@ -18,7 +18,7 @@ import yaml
 from rmtrain.errors import RmtrainError
 
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:
+def option(default: Any, help: str, **extra: Any) -> Any:
     """A dataclass field whose help text feeds the CLI."""
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
@@ -29,44 +29,44 @@ def _opt(default: Any, help: str, **extra: Any) -> Any:
 class TrainConfig:
     """Everything `rmtrain train` can be told. Flags override YAML, YAML overrides defaults."""
 
-    model: str = _opt(
+    model: str = option(
         "Qwen/Qwen3-0.6B",
         "Hub name, local model folder, or a .gguf file (dequantized on load); "
         "'builtin:tiny-qwen3' is the offline demo model.",
     )
-    dataset: list[str] = _opt(
+    dataset: list[str] = option(
         ["lvwerra/stack-exchange-paired"],
         "Hub name or local .json/.jsonl/.parquet/.csv file ('builtin:demo': the offline demo "
         "set). Repeat to use several; 'file:0.7' gives a mixing weight (all or none weighted).",
         action="append",
     )
-    dataset_split: str = _opt("train", "Split to read from a hub data set.")
-    output: str = _opt("./outputs/reward_model", "Output folder for model, config and metrics.")
-    lr: float = _opt(5e-6, "Peak learning rate (AdamW).")
-    epochs: float = _opt(1.0, "Number of training epochs.")
-    batch: int = _opt(2, "Preference pairs per device per step.")
-    eval_batch: int | None = _opt(None, "Pairs per evaluation batch (default: 4 x --batch).")
-    grad_accum: int = _opt(1, "Gradient accumulation steps.")
-    max_length: int = _opt(512, "Maximum tokens of prompt + response (longer pairs are cut).")
-    min_prompt_length: int | None = _opt(
+    dataset_split: str = option("train", "Split to read from a hub data set.")
+    output: str = option("./outputs/reward_model", "Output folder for model, config and metrics.")
+    lr: float = option(5e-6, "Peak learning rate (AdamW).")
+    epochs: float = option(1.0, "Number of training epochs.")
+    batch: int = option(2, "Preference pairs per device per step.")
+    eval_batch: int | None = option(None, "Pairs per evaluation batch (default: 4 x --batch).")
+    grad_accum: int = option(1, "Gradient accumulation steps.")
+    max_length: int = option(512, "Maximum tokens of prompt + response (longer pairs are cut).")
+    min_prompt_length: int | None = option(
         None, "Prompt tokens kept before the response is cut (default: max_length // 4)."
     )
-    packing: str = _opt(
+    packing: str = option(
         "prefix_sharing",
         "Batch layout: prefix_sharing ([prompt][chosen][rejected], prompt computed once), "
         "padding_free (sequences packed, no pad tokens) or none (padded double batch).",
     )
-    row_budget: int | None = _opt(
+    row_budget: int | None = option(
         None, "Tokens per packed row (default: 4 x max_length; 0 = one pair per row)."
     )
-    group_by_length: bool = _opt(True, "Batch pairs of similar length together (less padding).")
-    group_by_prompt: bool = _opt(
+    group_by_length: bool = option(True, "Batch pairs of similar length together (less padding).")
+    group_by_prompt: bool = option(
         False,
         "Put the pairs of one prompt into the same training steps (InstructGPT-style; replaces "
         "length grouping) and compute each prompt, and an answer repeated across its pairs, once "
         "per step. Needs --packing prefix_sharing. Changes which pairs share a step.",
     )
-    prefix_trees: str = _opt(
+    prefix_trees: str = option(
         "auto",
         "With --packing prefix_sharing: lay each training batch out as prefix trees, so that a "
         "prefix several of its sequences share (a template's system prompt, a prompt or answer "
@@ -74,117 +74,117 @@ class TrainConfig:
         "auto); off on GPUs and with --lm-loss-coef (next-token targets need plain sequences). "
         "on / off: always / never. Same rewards and gradients either way.",
     )
-    frac: float = _opt(0.01, "Fraction of the data set to use, sampled deterministically.")
-    test_size: float = _opt(0.2, "Held-out fraction (split by prompt, deterministic).")
-    max_steps: int = _opt(-1, "Stop after this many optimizer steps (-1: run all epochs).")
-    seed: int = _opt(42, "Seed for sampling, splitting, initialisation and shuffling.")
-    logging_steps: int = _opt(100, "Log loss to console / MLflow / W&B every N steps.")
-    eval_steps: int = _opt(
+    frac: float = option(0.01, "Fraction of the data set to use, sampled deterministically.")
+    test_size: float = option(0.2, "Held-out fraction (split by prompt, deterministic).")
+    max_steps: int = option(-1, "Stop after this many optimizer steps (-1: run all epochs).")
+    seed: int = option(42, "Seed for sampling, splitting, initialisation and shuffling.")
+    logging_steps: int = option(100, "Log loss to console / MLflow / W&B every N steps.")
+    eval_steps: int = option(
         100,
         "Held-out win rate, Kendall's tau and loss every N steps, on --eval-sample pairs (0: "
         "only at the end, on the whole held-out split, as always).",
     )
-    eval_sample: int = _opt(
+    eval_sample: int = option(
         1000, "Held-out pairs (a fixed seeded sample) for the evaluations during training."
     )
-    report_to: list[str] = _opt(
+    report_to: list[str] = option(
         ["mlflow", "wandb"], "Trackers: any of mlflow, wandb, or none.", nargs="+"
     )
-    warmup_ratio: float = _opt(0.0, "Share of steps with linear learning-rate warmup.")
-    weight_decay: float = _opt(0.0, "AdamW weight decay.")
-    max_grad_norm: float = _opt(1.0, "Gradient clipping norm (0 turns clipping off).")
-    center_rewards_coef: float = _opt(
+    warmup_ratio: float = option(0.0, "Share of steps with linear learning-rate warmup.")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm (0 turns clipping off).")
+    center_rewards_coef: float = option(
         0.0, "Weight of the reward-centering term mean((r_c + r_r)^2); 0 turns it off."
     )
-    lm_loss_coef: float = _opt(
+    lm_loss_coef: float = option(
         0.0,
         "Weight of an auxiliary LM loss on the chosen responses (multi-task regulariser, Yang "
         "et al. 2024); 0 turns it off. The saved model stays sequence classification.",
     )
-    margin_column: str = _opt("margin", "Optional per-row margin column used when present.")
-    chat_template: str = _opt(
+    margin_column: str = option("margin", "Optional per-row margin column used when present.")
+    chat_template: str = option(
         "auto", "Text layout: 'auto' (chat template when the tokenizer has one) or 'plain'."
     )
-    pad_token: str | None = _opt(None, "Pad token to use when the tokenizer has none.")
-    bf16: bool | None = _opt(None, "bf16 mixed precision (default: on for bf16-capable GPUs).")
-    fp16: bool = _opt(False, "fp16 mixed precision (GPUs without bf16).")
-    gradient_checkpointing: bool | None = _opt(
+    pad_token: str | None = option(None, "Pad token to use when the tokenizer has none.")
+    bf16: bool | None = option(None, "bf16 mixed precision (default: on for bf16-capable GPUs).")
+    fp16: bool = option(False, "fp16 mixed precision (GPUs without bf16).")
+    gradient_checkpointing: bool | None = option(
         None, "Recompute activations in backward (default: on for models over 1B parameters)."
     )
-    checkpoint_every: int = _opt(
+    checkpoint_every: int = option(
         1,
         "With gradient checkpointing: recompute every N-th decoder layer only (1: all; 2: half, "
         "less recomputation for more memory).",
     )
-    speed: str = _opt(
+    speed: str = option(
         "auto",
         "auto: rmtrain's speed-ups where they apply (each exact: same rewards and gradients to "
         "float rounding); off: the plain transformers path, to bisect a problem or compare.",
     )
-    lean_activations: bool = _opt(
+    lean_activations: bool = option(
         True,
         "Keep fewer activations for backward in Llama / Qwen-style RMSNorm, SiLU MLPs and the "
         "projections reading them: same gradients, less memory, a few elementwise ops redone "
         "in backward. Turn off to compare or to bisect.",
     )
-    cap_activations: bool = _opt(
+    cap_activations: bool = option(
         True,
         "With lean activations and no gradient checkpointing: when a batch would keep more "
         "activations than the gradients take, recompute the MLPs of its first layers in backward "
         "(two matrix products each), just enough that memory peaks with the gradients, as in "
         "any trainer, not with the activations. Batches within that size recompute nothing.",
     )
-    fuse_elementwise: bool = _opt(
+    fuse_elementwise: bool = option(
         False,
         "With lean activations: compile their elementwise work (RMSNorm, SiLU gate, forward and "
         "backward) with torch.compile, once per process for any length. Off by default: no "
         "gain end to end on CPU. Without a C++ compiler it warns and runs eagerly.",
     )
-    retain_freed_memory: bool = _opt(
+    retain_freed_memory: bool = option(
         True,
         "Training on CPU with glibc: keep the memory a step frees for the next step instead of "
         "handing it back to the kernel and faulting it in again; peak memory is unchanged. "
         "Skipped where MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or GLIBC_TUNABLES is set.",
     )
-    block_attention: str = _opt(
+    block_attention: str = option(
         "auto",
         "Packed rows' attention one pair (block) at a time instead of one masked call over the "
         "whole row: auto (on CPU; on GPUs the dense call runs), on, off; or flex: one "
         "FlexAttention call per layer that skips the tiles the mask blocks (training on CUDA "
         "only: FlexAttention has no backward on CPU).",
     )
-    attn_implementation: str = _opt(
+    attn_implementation: str = option(
         "sdpa",
         "Attention kernel: sdpa, eager, flash_attention_2 (padding_free / none packing only).",
     )
-    lora_r: int = _opt(0, "LoRA rank (0: full fine-tuning).")
-    lora_alpha: int = _opt(16, "LoRA alpha.")
-    lora_dropout: float = _opt(0.0, "LoRA dropout.")
-    lora_target: list[str] | None = _opt(
+    lora_r: int = option(0, "LoRA rank (0: full fine-tuning).")
+    lora_alpha: int = option(16, "LoRA alpha.")
+    lora_dropout: float = option(0.0, "LoRA dropout.")
+    lora_target: list[str] | None = option(
         None, "Modules that get adapters (default: all linear layers but the head).", nargs="+"
     )
-    merge_lora: bool = _opt(False, "Save LoRA merged into an ordinary checkpoint.")
-    load_in_4bit: bool = _opt(False, "QLoRA: load the base model in 4-bit (GPU + bitsandbytes).")
-    dtype: str = _opt(
+    merge_lora: bool = option(False, "Save LoRA merged into an ordinary checkpoint.")
+    load_in_4bit: bool = option(False, "QLoRA: load the base model in 4-bit (GPU + bitsandbytes).")
+    dtype: str = option(
         "auto", "Weights dtype: auto (fp32 on CPU, bf16 on capable GPUs), float32, ..."
     )
-    trust_remote_code: bool = _opt(False, "Allow model code from the hub (off for safety).")
-    save_steps: int | None = _opt(None, "Save a resumable checkpoint every N steps.")
-    save_total_limit: int | None = _opt(2, "Keep only the newest K checkpoints.")
-    resume: str | None = _opt(
+    trust_remote_code: bool = option(False, "Allow model code from the hub (off for safety).")
+    save_steps: int | None = option(None, "Save a resumable checkpoint every N steps.")
+    save_total_limit: int | None = option(2, "Keep only the newest K checkpoints.")
+    resume: str | None = option(
         None,
         "Continue from the latest checkpoint in --output (bare --resume) or from a given path.",
         nargs="?",
         const="latest",
     )
-    max_bad_fraction: float = _opt(0.01, "Stop when more than this share of rows is bad.")
-    strict: bool = _opt(False, "Stop on any bad row.")
-    overwrite: bool = _opt(False, "Replace an existing non-empty --output.")
-    run_name: str | None = _opt(None, "Run name for MLflow / W&B.")
-    register_model: str | None = _opt(
+    max_bad_fraction: float = option(0.01, "Stop when more than this share of rows is bad.")
+    strict: bool = option(False, "Stop on any bad row.")
+    overwrite: bool = option(False, "Replace an existing non-empty --output.")
+    run_name: str | None = option(None, "Run name for MLflow / W&B.")
+    register_model: str | None = option(
         None, "Register the logged model in the MLflow Model Registry under this name."
     )
-    model_alias: str | None = _opt(
+    model_alias: str | None = option(
         None, "With --register-model: point this alias (e.g. candidate) at the new version."
     )
 

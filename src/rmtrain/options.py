@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rmtrain.config import _opt
+from rmtrain.config import option
 
 MODEL_HELP = (
     "Model folder saved by rmtrain train, or an MLflow model: models:/NAME/VERSION, "
@@ -24,105 +24,105 @@ SPEED_HELP = (
 class EvalConfig:
     """`rmtrain eval`: a reward model on preference data sets, with a report and plots."""
 
-    model: str = _opt(None, MODEL_HELP, required=True)
-    dataset: list[str] = _opt(
+    model: str = option(None, MODEL_HELP, required=True)
+    dataset: list[str] = option(
         [],
         "Data set (file or hub name, any training format); repeat for several.",
         action="append",
         required=True,
     )
-    output: str = _opt(None, "Report folder (report.json, report.md, PNG plots).", required=True)
-    max_length: int | None = _opt(None, "Tokens per sequence (default: the training value).")
-    batch: int | None = _opt(None, "Pairs per forward pass (approximate).")
-    split: str = _opt("train", "Split of hub data sets.")
-    speed: str = _opt("auto", SPEED_HELP, choices=("auto", "off"))
+    output: str = option(None, "Report folder (report.json, report.md, PNG plots).", required=True)
+    max_length: int | None = option(None, "Tokens per sequence (default: the training value).")
+    batch: int | None = option(None, "Pairs per forward pass (approximate).")
+    split: str = option("train", "Split of hub data sets.")
+    speed: str = option("auto", SPEED_HELP, choices=("auto", "off"))
 
 
 @dataclass
 class ScoreConfig:
     """`rmtrain score`: rewards for the rows of a JSONL file, streamed."""
 
-    model: str = _opt(None, MODEL_HELP, required=True)
-    input: str = _opt(None, "JSONL: prompt + response, messages, or text.", required=True)
-    output: str = _opt(None, "JSONL: each input row plus reward or error.", required=True)
-    batch: int = _opt(256, "Rows read and scored per chunk.")
-    max_length: int | None = _opt(None, "Tokens per row (default: the training value).")
-    normalize: bool = _opt(False, "Apply the saved reward mean / std.")
-    speed: str = _opt("auto", SPEED_HELP, choices=("auto", "off"))
+    model: str = option(None, MODEL_HELP, required=True)
+    input: str = option(None, "JSONL: prompt + response, messages, or text.", required=True)
+    output: str = option(None, "JSONL: each input row plus reward or error.", required=True)
+    batch: int = option(256, "Rows read and scored per chunk.")
+    max_length: int | None = option(None, "Tokens per row (default: the training value).")
+    normalize: bool = option(False, "Apply the saved reward mean / std.")
+    speed: str = option("auto", SPEED_HELP, choices=("auto", "off"))
 
 
 @dataclass
 class ServeConfig:
     """`rmtrain serve`: the HTTP reward server."""
 
-    model: str = _opt(None, MODEL_HELP, required=True)
-    host: str = _opt("127.0.0.1", "Bind address (loopback by default).")
-    port: int = _opt(8000, "Port.")
-    api_key: str | None = _opt(
+    model: str = option(None, MODEL_HELP, required=True)
+    host: str = option("127.0.0.1", "Bind address (loopback by default).")
+    port: int = option(8000, "Port.")
+    api_key: str | None = option(
         None,
         "Bearer token required on requests. Default: $RMTRAIN_API_KEY when set (its value is "
         "never printed).",
         show_default=False,
     )
-    normalize: bool = _opt(False, "Apply the saved reward mean / std.")
-    max_length: int | None = _opt(
+    normalize: bool = option(False, "Apply the saved reward mean / std.")
+    max_length: int | None = option(
         None, "Tokens per item (default: the training value); longer items are cut as in training."
     )
-    max_items: int = _opt(64, "Items per request.")
-    max_body_bytes: int = _opt(2_000_000, "Request body limit in bytes.")
-    timeout: float = _opt(30.0, "Seconds per request.")
-    batch_wait_ms: float = _opt(5.0, "How long a request waits for others to batch with.")
-    dynamic_batching: bool = _opt(True, "Score concurrent requests together.")
-    trust_remote_code: bool = _opt(False, "Allow model code from the hub (off for safety).")
-    speed: str = _opt("auto", SPEED_HELP, choices=("auto", "off"))
+    max_items: int = option(64, "Items per request.")
+    max_body_bytes: int = option(2_000_000, "Request body limit in bytes.")
+    timeout: float = option(30.0, "Seconds per request.")
+    batch_wait_ms: float = option(5.0, "How long a request waits for others to batch with.")
+    dynamic_batching: bool = option(True, "Score concurrent requests together.")
+    trust_remote_code: bool = option(False, "Allow model code from the hub (off for safety).")
+    speed: str = option("auto", SPEED_HELP, choices=("auto", "off"))
 
 
 @dataclass
 class HpoConfig:
     """`rmtrain hpo`: an Optuna study over training options."""
 
-    space: str = _opt(None, "Search space (YAML).", required=True)
-    n_trials: int = _opt(None, "Total trials in the study.", required=True)
-    output: str = _opt(None, "Study folder (trials, plots, best config).", required=True)
-    config: str | None = _opt(None, "Base training config (YAML).")
-    storage: str | None = _opt(None, "Optuna storage URL (default: SQLite in --output).")
-    study_name: str = _opt("rmtrain-hpo", "Study name.")
-    jobs: int = _opt(1, "Processes sharing the study.")
-    metric: str = _opt("win_rate", "Held-out metric to optimise.")
-    direction: str | None = _opt(
+    space: str = option(None, "Search space (YAML).", required=True)
+    n_trials: int = option(None, "Total trials in the study.", required=True)
+    output: str = option(None, "Study folder (trials, plots, best config).", required=True)
+    config: str | None = option(None, "Base training config (YAML).")
+    storage: str | None = option(None, "Optuna storage URL (default: SQLite in --output).")
+    study_name: str = option("rmtrain-hpo", "Study name.")
+    jobs: int = option(1, "Processes sharing the study.")
+    metric: str = option("win_rate", "Held-out metric to optimise.")
+    direction: str | None = option(
         None,
         "maximize or minimize (default: minimize for loss, else maximize).",
         choices=("maximize", "minimize"),
     )
-    pruner: str = _opt(
+    pruner: str = option(
         "median", "Stop poor trials early at eval steps.", choices=("median", "none")
     )
-    register_model: str | None = _opt(
+    register_model: str | None = option(
         None, "Log the best trial's model to MLflow and register it under this name."
     )
-    model_alias: str | None = _opt(None, "With --register-model: point this alias at it.")
+    model_alias: str | None = option(None, "With --register-model: point this alias at it.")
 
 
 @dataclass
 class ValidateConfig:
     """`rmtrain validate`: every row of a data set checked; bad rows written with their place."""
 
-    dataset: str = _opt(None, "File or hub name (any training format).", required=True)
-    model: str | None = _opt(None, "Tokenizer source for the length check (skipped without).")
-    max_length: int = _opt(512, "Token limit of the length check.")
-    max_bad_fraction: float = _opt(0.01, "Fail when more than this share of rows is bad.")
-    strict: bool = _opt(False, "Fail on any bad row.")
-    output: str = _opt("data_report.json", "Report path.")
+    dataset: str = option(None, "File or hub name (any training format).", required=True)
+    model: str | None = option(None, "Tokenizer source for the length check (skipped without).")
+    max_length: int = option(512, "Token limit of the length check.")
+    max_bad_fraction: float = option(0.01, "Fail when more than this share of rows is bad.")
+    strict: bool = option(False, "Fail on any bad row.")
+    output: str = option("data_report.json", "Report path.")
 
 
 @dataclass
 class PrepareStackExchangeConfig:
     """`rmtrain prepare stackexchange`: a dump's Posts.xml to stack-exchange-paired pairs."""
 
-    input: str = _opt(None, "Posts.xml or a site .7z dump.", required=True)
-    output: str = _opt(None, "Pairs file: .jsonl or .parquet.", required=True)
-    max_pairs_per_question: int = _opt(10, "Cap of pairs per question.")
-    seed: int = _opt(0, "Seed for sampling capped pairs.")
+    input: str = option(None, "Posts.xml or a site .7z dump.", required=True)
+    output: str = option(None, "Pairs file: .jsonl or .parquet.", required=True)
+    max_pairs_per_question: int = option(10, "Cap of pairs per question.")
+    seed: int = option(0, "Seed for sampling capped pairs.")
 
 
 @dataclass
@@ -130,6 +130,6 @@ class LogModelConfig:
     """`rmtrain log-model OUTPUT`: log a saved output folder to MLflow as a new run (metrics,
     report, files and the model), and register it; for a run whose tracking store failed."""
 
-    register_model: str | None = _opt(None, "Register the model under this name.")
-    model_alias: str | None = _opt(None, "With --register-model: point this alias at it.")
-    run_name: str | None = _opt(None, "Run name (default: the output folder's name).")
+    register_model: str | None = option(None, "Register the model under this name.")
+    model_alias: str | None = option(None, "With --register-model: point this alias at it.")
+    run_name: str | None = option(None, "Run name (default: the output folder's name).")

@@ -9,12 +9,17 @@ from rmtrain.data.pairs import Pair
 from rmtrain.errors import RmtrainError
 
 
+def seeded_sample(n: int, k: int, seed: int) -> list[int]:
+    """`k` of the indices 0..n-1 drawn from `seed` alone, in ascending (source) order."""
+    return sorted(random.Random(seed).sample(range(n), k))
+
+
 def sample_indices(n: int, frac: float, seed: int) -> list[int]:
     """A deterministic sample of round(frac * n) rows (at least one), in source order."""
     if n == 0:
         raise RmtrainError("the data set is empty; pass a file with preference rows")
     k = max(1, round(frac * n))
-    return sorted(random.Random(seed).sample(range(n), k))
+    return seeded_sample(n, k, seed)
 
 
 def split_by_group(pairs: list[Pair], test_size: float, seed: int) -> tuple[list[Pair], list[Pair]]:
@@ -65,6 +70,6 @@ def mix_weighted(
     out = {}
     for i, (name, pairs) in enumerate(parts.items()):
         take = min(len(pairs), round(shares[name] * size))
-        picked = sorted(random.Random(seed + i).sample(range(len(pairs)), take))
+        picked = seeded_sample(len(pairs), take, seed + i)
         out[name] = [pairs[j] for j in picked]
     return out

@@ -3,7 +3,6 @@ the training parts by weight, tokenise once, cut to length, and count every row.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +11,7 @@ from rmtrain.config import TrainConfig
 from rmtrain.data.layout import encode_pairs_detailed, uses_chat_template
 from rmtrain.data.pairs import DataCounts, Pair, read_pairs
 from rmtrain.data.reading import load_rows
-from rmtrain.data.splits import mix_weighted, parse_dataset_spec, split_by_group
+from rmtrain.data.splits import mix_weighted, parse_dataset_spec, seeded_sample, split_by_group
 from rmtrain.data.validation import record_dropped
 from rmtrain.errors import RmtrainError
 
@@ -111,5 +110,4 @@ def eval_sample(features: list[dict[str, Any]], n: int, seed: int) -> list[dict[
     during training see the same pairs every time and stay cheap on long data sets."""
     if len(features) <= n:
         return features
-    keep = sorted(random.Random(seed).sample(range(len(features)), n))
-    return [features[i] for i in keep]
+    return [features[i] for i in seeded_sample(len(features), n, seed)]
