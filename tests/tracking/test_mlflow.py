@@ -66,7 +66,7 @@ def _start_server(root: Path, port: int | None = None) -> tuple[subprocess.Popen
         "1",
     ]
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, process_group=0
     )
     url = f"http://127.0.0.1:{port}"
     _wait(url, proc)
@@ -162,7 +162,7 @@ def test_training_logs_the_model_its_metrics_artifacts_and_registers_it(server, 
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        process_group=0,
         env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
     )  # fmt: skip  (mlflow starts the venv's uvicorn by name)
     try:
