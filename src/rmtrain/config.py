@@ -91,6 +91,16 @@ class TrainConfig:
         ["mlflow", "wandb"], "Trackers: any of mlflow, wandb, or none.", nargs="+"
     )
     warmup_ratio: float = option(0.0, "Share of steps with linear learning-rate warmup.")
+    lr_scheduler: str = option(
+        "linear",
+        "Learning-rate schedule after warmup.",
+        choices=("linear", "cosine", "constant", "constant_with_warmup"),
+    )
+    head_lr_multiplier: float = option(
+        1.0,
+        "Learning rate of the value head relative to --lr (a new head often needs a higher "
+        "one than the pretrained backbone).",
+    )
     weight_decay: float = option(0.0, "AdamW weight decay.")
     max_grad_norm: float = option(1.0, "Gradient clipping norm (0 turns clipping off).")
     center_rewards_coef: float = option(
@@ -104,6 +114,13 @@ class TrainConfig:
     margin_column: str = option("margin", "Optional per-row margin column used when present.")
     chat_template: str = option(
         "auto", "Text layout: 'auto' (chat template when the tokenizer has one) or 'plain'."
+    )
+    reward_position: str = option(
+        "end_of_turn",
+        "Token the reward is read at: end_of_turn (the template's end-of-turn token, where a "
+        "generation stops: OpenRLHF, TRL and stock forwards all read there) or template_end (the "
+        "last token of the template's closing).",
+        choices=("end_of_turn", "template_end"),
     )
     pad_token: str | None = option(None, "Pad token to use when the tokenizer has none.")
     bf16: bool | None = option(None, "bf16 mixed precision (default: on for bf16-capable GPUs).")
@@ -202,6 +219,7 @@ class TrainConfig:
 GROUPS: dict[str, tuple[str, ...]] = {
     "model": (
         "model",
+        "reward_position",
         "pad_token",
         "chat_template",
         "dtype",
@@ -234,6 +252,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "max_steps",
         "seed",
         "warmup_ratio",
+        "lr_scheduler",
+        "head_lr_multiplier",
         "weight_decay",
         "max_grad_norm",
         "center_rewards_coef",
@@ -278,6 +298,12 @@ def _check_ranges(cfg: TrainConfig) -> None:
         problems.append(f"--max-length must be at least 8, got {cfg.max_length}")
     if not 0 <= cfg.max_bad_fraction <= 1:
         problems.append(f"--max-bad-fraction must be in [0, 1], got {cfg.max_bad_fraction}")
+    if cfg.reward_position not in ("end_of_turn", "template_end"):
+        problems.append("--reward-position must be end_of_turn or template_end")
+    if cfg.lr_scheduler not in ("linear", "cosine", "constant", "constant_with_warmup"):
+        problems.append("--lr-scheduler must be linear, cosine, constant or constant_with_warmup")
+    if not cfg.head_lr_multiplier > 0:
+        problems.append(f"--head-lr-multiplier must be above 0, got {cfg.head_lr_multiplier}")
     if cfg.checkpoint_every < 1:
         problems.append(f"--checkpoint-every must be at least 1, got {cfg.checkpoint_every}")
     if cfg.save_steps is not None and cfg.save_steps < 1:

@@ -86,4 +86,9 @@ def test_encode_pairs_counts_truncated_and_dropped(qwen_tokenizer):
     assert truncated == 1 and dropped == {"identical_after_truncation": 1}
     for f in feats:
         assert len(f["prompt_ids"]) + len(f["chosen_ids"]) <= 64
-        assert f["chosen_ids"][-2:] == qwen_tokenizer("<|im_end|>\n")["input_ids"]
+        # end_of_turn: the reward is read at <|im_end|>, the template's newline left out
+        assert f["chosen_ids"][-1] == qwen_tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert feats[0]["chosen_ids"][-2:] == qwen_tokenizer("yes<|im_end|>")["input_ids"][-2:]
+    # template_end: the reward is read after the template's closing newline
+    feats, _, _ = encode_pairs(qwen_tokenizer, pairs[:1], 64, chat=True, position="template_end")
+    assert feats[0]["chosen_ids"][-2:] == qwen_tokenizer("<|im_end|>\n")["input_ids"]

@@ -1,8 +1,18 @@
 """The one format-and-tokenize path shared by training, evaluation, scoring and serving.
 
 A text is laid out as `[prompt][body][tail]`: the prompt (chat-templated up to the assistant
-turn, or plain), the response body, and the tail the template closes the turn with (or eos).
-The reward is read at the last tail token. Over-long pairs are cut, never dropped silently:
+turn, or plain), the response body, and the tail that closes the turn. The reward is read at the
+last tail token, and `reward_position` says where the tail ends:
+
+- `end_of_turn` (default): at the template's end-of-turn token (`<|im_end|>`, `<|eot_id|>`,
+  `<end_of_turn>`; eos without a template), the token a generation stops at. What the template
+  writes after it (a newline) is left out, so a policy's `prompt + generation` (OpenRLHF) and the
+  full chat-templated text (TRL, pipelines: the saved tokenizer pads with that newline, see
+  `residue_token`) are scored at the same token as in training.
+- `template_end`: at the last token of the template's closing (earlier models, and models
+  trained by tools that read there).
+
+Over-long pairs are cut, never dropped silently:
 the prompt loses its oldest tokens down to a floor, then the response body loses its end; the
 tail always stays so the reward token is the same one the model sees at full length.
 """
@@ -33,6 +43,9 @@ class FittedPair:
     chosen: list[int]
     rejected: list[int]
     truncated: bool
+
+
+REWARD_POSITIONS = ("end_of_turn", "template_end")
 
 
 def uses_chat_template(tokenizer: Any, mode: str = "auto") -> bool:
@@ -84,22 +97,124 @@ def _tokenize_many(tokenizer: Any, texts: list[str], special: bool) -> list[list
     return [list(table[t]) for t in texts]
 
 
+def end_of_turn(tokenizer: Any, tail: list[int]) -> int:
+    """Length of the tail up to and including its first special token (all of it if none)."""
+    special = set(tokenizer.all_special_ids)
+    return next((i + 1 for i, t in enumerate(tail) if t in special), len(tail))
+
+
+def reward_tail(tokenizer: Any, tail: list[int], position: str = "end_of_turn") -> list[int]:
+    """The part of a template's closing that ends at the reward token."""
+    return tail[: end_of_turn(tokenizer, tail)] if position == "end_of_turn" else tail
+
+
+def closing_ids(tokenizer: Any, chat: bool) -> list[int]:
+    """The template's whole closing of an assistant turn (empty without a template)."""
+    if not chat:
+        return []
+    return tokenizer(render(tokenizer, "x", "y", chat)[2], add_special_tokens=False)["input_ids"]
+
+
+def residue_token(tokenizer: Any, chat: bool, position: str) -> int | None:
+    """The one token a template writes after the reward token (ChatML's newline), if any.
+
+    A saved model pads with it: the stock sequence-classification head reads the last token that
+    is not padding, so on the full chat-templated text it then reads the end-of-turn token, as
+    training did."""
+    closing = closing_ids(tokenizer, chat)
+    rest = closing[end_of_turn(tokenizer, closing) :] if position == "end_of_turn" else []
+    return rest[0] if len(rest) == 1 and rest[0] != tokenizer.eos_token_id else None
+
+
 def encode_batch(
-    tokenizer: Any, prompts: Sequence[Text], responses: Sequence[Text], chat: bool
+    tokenizer: Any,
+    prompts: Sequence[Text],
+    responses: Sequence[Text],
+    chat: bool,
+    position: str = "end_of_turn",
 ) -> list[Encoded]:
     """Encode prompt/response texts in one batched call per part."""
     parts = [render(tokenizer, p, r, chat) for p, r in zip(prompts, responses, strict=True)]
     head_ids = _tokenize_many(tokenizer, [p[0] for p in parts], special=not chat)
     body_ids = _tokenize_many(tokenizer, [p[1] for p in parts], special=False)
     tail_ids = _tokenize_many(tokenizer, [p[2] for p in parts], special=False)
-    eos = tokenizer.eos_token_id
-    out = []
-    for h, b, t in zip(head_ids, body_ids, tail_ids, strict=True):
-        if not t:
-            t = [eos] if eos is not None else b[-1:]
-            b = b if eos is not None else b[:-1]
-        out.append(Encoded(h, b, t))
-    return out
+    return [
+        _closed(tokenizer, h, b, reward_tail(tokenizer, t, position))
+        for h, b, t in zip(head_ids, body_ids, tail_ids, strict=True)
+    ]
+
+
+def _closed(tokenizer: Any, head: list[int], body: list[int], tail: list[int]) -> Encoded:
+    """Without a template closing, eos closes the response (or its own last token)."""
+    if not tail:
+        eos = tokenizer.eos_token_id
+        tail = [eos] if eos is not None else body[-1:]
+        body = body if eos is not None else body[:-1]
+    return Encoded(head, body, tail)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """What a template puts around a response: the assistant header that ends a prompt, the
+    opening it writes before the content (Qwen3's empty think block) and the closing token ids."""
+
+    header: str
+    opening: str
+    closing: list[int]
+
+
+def template_frame(tokenizer: Any, chat: bool) -> Frame:
+    if not chat:
+        return Frame("", "", [])
+    user = [{"role": "user", "content": "x"}]
+    with_header = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    without = tokenizer.apply_chat_template(user, tokenize=False)
+    header = with_header[len(without) :] if with_header.startswith(without) else ""
+    _, body, _ = render(tokenizer, "x", "y", chat)
+    opening = body[: -len("y")] if body.endswith("y") else ""
+    return Frame(header, opening, closing_ids(tokenizer, chat))
+
+
+def split_text(text: str, frame: Frame, prompt: str | None = None) -> tuple[str, str]:
+    """(prompt part, response part) of a full text: at the given prompt when the text starts
+    with it, else after the last assistant header, else all response."""
+    if prompt and text.startswith(prompt) and len(text) > len(prompt):
+        return prompt, text[len(prompt) :]
+    at = text.rfind(frame.header) if frame.header else -1
+    if at >= 0:
+        return text[: at + len(frame.header)], text[at + len(frame.header) :]
+    return "", text
+
+
+def encode_text(
+    tokenizer: Any,
+    text: str,
+    chat: bool,
+    position: str = "end_of_turn",
+    prompt: str | None = None,
+    frame: Frame | None = None,
+) -> Encoded:
+    """A full text (prompt and response already rendered, as an RLHF loop sends it) in the
+    training layout: a complete or partial closing at its end is completed (only what is
+    missing), a template opening the text lacks is added, and the tail ends at the reward token.
+    A text that already is the training layout comes out as training tokenised it."""
+    frame = frame or template_frame(tokenizer, chat)
+    head, response = split_text(text, frame, prompt)
+    if chat:
+        for k in range(len(frame.closing), 0, -1):
+            part = tokenizer.decode(frame.closing[:k])
+            if response.endswith(part):
+                response = response[: -len(part)]
+                break
+        marker = frame.opening.split("\n")[0]
+        if head and frame.opening and not response.startswith(marker):
+            response = frame.opening + response
+    elif tokenizer.eos_token and response.endswith(tokenizer.eos_token):
+        response = response[: -len(tokenizer.eos_token)]
+    head_ids = tokenizer(head, add_special_tokens=not chat)["input_ids"] if head else []
+    body_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    tail = reward_tail(tokenizer, frame.closing, position)
+    return _closed(tokenizer, list(head_ids), list(body_ids), tail)
 
 
 def default_prompt_floor(max_length: int) -> int:
@@ -163,6 +278,7 @@ def encode_pairs(
     max_length: int,
     chat: bool,
     prompt_floor: int | None = None,
+    position: str = "end_of_turn",
 ) -> tuple[list[dict[str, Any]], int, dict[str, int]]:
     """Tokenise and fit pairs once: (features, truncated count, dropped counts by reason).
 
@@ -170,7 +286,7 @@ def encode_pairs(
     find the pair's prompt group whatever order batches come in.
     """
     features, truncated, dropped = encode_pairs_detailed(
-        tokenizer, pairs, max_length, chat, prompt_floor
+        tokenizer, pairs, max_length, chat, prompt_floor, position
     )
     counts: dict[str, int] = {}
     for _, reason in dropped:
@@ -184,11 +300,12 @@ def encode_pairs_detailed(
     max_length: int,
     chat: bool,
     prompt_floor: int | None = None,
+    position: str = "end_of_turn",
 ) -> tuple[list[dict[str, Any]], int, list[tuple[int, str]]]:
     """As `encode_pairs`, with the dropped pairs as (pair index, reason)."""
     prompts = [p.prompt for p in pairs]
-    chosen = encode_batch(tokenizer, prompts, [p.chosen for p in pairs], chat)
-    rejected = encode_batch(tokenizer, prompts, [p.rejected for p in pairs], chat)
+    chosen = encode_batch(tokenizer, prompts, [p.chosen for p in pairs], chat, position)
+    rejected = encode_batch(tokenizer, prompts, [p.rejected for p in pairs], chat, position)
     features: list[dict[str, Any]] = []
     truncated = 0
     dropped: list[tuple[int, str]] = []

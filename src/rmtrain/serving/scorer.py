@@ -21,7 +21,15 @@ from rmtrain import speed
 from rmtrain.batching.collate import pack_trees, sequence_ends
 from rmtrain.batching.prefix_tree import build_trees
 from rmtrain.data.formats import is_messages
-from rmtrain.data.layout import encode_batch, encode_pairs, fit_single, uses_chat_template
+from rmtrain.data.layout import (
+    Frame,
+    encode_batch,
+    encode_pairs,
+    encode_text,
+    fit_single,
+    template_frame,
+    uses_chat_template,
+)
 from rmtrain.errors import RmtrainError
 from rmtrain.modeling.loading import choose_pad_token, saved_options
 from rmtrain.modeling.rewards import attention_cost_ratio, unwrap, values_at
@@ -48,6 +56,14 @@ class RewardScorer:
     token_budget: int = 4096  # tokens per forward pass
     reward_mean: float | None = None
     reward_std: float | None = None
+    position: str = "end_of_turn"
+    _frame: Frame | None = None
+
+    @property
+    def frame(self) -> Frame:
+        if self._frame is None:
+            self._frame = template_frame(self.tokenizer, self.chat)
+        return self._frame
 
     @property
     def device(self) -> torch.device:
@@ -78,7 +94,7 @@ class RewardScorer:
 
     def score_pairs(self, pairs: Sequence[Any], progress: Progress | None = None) -> ScoredPairs:
         feats, truncated, dropped = encode_pairs(
-            self.tokenizer, pairs, self.max_length, self.chat, self.prompt_floor
+            self.tokenizer, pairs, self.max_length, self.chat, self.prompt_floor, self.position
         )
         chosen, rejected = self.score_features(feats, progress)
         return ScoredPairs(feats, chosen, rejected, truncated, dropped)
@@ -87,8 +103,21 @@ class RewardScorer:
         self, prompts: Sequence[Any], responses: Sequence[Any]
     ) -> list[tuple[list[int], bool] | None]:
         """Token ids (and whether they were cut) of each prompt + response; None: cannot fit."""
-        encoded = encode_batch(self.tokenizer, prompts, responses, self.chat)
+        encoded = encode_batch(self.tokenizer, prompts, responses, self.chat, self.position)
         return [fit_single(e, self.max_length, self.prompt_floor) for e in encoded]
+
+    def encode_full_texts(
+        self, texts: Sequence[str], prompts: Sequence[str | None]
+    ) -> list[tuple[list[int], bool] | None]:
+        """As `encode_texts`, for texts that hold prompt and response (see `encode_text`)."""
+        return [
+            fit_single(
+                encode_text(self.tokenizer, t, self.chat, self.position, p, self.frame),
+                self.max_length,
+                self.prompt_floor,
+            )
+            for t, p in zip(texts, prompts, strict=True)
+        ]
 
     def score_ids(self, seqs: Sequence[list[int]], normalize: bool = False) -> np.ndarray:
         """Rewards of token sequences, returned in order."""
@@ -125,9 +154,8 @@ def _settings_from_yaml(folder: Path) -> dict[str, Any]:
     cfg = saved_options(folder)
     if not cfg:
         return {}
-    return {k: cfg[k] for k in ("max_length", "chat_template") if k in cfg} | {
-        "prompt_floor": cfg.get("min_prompt_length")
-    }
+    keys = ("max_length", "chat_template", "reward_position")
+    return {k: cfg[k] for k in keys if k in cfg} | {"prompt_floor": cfg.get("min_prompt_length")}
 
 
 def _batches_by_budget(sizes: Sequence[int], budget: int) -> list[list[int]]:
@@ -187,6 +215,8 @@ def load_scorer(
         token_budget=max(token_budget, 2 * max_length),
         reward_mean=getattr(model.config, "reward_mean", None),
         reward_std=getattr(model.config, "reward_std", None),
+        # models saved without it were trained (and stock heads read) at the template's end
+        position=settings.get("reward_position", "template_end"),
     )
 
 
@@ -199,10 +229,30 @@ class Item:
     text: str | None = None
 
 
+def is_text(value: str) -> bool:
+    """False for strings that are not valid unicode text (an unpaired surrogate like \\ud800,
+    which JSON can carry and no tokenizer can read)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _all_text(value: Any) -> bool:
+    if isinstance(value, str):
+        return is_text(value)
+    if isinstance(value, list):
+        return all(_all_text(m.get("content", "")) for m in value if isinstance(m, dict))
+    return True
+
+
 def parse_item(obj: Any) -> Item | str:
     """An `Item`, or the reason the object cannot be scored (reported, never dropped)."""
     if not isinstance(obj, dict):
         return "item must be a JSON object"
+    if not all(_all_text(obj.get(k)) for k in ("prompt", "response", "messages", "text")):
+        return "text holds an unpaired surrogate (like \\ud800): send valid unicode"
     if "response" in obj:
         prompt, response = obj.get("prompt", ""), obj["response"]
         if not (isinstance(prompt, str) or is_messages(prompt)):
@@ -222,19 +272,12 @@ def parse_item(obj: Any) -> Item | str:
     return "item needs 'prompt' and 'response', 'messages', or 'text'"
 
 
-def _training_tail(scorer: RewardScorer) -> list[int]:
-    """Token ids that close a response in the training layout (template closing or eos)."""
-    (enc,) = encode_batch(scorer.tokenizer, ["x"], ["y"], scorer.chat)
-    return enc.tail
-
-
 def encode_items(
     scorer: RewardScorer, items: Sequence[Item]
 ) -> list[tuple[list[int], bool] | None]:
     """Token ids and truncation flag per item, with the training function; None: cannot fit.
 
-    Full texts are tokenised as given, closed with the training tail when it is missing, and
-    cut from the left (the end, where the reward is read, stays).
+    Full texts are put in the training layout (`encode_text`) and cut by the training rule.
     """
     out: list[tuple[list[int], bool] | None] = [None] * len(items)
     pr = [i for i, it in enumerate(items) if it.text is None]
@@ -242,14 +285,9 @@ def encode_items(
     for i, f in zip(pr, fitted, strict=True):
         out[i] = f
     raw = [i for i, it in enumerate(items) if it.text is not None]
-    if raw:
-        tail = _training_tail(scorer)
-        ids = scorer.tokenizer([items[i].text for i in raw], add_special_tokens=False)["input_ids"]
-        for i, seq in zip(raw, ids, strict=True):
-            seq = list(seq)
-            if tail and seq[-len(tail) :] != tail:
-                seq = seq + tail
-            out[i] = (seq[-scorer.max_length :], len(seq) > scorer.max_length)
+    texts = scorer.encode_full_texts([items[i].text for i in raw], [items[i].prompt for i in raw])
+    for i, f in zip(raw, texts, strict=True):
+        out[i] = f
     return out
 
 

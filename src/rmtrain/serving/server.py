@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
-from rmtrain.serving.scorer import Item, RewardScorer, encode_items, parse_item
+from rmtrain.serving.scorer import Item, RewardScorer, encode_items, is_text, parse_item
 
 log = logging.getLogger("rmtrain.serve")
 
@@ -47,11 +47,13 @@ class ScoreRequest(BaseModel):
 
 
 class RewardRequest(BaseModel):
-    """OpenRLHF remote reward model request; `prompts` and `labels` are accepted and unused."""
+    """OpenRLHF remote reward model request: full texts in `query`; `prompts` (when they are
+    the texts' beginnings) mark where each response starts; `labels` are accepted and unused.
+    OpenRLHF 0.10-0.11 sends an empty `query` to all but one of several endpoints."""
 
     model_config = ConfigDict(extra="ignore")
-    query: list[StrictStr] = Field(min_length=1)
-    prompts: list[StrictStr] | None = None
+    query: list[StrictStr]
+    prompts: list[Any] | None = None
 
 
 class DynamicBatcher:
@@ -127,6 +129,9 @@ class BodyLimit:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if scope.get("method") == "POST":  # every body is JSON, whatever a client declares
+            kept = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-type"]
+            scope = {**scope, "headers": [*kept, (b"content-type", b"application/json")]}
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             return await _send_json(send, 413, f"body larger than {self.max_bytes} bytes")
@@ -196,11 +201,24 @@ async def _rewards(
     if bad:
         raise HTTPException(422, f"items {bad} cannot fit max length {scorer.max_length}")
     seqs = [e[0] for e in encoded]
-    try:
-        rewards = await asyncio.wait_for(batcher.score(seqs, normalize), limits.request_timeout_s)
-    except (TimeoutError, asyncio.TimeoutError):
-        raise HTTPException(503, "scoring timed out; retry with fewer items") from None
-    return {"rewards": [float(r) for r in rewards], "truncated": [e[1] for e in encoded]}
+    if not seqs:
+        rewards = np.zeros(0)
+    else:
+        try:
+            rewards = await asyncio.wait_for(
+                batcher.score(seqs, normalize), limits.request_timeout_s
+            )
+        except (TimeoutError, asyncio.TimeoutError):
+            raise HTTPException(503, "scoring timed out; retry with fewer items") from None
+    truncated = [e[1] for e in encoded]
+    return {
+        "rewards": [float(r) for r in rewards],
+        "truncated": truncated,  # also in extra_logs, which OpenRLHF logs per sample
+        "extra_logs": {
+            "rm_truncated": [float(t) for t in truncated],
+            "rm_tokens": [float(len(s)) for s in seqs],
+        },
+    }
 
 
 def create_app(
@@ -260,9 +278,16 @@ def create_app(
 
     @app.post("/get_reward", dependencies=guard)
     async def get_reward(req: RewardRequest) -> dict[str, Any]:
-        if any(not q.strip() for q in req.query):
-            raise HTTPException(422, "every query must be a non-empty string")
-        return await rewards_for([Item(text=q) for q in req.query])
+        bad = [i for i, q in enumerate(req.query) if not q.strip() or not is_text(q)]
+        if bad:
+            raise HTTPException(422, f"queries {bad[:20]} are empty or not valid unicode text")
+        prompts = req.prompts if req.prompts and len(req.prompts) == len(req.query) else None
+        return await rewards_for(
+            [
+                Item(text=q, prompt=p if prompts and isinstance(p, str) and is_text(p) else None)
+                for q, p in zip(req.query, prompts or [None] * len(req.query), strict=True)
+            ]
+        )
 
     return BodyLimit(app, limits.max_body_bytes)
 

@@ -46,6 +46,7 @@ def _encode(tokenizer: Any, pairs: list[Pair], cfg: TrainConfig, counts: DataCou
         cfg.max_length,
         uses_chat_template(tokenizer, cfg.chat_template),
         cfg.min_prompt_length,
+        cfg.reward_position,
     )
     counts.truncated += truncated
     record_dropped(counts, pairs, dropped)

@@ -19,7 +19,7 @@ from transformers import ProgressCallback, set_seed
 from rmtrain import speed
 from rmtrain.batching.collate import make_eval_collator
 from rmtrain.config import TrainConfig, save_config
-from rmtrain.data.layout import default_prompt_floor
+from rmtrain.data.layout import default_prompt_floor, residue_token, uses_chat_template
 from rmtrain.data.pairs import DataCounts
 from rmtrain.data.validation import check_bad_rows, write_data_report
 from rmtrain.errors import RmtrainError
@@ -83,19 +83,30 @@ def _save(trainer: Any, tokenizer: Any, cfg: TrainConfig, result: dict[str, Any]
     if cfg.lora_r and cfg.merge_lora:
         model = merged(model)
         trainer.model = model
-    model.config.reward_mean = result["metrics"]["reward_mean"]
-    model.config.reward_std = result["metrics"]["reward_std"]
+    # reward_* for rmtrain, mean/std for OpenRLHF's --normalize_reward (same numbers)
+    model.config.reward_mean = model.config.mean = result["metrics"]["reward_mean"]
+    model.config.reward_std = model.config.std = result["metrics"]["reward_std"]
     model.config.rmtrain = {
         "max_length": cfg.max_length,
         "chat_template": cfg.chat_template,
         "prompt_floor": cfg.min_prompt_length or default_prompt_floor(cfg.max_length),
+        "reward_position": cfg.reward_position,
         "base_model": cfg.model,
     }
+    chat = uses_chat_template(tokenizer, cfg.chat_template)
+    adapter_only = bool(cfg.lora_r) and not cfg.merge_lora  # no stock head to steer
+    pad = None if adapter_only else residue_token(tokenizer, chat, cfg.reward_position)
+    if pad is not None:  # the stock head then reads the end-of-turn token (see layout)
+        model.config.pad_token_id = pad
     trainer.save_model(str(stage))
     trainer.accelerator.wait_for_everyone()
     if not main:
         return
+    saved_pad = tokenizer.pad_token
+    if pad is not None:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad)
     tokenizer.save_pretrained(str(stage))
+    tokenizer.pad_token = saved_pad
     save_config(cfg, stage / "rmtrain_config.yaml")
     (stage / "metrics.json").write_text(json.dumps(result, indent=2))
     (stage / "README.md").write_text(render_model_card(cfg.to_dict(), result, REPORT_DIR))
@@ -284,6 +295,7 @@ def _make_trainer(
         lm_head_weight=lm_head_weight(model, cfg.model) if cfg.lm_loss_coef > 0 else None,
         group_by_prompt=cfg.group_by_prompt,
         fold_clipping=cfg.speed == "auto",
+        head_lr_multiplier=cfg.head_lr_multiplier,
     )
     if trainer.pop_callback(ProgressCallback) is not None:  # the console's own lines
         trainer.add_callback(ConsoleProgress)

@@ -68,6 +68,33 @@ def _halves(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rewards[:half], rewards[half:]
 
 
+def value_head(model: Any) -> torch.nn.Module:
+    """The sequence-classification head (`score` in decoder classes, else `classifier`)."""
+    inner = model
+    while not (hasattr(inner, "score") or hasattr(inner, "classifier")) and hasattr(
+        inner, "base_model"
+    ):
+        if inner.base_model is inner:
+            break
+        inner = inner.base_model
+    head = getattr(inner, "score", None) or getattr(inner, "classifier", None)
+    if head is None:
+        raise RmtrainError("--head-lr-multiplier: this model has no `score` head")
+    return getattr(head, "modules_to_save", {}).get("default", head)
+
+
+def split_head_groups(optimizer: torch.optim.Optimizer, head: set[int], scale: float) -> None:
+    """Move the head's parameters out of each param group into a copy with lr x `scale`."""
+    groups = []
+    for group in optimizer.param_groups:
+        mine = [p for p in group["params"] if id(p) in head]
+        rest = [p for p in group["params"] if id(p) not in head]
+        groups.append({**group, "params": rest})
+        if mine:
+            groups.append({**group, "params": mine, "lr": group["lr"] * scale})
+    optimizer.param_groups = [g for g in groups if g["params"]]
+
+
 class PairwiseRewardTrainer(Trainer):
     """Bradley-Terry reward-model training on `PairCollator` batches."""
 
@@ -80,9 +107,11 @@ class PairwiseRewardTrainer(Trainer):
         eval_collator: Any = None,
         group_by_prompt: bool = False,
         fold_clipping: bool = True,
+        head_lr_multiplier: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.head_lr_multiplier = head_lr_multiplier
         self.eval_collator, self.group_by_prompt = eval_collator, group_by_prompt
         self.center_rewards_coef = center_rewards_coef
         self.lm_loss_coef, self.lm_head_weight = lm_loss_coef, lm_head_weight
@@ -99,6 +128,15 @@ class PairwiseRewardTrainer(Trainer):
                 logs[key] = sum(vals) / len(vals)
                 vals.clear()
         super().log(logs, *args, **kwargs)
+
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer, with the value head in groups of its own at
+        `head_lr_multiplier` x the learning rate (schedules scale every group alike)."""
+        optimizer = super().create_optimizer(model)
+        if self.head_lr_multiplier != 1.0:
+            head = {id(p) for p in value_head(self.model).parameters()}
+            split_head_groups(optimizer, head, self.head_lr_multiplier)
+        return optimizer
 
     def _clip_grad_norm(self, model: Any) -> Any:
         """Trainer's clipping, folded into the step of a fused Adam(W) on CPU in a single
