@@ -125,16 +125,18 @@ def load_reward_model(
         model.config._attn_implementation = attn_implementation
     else:
         path, extra = _split_gguf(model_id)
+        kwargs = {
+            "num_labels": 1,
+            "dtype": dtype,
+            "trust_remote_code": trust_remote_code,
+            "use_safetensors": None if extra else _prefers_safetensors(path),
+            "quantization_config": quantization_config,
+            **extra,
+        }
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path,
-                num_labels=1,
-                dtype=dtype,
-                trust_remote_code=trust_remote_code,
-                use_safetensors=None if extra else _prefers_safetensors(path),
-                attn_implementation=attn_implementation,
-                quantization_config=quantization_config,
-                **extra,
+            _check_sequence_classification(path, trust_remote_code, extra)
+            model = _from_pretrained(
+                AutoModelForSequenceClassification, path, attn_implementation, kwargs
             )
         except (OSError, ValueError) as exc:
             raise _hub_error(model_id, exc) from None
@@ -143,6 +145,41 @@ def load_reward_model(
     model.config.pad_token_id = pad_token_id
     model.config.use_cache = False
     return model
+
+
+def _from_pretrained(cls: Any, path: str, attn: str, kwargs: dict[str, Any]) -> Any:
+    """Load with the requested attention; a class that refuses it (Gemma2's soft-capping needs
+    eager attention) is loaded with eager attention instead, and the user told so."""
+    try:
+        return cls.from_pretrained(path, attn_implementation=attn, **kwargs)
+    except ValueError as exc:
+        if attn == "eager" or "does not support" not in str(exc):
+            raise
+    print(f"[rmtrain] this architecture does not support {attn} attention: using eager attention")
+    return cls.from_pretrained(path, attn_implementation="eager", **kwargs)
+
+
+def _check_sequence_classification(path: str, trust_remote_code: bool, extra: dict) -> None:
+    """A clear error for architectures without a sequence-classification class."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as NAMES,
+    )
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **extra)
+    if config.model_type in NAMES or getattr(config, "auto_map", None):
+        return
+    known = ", ".join(sorted(n for n in NAMES if n in DECODERS))
+    raise RmtrainError(
+        f"{config.model_type} has no sequence-classification class in transformers, so it cannot "
+        f"carry a reward head; use a decoder that has one ({known})"
+    )
+
+
+DECODERS = {
+    "llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2",
+    "gemma3_text", "phi3", "olmo2", "gpt2", "gpt_neox", "smollm3", "starcoder2", "falcon",
+}  # fmt: skip
 
 
 def _drop_gguf_quantizer(model: Any) -> None:
