@@ -29,8 +29,19 @@ def test_metrics_baselines_and_subsets_are_exact():
     # per prompt: p1 (1 - 1) / 2 = 0, p2 = 1, p3 = -1 -> mean 0
     assert r["metrics"]["kendall_tau"] == pytest.approx(0.0)
     # longer wins: pair 0 -> 1, pair 1 -> 0, pair 2 tie -> 0.5, pair 3 -> 0: 1.5 / 4
-    assert r["baselines"] == {"chance": 0.5, "longer_response": 0.375}
-    assert r["beats_length_baseline"] is True
+    # shorter wins: 0, 1, 0.5, 1 -> 2.5 / 4
+    assert r["baselines"] == {"chance": 0.5, "longer_response": 0.375, "shorter_response": 0.625}
+    # 0.5 is not above the better length baseline (prefer shorter, 0.625)
+    assert r["beats_length_baseline"] is False
+    # Wilson, 2 of 4, z = 1.96: centre 0.5, half 1.96 * sqrt(1/16 + 0.9604/64) / 1.9604
+    half = 1.959964 * np.sqrt(0.25 / 4 + 1.959964**2 / 64) / (1 + 1.959964**2 / 4)
+    assert r["metrics"]["win_rate_ci95"] == pytest.approx([0.5 - half, 0.5 + half])
+    assert r["metrics"]["win_rate_ci95"] == pytest.approx([0.1500, 0.8500], abs=1e-4)
+    assert r["above_chance"] is False
+    assert r["flags"] == [
+        "not above chance: win rate 0.500 (95% interval 0.150-0.850) includes or is below 0.5",
+        "not above the length baseline: win rate 0.500 <= prefer shorter 0.625",
+    ]
     assert r["subsets"] == {
         "chat": {"win_rate": 0.5, "pairs": 2},
         "math": {"win_rate": 0.5, "pairs": 2},
@@ -55,12 +66,42 @@ def test_model_below_length_baseline_is_flagged(tmp_path):
     )
     assert res.report["metrics"]["win_rate"] == 0.0
     assert res.report["beats_length_baseline"] is False
-    report = write_report({"stub": res}, tmp_path, "stub-model")
+    report = write_report({"/long/path/to/my-prefs.jsonl.gz": res}, tmp_path, "stub-model")
     md = (tmp_path / "report.md").read_text()
-    assert "does not beat the prefer-the-longer-response" in md
-    for name in report["datasets"]["stub"]["plots"]:
+    assert "Flag: not above the length baseline: win rate 0.000 <= prefer shorter 0.625" in md
+    assert "Flag: not above chance" in md
+    plots = report["datasets"]["/long/path/to/my-prefs.jsonl.gz"]["plots"]
+    assert plots == [
+        "my-prefs_rewards_hist.png",
+        "my-prefs_accuracy_by_length.png",
+        "my-prefs_margin_vs_length.png",
+    ]
+    for name in plots:
         png = tmp_path / name
         assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_below_chance_model_above_longer_baseline_is_flagged():
+    """0.485 on 1000 pairs where prefer-shorter gets 0.552: both flags, whatever prefer-longer
+    says."""
+    n = 1000
+    # the chosen response is the shorter one in the first 552 pairs
+    short = [i < 552 for i in range(n)]
+    pairs = [
+        Pair(f"p{i}", "a" if s else "aa", "aa" if s else "a", f"p{i}", i)
+        for i, s in enumerate(short)
+    ]
+    chosen = np.where(np.arange(n) < 485, 1.0, -1.0)
+    rejected = np.zeros(n)
+    r = summarise(pairs, chosen, rejected, {"rows_read": n}).report
+    assert r["metrics"]["win_rate"] == pytest.approx(0.485)
+    assert r["baselines"]["shorter_response"] == pytest.approx(0.552)
+    assert r["baselines"]["longer_response"] == pytest.approx(0.448)
+    assert r["above_chance"] is False and r["beats_length_baseline"] is False
+    assert r["flags"] == [
+        "not above chance: win rate 0.485 (95% interval 0.454-0.516) includes or is below 0.5",
+        "not above the length baseline: win rate 0.485 <= prefer shorter 0.552",
+    ]
 
 
 def test_length_baseline_ties_count_half():

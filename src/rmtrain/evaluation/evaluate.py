@@ -10,6 +10,7 @@ length baseline is flagged.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import numpy as np
 from rmtrain.data.pairs import Pair, read_pairs
 from rmtrain.data.reading import load_rows
 from rmtrain.errors import RmtrainError
-from rmtrain.evaluation.metrics import reward_metrics
+from rmtrain.evaluation.metrics import reward_metrics, wilson_interval
 
 
 def response_length(text: Any) -> int:
@@ -53,6 +54,29 @@ def subset_accuracy(
     }
 
 
+def quality_flags(report: dict[str, Any]) -> list[str]:
+    """What a user must know before trusting the model on this data, in words."""
+    m, b = report["metrics"], report["baselines"]
+    lo, hi = m["win_rate_ci95"]
+    flags = []
+    if not report["above_chance"]:
+        flags.append(
+            f"not above chance: win rate {m['win_rate']:.3f} (95% interval {lo:.3f}-{hi:.3f}) "
+            "includes or is below 0.5"
+        )
+    if not report["beats_length_baseline"]:
+        best = max(
+            ("prefer longer", b["longer_response"]),
+            ("prefer shorter", b["shorter_response"]),
+            key=lambda x: x[1],
+        )
+        flags.append(
+            f"not above the length baseline: win rate {m['win_rate']:.3f} <= "
+            f"{best[0]} {best[1]:.3f}"
+        )
+    return flags
+
+
 @dataclass
 class DatasetEval:
     """Numbers for the report plus the per-pair arrays the plots need."""
@@ -78,14 +102,19 @@ def summarise(
     metrics = reward_metrics(chosen, rejected, [p.group for p in pairs])
     metrics["chosen_reward_std"] = float(np.std(chosen)) if len(chosen) else float("nan")
     metrics["rejected_reward_std"] = float(np.std(rejected)) if len(rejected) else float("nan")
-    base = length_baseline(c_len, r_len)
+    longer = length_baseline(c_len, r_len)
+    shorter = length_baseline(r_len, c_len)
+    wins = float(np.sum(chosen > rejected))
+    metrics["win_rate_ci95"] = list(wilson_interval(wins, len(chosen)))
     report = {
         "counts": counts,
         "metrics": metrics,
-        "baselines": {"chance": 0.5, "longer_response": base},
-        "beats_length_baseline": bool(metrics["win_rate"] > base),
+        "baselines": {"chance": 0.5, "longer_response": longer, "shorter_response": shorter},
+        "above_chance": bool(metrics["win_rate_ci95"][0] > 0.5),
+        "beats_length_baseline": bool(metrics["win_rate"] > max(longer, shorter)),
         "subsets": subset_accuracy(chosen, rejected, [p.extra.get("subset") for p in pairs]),
     }
+    report["flags"] = quality_flags(report)
     if seconds is not None:
         report["scoring"] = {"seconds": seconds, "pairs_per_s": len(pairs) / max(seconds, 1e-9)}
     return DatasetEval(report, chosen, rejected, c_len, r_len)
@@ -129,12 +158,34 @@ def write_report(results: dict[str, DatasetEval], output: Path, model: str) -> d
 
     output.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"model": model, "datasets": {}}
-    for i, (name, res) in enumerate(results.items()):
-        plots = plot_dataset(res, output, f"d{i}", name)
+    taken: set[str] = set()
+    for name, res in results.items():
+        short = short_name(name)
+        slug = file_slug(short, taken)
+        plots = plot_dataset(res, output, slug, short)
         report["datasets"][name] = {**res.report, "plots": plots}
     (output / "report.json").write_text(json.dumps(report, indent=2))
     (output / "report.md").write_text(render_markdown(report))
     return report
+
+
+def short_name(source: str) -> str:
+    """A data set's name for titles: the file name without its extensions, or the hub name's
+    last part, with any `:weight` suffix."""
+    base = source.rstrip("/").split("/")[-1] or source
+    for ext in (".gz", ".bz2", ".xz", ".zst", ".jsonl", ".json", ".csv", ".parquet"):
+        base = base.removesuffix(ext)
+    return base
+
+
+def file_slug(name: str, taken: set[str]) -> str:
+    """File-safe, unique prefix for a data set's plots."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_.") or "data"
+    unique, n = slug, 2
+    while unique in taken:
+        unique, n = f"{slug}_{n}", n + 1
+    taken.add(unique)
+    return unique
 
 
 def run_eval(
@@ -155,11 +206,14 @@ def run_eval(
     report = write_report(results, Path(output), model_dir)
     for name, r in report["datasets"].items():
         m, b = r["metrics"], r["baselines"]
-        flag = "" if r["beats_length_baseline"] else "  [does NOT beat the length baseline]"
+        lo, hi = m["win_rate_ci95"]
         print(
-            f"[rmtrain] {name}: win_rate {m['win_rate']:.4f} (longer-response "
-            f"{b['longer_response']:.4f}, chance 0.5), kendall_tau {m['kendall_tau']:.4f}, "
-            f"{r['counts']['scored_pairs']} pairs{flag}"
+            f"[rmtrain] {name}: win_rate {m['win_rate']:.4f} (95% {lo:.3f}-{hi:.3f}; prefer "
+            f"longer {b['longer_response']:.4f}, prefer shorter {b['shorter_response']:.4f}, "
+            f"chance 0.5), kendall_tau {m['kendall_tau']:.4f}, "
+            f"{r['counts']['scored_pairs']} pairs"
         )
+        for flag in r["flags"]:
+            print(f"[rmtrain]   FLAG: {flag}")
     print(f"[rmtrain] report written to {output}/report.md")
     return report

@@ -21,6 +21,18 @@ def win_rate(chosen: np.ndarray, rejected: np.ndarray) -> float:
     return float(np.mean(chosen > rejected)) if chosen.size else float("nan")
 
 
+def wilson_interval(wins: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% by default); (nan, nan) for n = 0.
+
+    Better behaved than the normal approximation near 0, 1 and for small n."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = wins / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(centre + half)
+
+
 def kendall_tau(chosen: np.ndarray, rejected: np.ndarray, groups: Sequence[str]) -> float:
     """Per-prompt Kendall's tau between rewards and preferences, averaged over prompts."""
     sign = np.sign(np.asarray(chosen, float) - np.asarray(rejected, float))

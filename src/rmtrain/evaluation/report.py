@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from rmtrain.evaluation.metrics import wilson_interval
+
 
 def _plt() -> Any:
     import matplotlib
@@ -45,14 +47,26 @@ def plot_dataset(res: Any, output: Path, prefix: str, title: str) -> list[str]:
 
     bucket = length_buckets(res.chosen_len, res.rejected_len)
     ks = sorted(set(bucket.tolist()))
-    model_acc = [float(np.mean(res.chosen[bucket == k] > res.rejected[bucket == k])) for k in ks]
+    wins = [int(np.sum(res.chosen[bucket == k] > res.rejected[bucket == k])) for k in ks]
+    sizes = [int(np.sum(bucket == k)) for k in ks]
+    model_acc = [w / n for w, n in zip(wins, sizes, strict=True)]
+    ci = [wilson_interval(w, n) for w, n in zip(wins, sizes, strict=True)]
+    err = np.array(
+        [
+            [a - lo for a, (lo, _) in zip(model_acc, ci, strict=False)],
+            [hi - a for a, (_, hi) in zip(model_acc, ci, strict=False)],
+        ]
+    )
     c, r = res.chosen_len, res.rejected_len
     longer = np.where(c > r, 1.0, np.where(c == r, 0.5, 0.0))
     base_acc = [float(np.mean(longer[bucket == k])) for k in ks]
-    labels = [f"{int(np.min(((c + r) / 2)[bucket == k]))}+" for k in ks]
+    labels = [
+        f"{int(np.min(((c + r) / 2)[bucket == k]))}+\nn={n}"
+        for k, n in zip(ks, sizes, strict=False)
+    ]
     fig, ax = plt.subplots(figsize=(6, 4))
     x = np.arange(len(ks))
-    ax.bar(x - 0.2, model_acc, width=0.4, label="reward model")
+    ax.bar(x - 0.2, model_acc, width=0.4, yerr=err, capsize=3, label="reward model (95% CI)")
     ax.bar(x + 0.2, base_acc, width=0.4, label="prefer longer")
     ax.axhline(0.5, color="grey", linestyle="--", label="chance")
     ax.set_xticks(x, labels)
@@ -87,17 +101,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     for name, r in report["datasets"].items():
         m, b, c = r["metrics"], r["baselines"], r["counts"]
         lines += [f"## `{name}`", ""]
-        if not r["beats_length_baseline"]:
-            lines += [
-                "> **Flag: this model does not beat the prefer-the-longer-response "
-                "baseline on this data.**",
-                "",
-            ]
+        lines += [f"> **Flag: {flag}.**\n" for flag in r.get("flags", [])]
+        lo, hi = m["win_rate_ci95"]
         lines += [
             "| metric | value |",
             "|---|---|",
-            f"| win rate | {m['win_rate']:.4f} |",
+            f"| win rate (95% interval) | {m['win_rate']:.4f} ({lo:.3f}-{hi:.3f}) |",
             f"| prefer-longer baseline | {b['longer_response']:.4f} |",
+            f"| prefer-shorter baseline | {b['shorter_response']:.4f} |",
             f"| chance | {b['chance']:.2f} |",
             f"| Kendall's tau (per prompt, mean) | {m['kendall_tau']:.4f} |",
             f"| reward chosen mean / std | {m['chosen_reward_mean']:.4f} / "
