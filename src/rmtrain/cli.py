@@ -165,6 +165,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     limits = ServeLimits(
         max_body_bytes=cfg.max_body_bytes,
         max_items=cfg.max_items,
+        max_pending_items=max(4096, 2 * cfg.max_items),  # a whole batched request can wait
         request_timeout_s=cfg.timeout,
         batch_wait_ms=cfg.batch_wait_ms,
     )
