@@ -168,12 +168,19 @@ def test_malformed_bodies_get_4xx(open_url, body):
         assert 400 <= r.status_code < 500, (path, body, r.status_code, r.text)
 
 
+# any unicode, plus strings holding an unpaired surrogate (valid JSON, not valid text)
+any_text = st.text(max_size=40) | st.builds(
+    lambda a, cp, b: a + chr(cp) + b,
+    st.text(max_size=10),
+    st.integers(0xD800, 0xDFFF),
+    st.text(max_size=10),
+)
 json_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=40),
+    | any_text,
     lambda inner: (
         st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
     ),
@@ -191,7 +198,8 @@ item_like = st.fixed_dictionaries(
 bodies = st.one_of(
     json_values,
     st.fixed_dictionaries({"items": st.lists(item_like, max_size=5)}),
-    st.fixed_dictionaries({"query": st.lists(json_values | st.text(max_size=60), max_size=5)}),
+    st.fixed_dictionaries({"query": st.lists(json_values | any_text, max_size=5)}),
+    st.fixed_dictionaries({"query": st.lists(any_text, max_size=4), "prompts": json_values}),
 )
 
 
@@ -200,8 +208,26 @@ bodies = st.one_of(
 )
 @given(body=bodies, path=st.sampled_from(["/score", "/get_reward"]))
 def test_fuzzed_bodies_never_5xx(open_url, body, path):
-    r = httpx.post(f"{open_url}{path}", json=body, timeout=30)
+    # json.dumps escapes surrogates (\\ud800), as a JSON client would send them
+    r = httpx.post(f"{open_url}{path}", content=json.dumps(body), timeout=30)
     assert r.status_code < 500, (body, r.status_code, r.text)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'\xef\xbb\xbf{"query": ["hi"]}',  # a UTF-8 BOM
+        b'{"query": ["a"], "prompts": NaN}',
+        b'{"items": [{"prompt": "p", "response": "r", "x": 1e999}]}',
+        b"[" * 100_000 + b"]" * 100_000,  # deep nesting
+        b'{"query": ["\xff\xfe"]}',  # not UTF-8
+        b'{"items": [{"text": "' + b"a" * 15_000 + b'"}]}',
+    ],
+)
+def test_odd_bodies_never_5xx(open_url, body):
+    for path in ("/score", "/get_reward"):
+        r = httpx.post(f"{open_url}{path}", content=body, timeout=30)
+        assert r.status_code < 500, (path, body[:80], r.status_code, r.text[:200])
 
 
 def test_help_never_prints_the_api_key(monkeypatch, capsys):
