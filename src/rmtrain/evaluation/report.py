@@ -51,12 +51,16 @@ def plot_dataset(res: Any, output: Path, prefix: str, title: str) -> list[str]:
     sizes = [int(np.sum(bucket == k)) for k in ks]
     model_acc = [w / n for w, n in zip(wins, sizes, strict=True)]
     ci = [wilson_interval(w, n) for w, n in zip(wins, sizes, strict=True)]
-    err = np.array(
-        [
-            [a - lo for a, (lo, _) in zip(model_acc, ci, strict=False)],
-            [hi - a for a, (_, hi) in zip(model_acc, ci, strict=False)],
-        ]
-    )
+    err = np.clip(
+        np.array(
+            [
+                [a - lo for a, (lo, _) in zip(model_acc, ci, strict=True)],
+                [hi - a for a, (_, hi) in zip(model_acc, ci, strict=True)],
+            ]
+        ),
+        0,
+        None,
+    )  # Wilson bounds at 0 or 1 can sit a rounding error past the estimate
     c, r = res.chosen_len, res.rejected_len
     longer = np.where(c > r, 1.0, np.where(c == r, 0.5, 0.0))
     base_acc = [float(np.mean(longer[bucket == k])) for k in ks]

@@ -296,6 +296,7 @@ def _make_trainer(
         group_by_prompt=cfg.group_by_prompt,
         fold_clipping=cfg.speed == "auto",
         head_lr_multiplier=cfg.head_lr_multiplier,
+        warmup_ratio=cfg.warmup_ratio,
     )
     if trainer.pop_callback(ProgressCallback) is not None:  # the console's own lines
         trainer.add_callback(ConsoleProgress)

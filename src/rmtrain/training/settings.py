@@ -37,7 +37,7 @@ def training_arguments(
         per_device_train_batch_size=cfg.batch,
         per_device_eval_batch_size=cfg.eval_batch or 4 * cfg.batch,
         gradient_accumulation_steps=cfg.grad_accum,
-        warmup_steps=cfg.warmup_ratio,
+        warmup_steps=0,  # the trainer sets ceil(warmup_ratio x total steps) (`warmup_ratio`)
         lr_scheduler_type=cfg.lr_scheduler,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,

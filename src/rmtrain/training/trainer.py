@@ -108,10 +108,11 @@ class PairwiseRewardTrainer(Trainer):
         group_by_prompt: bool = False,
         fold_clipping: bool = True,
         head_lr_multiplier: float = 1.0,
+        warmup_ratio: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.head_lr_multiplier = head_lr_multiplier
+        self.head_lr_multiplier, self.warmup_ratio = head_lr_multiplier, warmup_ratio
         self.eval_collator, self.group_by_prompt = eval_collator, group_by_prompt
         self.center_rewards_coef = center_rewards_coef
         self.lm_loss_coef, self.lm_head_weight = lm_loss_coef, lm_head_weight
@@ -137,6 +138,12 @@ class PairwiseRewardTrainer(Trainer):
             head = {id(p) for p in value_head(self.model).parameters()}
             split_head_groups(optimizer, head, self.head_lr_multiplier)
         return optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        """Warmup as a share of the run's steps (transformers reads a `warmup_steps` of 1 or
+        more as a step count, so a ratio of 1.0 would warm up for one step)."""
+        self.args.warmup_steps = math.ceil(self.warmup_ratio * num_training_steps)
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def _clip_grad_norm(self, model: Any) -> Any:
         """Trainer's clipping, folded into the step of a fused Adam(W) on CPU in a single
