@@ -11,6 +11,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rmtrain.config import TrainConfig, build_config, config_from_args
@@ -141,9 +142,14 @@ def _cmd_hpo(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from rmtrain.serving.scorer import load_scorer, score_file
+    from rmtrain.data.outputs import check_output_file
+    from rmtrain.serving.score_file import score_file
+    from rmtrain.serving.scorer import load_scorer
 
     cfg: ScoreConfig = options_from_args(args)
+    if not Path(cfg.input).expanduser().is_file():
+        raise RmtrainError(f"--input {cfg.input} does not exist; pass a .jsonl file")
+    check_output_file(cfg.output, [cfg.input])  # before the model is loaded
     scorer = load_scorer(
         _local_model(cfg.model)[0], max_length=cfg.max_length, speed_mode=cfg.speed
     )

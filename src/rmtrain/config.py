@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from rmtrain.coerce import coerce_all
+from rmtrain.config_checks import check_ranges
 from rmtrain.errors import RmtrainError
 
 
@@ -206,7 +207,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        _check_ranges(self)
+        check_ranges(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -286,88 +287,6 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _check_ranges(cfg: TrainConfig) -> None:
-    problems = []
-    if not 0 < cfg.frac <= 1:
-        problems.append(f"--frac must be in (0, 1], got {cfg.frac}")
-    if not 0 < cfg.test_size < 1:
-        problems.append(f"--test-size must be in (0, 1), got {cfg.test_size}")
-    if cfg.batch < 1 or cfg.grad_accum < 1:
-        problems.append("--batch and --grad-accum must be at least 1")
-    if cfg.max_length < 8:
-        problems.append(f"--max-length must be at least 8, got {cfg.max_length}")
-    if not 0 <= cfg.max_bad_fraction <= 1:
-        problems.append(f"--max-bad-fraction must be in [0, 1], got {cfg.max_bad_fraction}")
-    if cfg.reward_position not in ("end_of_turn", "template_end"):
-        problems.append("--reward-position must be end_of_turn or template_end")
-    if cfg.lr_scheduler not in ("linear", "cosine", "constant", "constant_with_warmup"):
-        problems.append("--lr-scheduler must be linear, cosine, constant or constant_with_warmup")
-    if not cfg.head_lr_multiplier > 0:
-        problems.append(f"--head-lr-multiplier must be above 0, got {cfg.head_lr_multiplier}")
-    if cfg.checkpoint_every < 1:
-        problems.append(f"--checkpoint-every must be at least 1, got {cfg.checkpoint_every}")
-    if cfg.save_steps is not None and cfg.save_steps < 1:
-        problems.append(f"--save-steps must be at least 1, got {cfg.save_steps}")
-    if cfg.chat_template not in ("auto", "plain"):
-        problems.append(f"--chat-template must be 'auto' or 'plain', got {cfg.chat_template!r}")
-    if cfg.packing not in ("none", "padding_free", "prefix_sharing"):
-        problems.append(f"--packing must be none, padding_free or prefix_sharing: {cfg.packing!r}")
-    elif cfg.group_by_prompt and cfg.packing != "prefix_sharing":
-        problems.append(
-            "--group-by-prompt shares prompts through prefix trees: use it with "
-            "--packing prefix_sharing"
-        )
-    problems += _tree_problems(cfg)
-    if cfg.eval_steps < 0 or cfg.eval_sample < 1:
-        problems.append("--eval-steps must be 0 or more and --eval-sample at least 1")
-    if (cfg.register_model or cfg.model_alias) and "mlflow" not in cfg.report_to:
-        problems.append("--register-model and --model-alias need --report-to mlflow")
-    if cfg.model_alias and not cfg.register_model:
-        problems.append("--model-alias needs --register-model NAME")
-    if cfg.speed not in ("auto", "off"):
-        problems.append(f"--speed must be auto or off, got {cfg.speed!r}")
-    if cfg.block_attention not in ("auto", "on", "off", "flex"):
-        problems.append(f"--block-attention must be auto, on, off or flex: {cfg.block_attention!r}")
-    attn = ("sdpa", "eager", "flash_attention_2")
-    if cfg.attn_implementation in ("flex", "flex_attention"):
-        # Measured with torch 2.13 CPU: no FlexAttention backward on CPU (NotImplementedError),
-        # and its unfused fallback with a packed 4-D mask aborted the process (double free).
-        problems.append(
-            "--attn-implementation flex is not supported yet (no backward on CPU, unverified "
-            "on GPU); use sdpa (prefix sharing, the default) or flash_attention_2 with "
-            "--packing padding_free"
-        )
-    elif cfg.attn_implementation not in attn:
-        problems.append(f"--attn-implementation must be one of {attn}")
-    elif cfg.attn_implementation == "flash_attention_2" and cfg.packing == "prefix_sharing":
-        problems.append(
-            "flash_attention_2 cannot express the prefix-sharing mask; use --packing "
-            "padding_free (or none), or --attn-implementation sdpa"
-        )
-    if cfg.bf16 and cfg.fp16:
-        problems.append("choose one of --bf16 and --fp16")
-    if (cfg.merge_lora or cfg.load_in_4bit) and cfg.lora_r <= 0:
-        problems.append("--merge-lora and --load-in-4bit need LoRA: set --lora-r (e.g. 16)")
-    bad = set(cfg.report_to) - {"mlflow", "wandb", "none"}
-    if bad:
-        problems.append(f"--report-to accepts mlflow, wandb, none; got {sorted(bad)}")
-    if problems:
-        raise RmtrainError("; ".join(problems))
-
-
-def _tree_problems(cfg: TrainConfig) -> list[str]:
-    """Prefix-tree training needs prefix sharing and plain next-token targets."""
-    if cfg.prefix_trees not in ("auto", "on", "off"):
-        return [f"--prefix-trees must be auto, on or off: {cfg.prefix_trees!r}"]
-    trees = "--group-by-prompt" if cfg.group_by_prompt else None
-    trees = trees or ("--prefix-trees on" if cfg.prefix_trees == "on" else None)
-    if trees and cfg.lm_loss_coef > 0:
-        return [f"{trees} trains on prefix trees, which --lm-loss-coef cannot use: drop one"]
-    if trees and cfg.packing != "prefix_sharing" and not cfg.group_by_prompt:
-        return [f"{trees} needs --packing prefix_sharing"]
-    return []
-
-
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML file of options, grouped as in `--help` (model:, data:, training:, speed:,
     output:, tracking:) or flat; returns flat keys."""
@@ -416,12 +335,9 @@ def build_config(overrides: dict[str, Any], cls: type = TrainConfig) -> Any:
         raise RmtrainError(
             f"unknown config keys {unknown}; valid keys are: {', '.join(sorted(names))}"
         )
-    values = dict(overrides)
-    hints = typing.get_type_hints(cls)
-    for key, value in values.items():  # a single value where the option takes a list
-        kinds = [hints.get(key), *typing.get_args(hints.get(key))]
-        if isinstance(value, str) and any(typing.get_origin(k) is list for k in kinds):
-            values[key] = [value]
+    values, problems = coerce_all(dict(overrides), cls)
+    if problems:
+        raise RmtrainError("bad config values: " + "; ".join(problems))
     try:
         return cls(**values)
     except TypeError as exc:

@@ -22,6 +22,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+from rmtrain.data.outputs import atomic_writer, check_output_file
 from rmtrain.errors import RmtrainError
 
 
@@ -202,9 +203,10 @@ def prepare_stackexchange(
     input_path: str, output_path: str, max_pairs: int = 10, seed: int = 0
 ) -> PrepareCounts:
     """Write the pairs of a Posts.xml (or a `.7z` dump holding one) as .jsonl or .parquet."""
-    src, out = Path(input_path), Path(output_path)
+    src = Path(input_path)
     if not src.is_file():
         raise RmtrainError(f"{src} does not exist; pass a Posts.xml or a site .7z dump")
+    out = check_output_file(output_path, [input_path])
     counts = PrepareCounts()
     with tempfile.TemporaryDirectory() as tmp:
         xml = _extract_7z(src, Path(tmp)) if src.suffix == ".7z" else src
@@ -212,9 +214,11 @@ def prepare_stackexchange(
         if out.suffix == ".parquet":
             import pandas as pd
 
-            pd.DataFrame(list(rows)).to_parquet(out)
+            frame = pd.DataFrame(list(rows))
+            with atomic_writer(out, "wb") as fh:
+                frame.to_parquet(fh)
         else:
-            with out.open("w") as fh:
+            with atomic_writer(out) as fh:
                 for row in rows:
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     return counts

@@ -144,6 +144,11 @@ def load_reward_model(
             _drop_gguf_quantizer(model)
     model.config.pad_token_id = pad_token_id
     model.config.use_cache = False
+    # attention masks hide padding; the pad id can be a real token (a saved reward model pads
+    # with the template's newline), so its embedding row must keep training
+    embeddings = model.get_input_embeddings()
+    if isinstance(embeddings, torch.nn.Embedding):
+        embeddings.padding_idx = None
     return model
 
 

@@ -8,7 +8,6 @@ gradients.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,14 +290,6 @@ def encode_items(
     return out
 
 
-@dataclass
-class ScoreCounts:
-    rows: int = 0
-    scored: int = 0
-    truncated: int = 0
-    errors: int = 0
-
-
 def score_records(
     scorer: RewardScorer, records: Sequence[Any], normalize: bool = False
 ) -> list[dict[str, Any]]:
@@ -322,63 +313,3 @@ def score_records(
         if e is None:
             results[w] = {"error": "too long: the response tail alone exceeds max length"}
     return results
-
-
-def _score_chunk(scorer: RewardScorer, lines: list[str], normalize: bool) -> list[dict[str, Any]]:
-    """Output records for input lines: each input plus `reward`/`truncated`, or `error`."""
-    out: list[dict[str, Any]] = []
-    rows, where = [], []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            out.append({"input": line.rstrip("\n"), "error": f"invalid JSON: {exc.msg}"})
-            continue
-        out.append(row if isinstance(row, dict) else {"input": row})
-        rows.append(row)
-        where.append(len(out) - 1)
-    for w, result in zip(where, score_records(scorer, rows, normalize), strict=True):
-        out[w] = {**out[w], **result}
-    return out
-
-
-def _chunks(lines: Any, size: int) -> Any:
-    """Non-blank lines in lists of `size`."""
-    buf: list[str] = []
-    for line in lines:
-        if line.strip():
-            buf.append(line)
-        if len(buf) == size:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
-
-
-def score_file(
-    scorer: RewardScorer,
-    input_path: str,
-    output_path: str,
-    chunk: int = 256,
-    normalize: bool = False,
-    progress: Progress | None = None,
-) -> ScoreCounts:
-    """Stream JSONL in and out (constant memory), `chunk` rows at a time, in input order.
-
-    Each output row is its input plus `reward` (and `truncated`), or plus `error`.
-    """
-    src = Path(input_path)
-    if not src.is_file():
-        raise RmtrainError(f"input {input_path} does not exist; pass a .jsonl file")
-    counts = ScoreCounts()
-    with src.open(encoding="utf-8", errors="replace") as fin, open(output_path, "w") as fout:
-        for lines in _chunks(fin, chunk):
-            for row in _score_chunk(scorer, lines, normalize):
-                counts.rows += 1
-                counts.errors += "error" in row
-                counts.scored += "reward" in row
-                counts.truncated += bool(row.get("truncated"))
-                fout.write(json.dumps(row, ensure_ascii=False) + "\n")
-            if progress:
-                progress(len(lines))
-    return counts
