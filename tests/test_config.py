@@ -148,3 +148,78 @@ def test_help_lists_train_options_under_their_groups(capsys):
     text = capsys.readouterr().out
     order = [text.index(f"\n{g}:") for g in ("model", "data", "training", "speed", "output")]
     assert order == sorted(order) and text.index("\n  --speed ") > text.index("\nspeed:")
+
+
+def write_yaml(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text("dataset: d.jsonl\n" + text)
+    return ["--config", str(path)]
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "value"),
+    [
+        ('overwrite: "no"', "overwrite", False),
+        ('group_by_length: "false"', "group_by_length", False),
+        ('strict: "false"', "strict", False),
+        ("strict: yes", "strict", True),
+        ('overwrite: "1"', "overwrite", True),
+        ("lr: 1e-3", "lr", 1e-3),  # PyYAML reads this as a string
+        ("lr: 2E-5", "lr", 2e-5),
+        ('batch: "8"', "batch", 8),
+        ("epochs: 2", "epochs", 2.0),
+        ("report_to: none", "report_to", ["none"]),
+    ],
+)
+def test_yaml_values_are_read_as_the_option_type(tmp_path, line, key, value):
+    cfg = parse(write_yaml(tmp_path, line + "\n"))
+    assert getattr(cfg, key) == value and type(getattr(cfg, key)) is type(value)
+
+
+def test_bad_yaml_values_name_their_keys(tmp_path):
+    text = 'batch: "eight"\noverwrite: "maybe"\nlr: [1]\nseed: 1.5\n'
+    with pytest.raises(RmtrainError) as err:
+        parse(write_yaml(tmp_path, text))
+    msg = str(err.value)
+    for part in (
+        "batch: expected an integer, got 'eight'",
+        "overwrite: expected true or false",
+        "lr: expected a number, got [1]",
+        "seed: expected an integer, got 1.5",
+    ):
+        assert part in msg
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--lr", "0"], "--lr must be a positive number"),
+        (["--lr", "-1"], "--lr must be a positive number"),
+        (["--lr", "nan"], "--lr must be a positive number"),
+        (["--epochs", "0"], "--epochs must be above 0"),
+        (["--max-steps", "0"], "--max-steps must be -1 (all epochs) or at least 1"),
+        (["--logging-steps", "0"], "--logging-steps must be at least 1"),
+        (["--warmup-ratio", "-0.1"], "--warmup-ratio must be in [0, 1]"),
+        (["--warmup-ratio", "5"], "--warmup-ratio must be in [0, 1]"),
+        (["--lora-dropout", "1.5"], "--lora-dropout must be in [0, 1)"),
+        (["--seed", "-1"], "--seed must be in [0, 2**32)"),
+        (["--eval-batch", "0"], "--eval-batch must be at least 1"),
+        (["--save-total-limit", "-1"], "--save-total-limit must be at least 1"),
+        (["--max-grad-norm", "-1"], "--max-grad-norm must be 0 or more"),
+        (["--min-prompt-length", "600"], "--min-prompt-length must be in [0, --max-length)"),
+        (["--row-budget", "-5"], "--row-budget must be 0 or more"),
+        (["--lora-r", "-1"], "--lora-r must be 0 or more"),
+        (["--weight-decay", "-1"], "--weight-decay must be 0 or more"),
+    ],
+)
+def test_option_values_checked_before_anything_loads(argv, message, tmp_path, capsys):
+    # the model does not exist: a value problem must be reported before any loading
+    code = main(["train", "--model", str(tmp_path / "no-model"), "--dataset", "d.jsonl", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_every_problem_in_one_message():
+    with pytest.raises(RmtrainError) as err:
+        parse(["--dataset", "d.jsonl", "--lr", "0", "--seed", "-1", "--logging-steps", "0"])
+    assert str(err.value).count(";") >= 2

@@ -168,6 +168,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from rmtrain.serving.server import ServeLimits, serve
 
     cfg: ServeConfig = options_from_args(args)
+    problems = [
+        f"--port must be in 1-65535, got {cfg.port}" if not 0 < cfg.port < 65536 else "",
+        f"--max-items must be at least 1, got {cfg.max_items}" if cfg.max_items < 1 else "",
+        "--max-body-bytes must be at least 1" if cfg.max_body_bytes < 1 else "",
+        f"--timeout must be above 0, got {cfg.timeout}" if not cfg.timeout > 0 else "",
+    ]
+    if any(problems):
+        raise RmtrainError("; ".join(p for p in problems if p))
     limits = ServeLimits(
         max_body_bytes=cfg.max_body_bytes,
         max_items=cfg.max_items,

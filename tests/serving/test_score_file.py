@@ -145,3 +145,31 @@ def test_fuzzed_lines_line_count_kept_no_traceback(scorer, tmp_path_factory, lin
         assert ("reward" in row) != ("error" in row) or row.get("reward") is None
         if "reward" in row and row["reward"] is not None:
             assert math.isfinite(row["reward"])
+
+
+def test_output_in_a_missing_folder_is_one_line_before_loading(tmp_path, capsys):
+    src = tmp_path / "in.jsonl"
+    src.write_text("{}\n")
+    code = main(
+        [
+            "score",
+            "--model",
+            str(tmp_path / "no-model"),
+            "--input",
+            str(src),
+            "--output",
+            "/nonexistent/dir/x.jsonl",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "folder /nonexistent/dir does not exist" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--port", "99999"), ("--port", "0"), ("--max-items", "0"), ("--timeout", "0")],
+)
+def test_serve_options_checked_before_loading(tmp_path, capsys, flag, value):
+    code = main(["serve", "--model", str(tmp_path / "no-model"), flag, value])
+    err = capsys.readouterr().err
+    assert code == 2 and flag in err and "Traceback" not in err and err.count("\n") == 1
