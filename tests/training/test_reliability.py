@@ -183,7 +183,7 @@ BAD_ROWS = [
     {"prompt": "p2", "chosen": ["not", "text"], "rejected": "r"},  # 2 not_text
     {"prompt": "p3", "chosen": "same", "rejected": "same"},  # 3 identical
     {"prompt": "p4", "chosen": "", "rejected": "r"},  # 4 empty_text
-    {"prompt": "p5", "chosen": "bad \ufffd bytes", "rejected": "r"},  # 5 invalid_utf8
+    {"prompt": "p5", "chosen": "caf\ufffd text", "rejected": "r"},  # 5 good: U+FFFD is text
     {"prompt": "p6", "chosen": "c", "rejected": "r", "margin": "big"},  # 6 bad_margin
     {"prompt": "p7", "chosen": "ok", "rejected": "fine too"},  # 7 good
 ]
@@ -195,21 +195,27 @@ def write_bad(tmp_path) -> Path:
     return path
 
 
-def test_validate_reports_exact_counts_and_indices(tmp_path, capsys):
+def test_validate_reports_exact_counts_and_file_lines(tmp_path, capsys):
     path = write_bad(tmp_path)
+    # a BOM, two blank lines and undecodable bytes: lines are file lines, not row indices
+    body = path.read_bytes()
+    path.write_bytes(
+        b"\xef\xbb\xbf\n\n" + body + b'{"prompt": "p", "chosen": "\xff", "rejected": "r"}\n'
+    )
     report_path = tmp_path / "report.json"
     code = main(["validate", "--dataset", str(path), "--output", str(report_path)])
-    assert code == 2  # 7 of 9 rows bad > 1%
+    assert code == 2  # 7 of 10 rows bad > 1%
     report = json.loads(report_path.read_text())
-    assert report["rows_read"] == 9 and report["bad_rows"] == 7
+    assert report["rows_read"] == 10 and report["bad_rows"] == 7
+    assert report["position"] == "line: file line (1-based)"
     assert report["rows"] == [
-        {"row": 1, "reason": "missing_field"},
-        {"row": 2, "reason": "not_text"},
-        {"row": 3, "reason": "identical"},
-        {"row": 4, "reason": "empty_text"},
-        {"row": 5, "reason": "invalid_utf8"},
-        {"row": 6, "reason": "bad_margin"},
-        {"row": 8, "reason": "invalid_json"},
+        {"line": 4, "reason": "missing_field"},
+        {"line": 5, "reason": "not_text"},
+        {"line": 6, "reason": "identical"},
+        {"line": 7, "reason": "empty_text"},
+        {"line": 9, "reason": "bad_margin"},
+        {"line": 11, "reason": "invalid_json"},
+        {"line": 12, "reason": "invalid_utf8"},
     ]
     assert "--max-bad-fraction" in capsys.readouterr().err
 
@@ -220,7 +226,7 @@ def test_too_long_rows_are_bad_and_strict_stops_training(tmp_path, qwen_tokenize
     rows = [{"prompt": "p", "chosen": "a b", "rejected": "c d"}] * 3
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    counts = validate_dataset(str(path), qwen_tokenizer, max_length=2, chat=True)
+    counts = validate_dataset(str(path), qwen_tokenizer, max_length=1, chat=True)
     assert counts.bad_rows == [(0, "too_long"), (1, "too_long"), (2, "too_long")]
     data = tmp_path / "mostly_good.jsonl"
     good = demo_rows(40, seed=2)
@@ -229,7 +235,7 @@ def test_too_long_rows_are_bad_and_strict_stops_training(tmp_path, qwen_tokenize
     args = train_args(data, out, "--strict")
     assert main(args) == 2
     report = json.loads((out / "data_report.json").read_text())
-    assert report["rows"] == [{"row": 40, "reason": "missing_field"}]
+    assert report["rows"] == [{"line": 41, "reason": "missing_field"}]
     assert main([*train_args(data, tmp_path / "lenient"), "--max-bad-fraction", "0.05"]) == 0
 
 

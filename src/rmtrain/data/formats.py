@@ -75,7 +75,7 @@ def detect_format(columns: set[str]) -> str:
 def row_to_pair(row: Any, index: int, fmt: str, margin_column: str) -> Pair | str:
     """A `Pair`, or the reason the row is malformed."""
     if isinstance(row, _InvalidJson):
-        return "invalid_json"
+        return row.reason
     if not isinstance(row, dict):
         return "not_a_mapping"
     spec = FORMATS[fmt]
@@ -87,7 +87,7 @@ def row_to_pair(row: Any, index: int, fmt: str, margin_column: str) -> Pair | st
     if isinstance(texts, str):
         return texts
     prompt, chosen, rejected = texts
-    if chosen == rejected:
+    if _normalised(chosen) == _normalised(rejected):
         return "identical"
     if (isinstance(chosen, str) and not chosen.strip()) or (
         isinstance(rejected, str) and not rejected.strip()
@@ -101,6 +101,14 @@ def row_to_pair(row: Any, index: int, fmt: str, margin_column: str) -> Pair | st
     group = str(row["qid"]) if fmt == "stack_exchange" and "qid" in row else _group_key(prompt)
     extra = {k: row[k] for k in ("subset", "score_j", "score_k") if k in row}
     return Pair(prompt, chosen, rejected, group, index, float(margin or 0.0), extra)
+
+
+def _normalised(text: Text) -> Any:
+    """Text compared with runs of whitespace as one space and no edge whitespace: responses that
+    differ only there teach nothing (their rewards differ by layout noise)."""
+    if isinstance(text, str):
+        return " ".join(text.split())
+    return [(m.get("role"), " ".join(str(m.get("content", "")).split())) for m in text]
 
 
 def is_messages(value: Any) -> bool:
@@ -124,8 +132,6 @@ def _check_text(value: Any, allow_empty: bool = False) -> str | None:
     if isinstance(value, str):
         if not allow_empty and not value.strip():
             return "empty_text"
-        if "\ufffd" in value:
-            return "invalid_utf8"
         return None
     if isinstance(value, list) and (value == [] and allow_empty or is_messages(value)):
         return None

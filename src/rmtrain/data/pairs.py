@@ -40,6 +40,7 @@ class DataCounts:
     train_pairs: int = 0
     test_pairs: int = 0
     bad_rows: list[tuple[int, str]] = field(default_factory=list)  # (source row, reason)
+    lines: list[int] | None = None  # file line (1-based) of each source row, for text files
 
     def bad_fraction(self) -> float:
         """Share of rows read that are unusable (malformed, or too long even after cutting)."""
@@ -72,7 +73,7 @@ def read_pairs(
         picked = rows.select(indices).to_list()
     else:
         picked = [rows[i] for i in indices]
-    counts = DataCounts(rows_read=len(picked))
+    counts = DataCounts(rows_read=len(picked), lines=getattr(rows, "lines", None) or None)
     pairs: list[Pair] = []
     for index, row in zip(indices, picked, strict=True):
         result = row_to_pair(row, index, fmt, margin_column)

@@ -32,34 +32,88 @@ def _looks_like_path(source: str) -> bool:
     )
 
 
+class Rows(list):
+    """Rows read from a text file, with the file line (1-based) each came from."""
+
+    lines: list[int]
+
+
+def _open_binary(path: Path) -> Any:
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        return gzip.open(path, "rb")
+    if suffix == ".bz2":
+        import bz2
+
+        return bz2.open(path, "rb")
+    if suffix == ".xz":
+        import lzma
+
+        return lzma.open(path, "rb")
+    if suffix == ".zst":
+        raise RmtrainError(f"{path}: .zst files are not read directly; decompress it first")
+    return path.open("rb")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        with _open_binary(path) as fh:
+            return fh.read()
+    except (EOFError, gzip.BadGzipFile, OSError, ValueError) as exc:
+        kind = path.suffix.lstrip(".")
+        raise RmtrainError(
+            f"{path}: not a complete {kind} file ({type(exc).__name__}: {exc}); re-download or "
+            "re-compress it"
+        ) from None
+
+
 def read_json_rows(path: Path) -> list[Any]:
-    """JSON array or JSON lines, optionally gzipped; undecodable lines are kept as errors.
-    A `.jsonl` file is always read line by line: a line such as `[` or `[1, 2]` is one
-    malformed row, never the start of an array that would swallow or split lines."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-        text = fh.read()
-    stripped = text.lstrip()
-    lines_only = path.name.removesuffix(".gz").endswith(".jsonl")
-    if stripped.startswith("[") and not lines_only:
+    """JSON array or JSON lines, optionally compressed; bad lines are kept as malformed rows
+    (with their reason) and each row knows its file line. A `.jsonl` file is always read line by
+    line: a line such as `[` or `[1, 2]` is one malformed row, never the start of an array that
+    would swallow or split lines. A UTF-8 BOM is dropped; only bytes that are not UTF-8 make a
+    row `invalid_utf8`."""
+    data = _read_bytes(path).removeprefix(b"\xef\xbb\xbf")
+    if not data.strip():
+        raise RmtrainError(f"{path} is empty: it holds no rows; pass a file with preference rows")
+    lines_only = path.name.lower().split(".json")[-1].startswith("l")
+    if data.lstrip().startswith(b"[") and not lines_only:
         try:
-            rows = json.loads(stripped)
-        except json.JSONDecodeError as exc:
+            rows = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise RmtrainError(f"{path} is not valid JSON ({exc}); fix the file") from None
-        return rows
-    rows: list[Any] = []
-    for line in text.split("\n"):  # JSON Lines splits on \n only (not \x85, \u2028)
-        if not line.strip():
+        out = Rows(rows if isinstance(rows, list) else [rows])
+        out.lines = []
+        return _with_objects(path, out)
+    rows, lines = Rows(), []
+    for number, raw in enumerate(data.split(b"\n"), start=1):  # \n only (not \x85, \u2028)
+        if not raw.strip():
             continue
+        lines.append(number)
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            rows.append(_InvalidJson())
+            rows.append(json.loads(raw.decode("utf-8")))
+        except UnicodeDecodeError:
+            rows.append(_InvalidJson("invalid_utf8"))
+        except (json.JSONDecodeError, RecursionError):
+            rows.append(_InvalidJson("invalid_json"))
+    rows.lines = lines
+    return _with_objects(path, rows)
+
+
+def _with_objects(path: Path, rows: Rows) -> Rows:
+    if not any(isinstance(r, dict) for r in rows):
+        raise RmtrainError(
+            f"{path} holds no JSON objects ({len(rows)} rows, none a {{...}} row): not a "
+            'preference file; pass rows like {"prompt": ..., "chosen": ..., "rejected": ...}'
+        )
     return rows
 
 
 class _InvalidJson:
-    """Placeholder for a JSON line that did not parse; counted as malformed."""
+    """Placeholder for a line that did not parse; counted as malformed with its reason."""
+
+    def __init__(self, reason: str = "invalid_json") -> None:
+        self.reason = reason
 
 
 def load_rows(source: str, split: str = "train") -> Sequence[Any]:
@@ -83,10 +137,12 @@ def _load_local(path: Path, split: str) -> Sequence[Any]:
     import datasets
 
     if path.is_dir():
+        if not any(path.iterdir()):
+            raise RmtrainError(f"data folder {path} is empty; pass a file or a saved data set")
         try:
             return datasets.load_from_disk(str(path))[split]
         except Exception:
-            return datasets.load_dataset(str(path), split=split)
+            return _guarded(path, lambda: datasets.load_dataset(str(path), split=split))
     kind = _local_kind(path)
     if kind is None:
         raise RmtrainError(
@@ -94,7 +150,21 @@ def _load_local(path: Path, split: str) -> Sequence[Any]:
         )
     if kind == "json":
         return read_json_rows(path)
-    return datasets.load_dataset(kind, data_files=str(path), split="train")
+    if path.stat().st_size == 0:
+        raise RmtrainError(f"{path} is empty: it holds no rows; pass a file with preference rows")
+    return _guarded(path, lambda: datasets.load_dataset(kind, data_files=str(path), split="train"))
+
+
+def _guarded(path: Path, load: Any) -> Any:
+    """A reader's failure on a broken file as one line naming the file."""
+    try:
+        return load()
+    except Exception as exc:  # datasets/pyarrow raise many kinds for broken files
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise RmtrainError(
+            f"cannot read {path}: {type(exc).__name__}: {first}; check that the file is complete "
+            "and in the format its name says"
+        ) from None
 
 
 def _load_hub(name: str, split: str) -> Sequence[Any]:

@@ -37,7 +37,13 @@ def data_report(counts: DataCounts) -> dict[str, Any]:
         "bad_by_reason": dict(sorted(by_reason.items())),
         "truncated": counts.truncated,
         "dropped": dict(counts.dropped),
-        "rows": [{"row": row, "reason": reason} for row, reason in sorted(counts.bad_rows)],
+        "position": "line: file line (1-based)" if counts.lines else "row: row index (0-based)",
+        "rows": [
+            {"line": counts.lines[row], "reason": reason}
+            if counts.lines
+            else {"row": row, "reason": reason}
+            for row, reason in sorted(counts.bad_rows)
+        ],
     }
 
 
@@ -81,7 +87,10 @@ def validate_dataset(
     margin_column: str = "margin",
 ) -> DataCounts:
     """Read and check every row of a data set (the length check needs a tokenizer)."""
-    pairs, counts = read_pairs(load_rows(source, split), 1.0, 0, margin_column)
+    try:
+        pairs, counts = read_pairs(load_rows(source, split), 1.0, 0, margin_column)
+    except RmtrainError as exc:
+        raise RmtrainError(exc.args[0] if source in str(exc) else f"{source}: {exc}") from None
     if tokenizer is not None and pairs:
         _, truncated, dropped = encode_pairs_detailed(tokenizer, pairs, max_length, chat)
         counts.truncated = truncated

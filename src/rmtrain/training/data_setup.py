@@ -27,14 +27,25 @@ class PreparedData:
     test_sets: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
+class NoUsablePairs(RmtrainError):
+    """Every row of a data set is bad; carries the counts so the report can still be written."""
+
+    def __init__(self, message: str, counts: DataCounts) -> None:
+        super().__init__(message)
+        self.counts = counts
+
+
 def _read(source: str, cfg: TrainConfig) -> tuple[list[Pair], DataCounts]:
-    pairs, counts = read_pairs(
-        load_rows(source, cfg.dataset_split), cfg.frac, cfg.seed, cfg.margin_column
-    )
+    rows = load_rows(source, cfg.dataset_split)
+    try:
+        pairs, counts = read_pairs(rows, cfg.frac, cfg.seed, cfg.margin_column)
+    except RmtrainError as exc:  # no known columns: say which file
+        raise RmtrainError(f"{source}: {exc}") from None
     if not pairs:
-        raise RmtrainError(
+        raise NoUsablePairs(
             f"no usable pairs in {source}: {counts.rows_read} rows read, malformed "
-            f"{dict(counts.malformed)}; check the columns and values"
+            f"{dict(counts.malformed)}; check the columns and values",
+            counts,
         )
     return pairs, counts
 
@@ -65,6 +76,8 @@ def _merge(parts: dict[str, DataCounts]) -> DataCounts:
         total.train_pairs += c.train_pairs
         total.test_pairs += c.test_pairs
         total.bad_rows.extend(c.bad_rows)
+    if len(parts) == 1:  # one source: its rows' file lines still apply
+        total.lines = next(iter(parts.values())).lines
     return total
 
 

@@ -42,7 +42,12 @@ from rmtrain.tracking.runs import (
 )
 from rmtrain.training.atomic_save import STAGE_NAME, check_output_dir, publish, staging_dir
 from rmtrain.training.console import ConsoleProgress
-from rmtrain.training.data_setup import PreparedData, eval_sample, prepare_data
+from rmtrain.training.data_setup import (
+    NoUsablePairs,
+    PreparedData,
+    eval_sample,
+    prepare_data,
+)
 from rmtrain.training.settings import (
     CHECKPOINT_DIR,
     checkpointing,
@@ -180,7 +185,12 @@ def run_train(
     tune_allocator(cfg)
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model, cfg.pad_token, cfg.trust_remote_code)
-    data = prepare_data(cfg, tokenizer)
+    try:
+        data = prepare_data(cfg, tokenizer)
+    except NoUsablePairs as exc:
+        if main:  # the report says which rows are bad and why
+            write_data_report(exc.counts, output / "data_report.json")
+        raise
     _print_counts(data.counts)
     if main:
         write_data_report(data.counts, output / "data_report.json", data.per_dataset)
