@@ -46,7 +46,9 @@ def test_metrics_and_counts(trained):
     assert 0.0 <= metrics["win_rate"] <= 1.0 and -1.0 <= metrics["kendall_tau"] <= 1.0
     config = json.loads((out / "config.json").read_text())
     assert config["reward_mean"] == pytest.approx(metrics["reward_mean"])
-    assert len(config["id2label"]) == 1 and config["pad_token_id"] == 151643
+    # saved with the template's newline as pad: the stock head reads the end-of-turn token
+    assert len(config["id2label"]) == 1 and config["pad_token_id"] == 198
+    assert config["mean"] == config["reward_mean"] and config["std"] == config["reward_std"]
 
 
 def test_mlflow_run_recorded(trained, mlflow_store):

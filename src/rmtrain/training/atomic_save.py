@@ -7,9 +7,12 @@ complete new model or a folder that does not look like a model.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+from fnmatch import fnmatch
 from pathlib import Path
+from typing import Any
 
 from rmtrain.errors import RmtrainError
 
@@ -17,15 +20,65 @@ MARKER = "config.json"
 MARKERS = (MARKER, "adapter_config.json")  # moved last: what makes a folder look complete
 
 
-def check_output_dir(output: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing model unless asked, and fail early on unwritable paths."""
+OWNER = ".rmtrain-output"  # written first: this folder is rmtrain's, with the run's options
+KNOWN = (
+    "config.json", "adapter_config.json", "*.safetensors", "*.safetensors.index.json",
+    "generation_config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json",
+    "chat_template.jinja", "vocab.json", "merges.txt", "README.md", "metrics.json",
+    "rmtrain_config.yaml", "data_report.json", "eval_report", "training_args.bin", "checkpoints",
+    "wandb",
+    ".staging-final", OWNER, ".rmtrain-write-test",
+)  # fmt: skip
+# options whose change makes a checkpoint belong to a different run
+RUN_KEYS = (
+    "model", "dataset", "dataset_split", "frac", "test_size", "seed", "max_length",
+    "min_prompt_length", "reward_position", "chat_template", "lr", "lr_scheduler",
+    "head_lr_multiplier", "epochs", "max_steps", "batch", "grad_accum", "warmup_ratio",
+    "weight_decay", "max_grad_norm", "center_rewards_coef", "lm_loss_coef", "group_by_prompt",
+    "lora_r", "lora_alpha", "lora_dropout", "lora_target", "margin_column",
+)  # fmt: skip
+
+
+def _foreign(output: Path) -> list[str]:
+    return sorted(p.name for p in output.iterdir() if not any(fnmatch(p.name, k) for k in KNOWN))
+
+
+def _has_run_state(output: Path) -> bool:
+    """A finished model or a checkpoint: what a rerun must not silently replace."""
+    ckpts = output / "checkpoints"
+    return any((output / m).exists() for m in MARKERS) or (ckpts.is_dir() and any(ckpts.iterdir()))
+
+
+def check_output_dir(output: Path, overwrite: bool, resume: bool = False) -> None:
+    """Refuse an output that is not rmtrain's to replace, and fail early on unwritable paths.
+
+    Never the working directory or home folder, never a folder with files rmtrain did not
+    write. `--overwrite` clears the old run's checkpoints (so they cannot be rotated into or
+    resumed as the new run); a failed run's leftovers (a data report, no model, no checkpoint)
+    are cleared without it."""
     if output.exists() and not output.is_dir():
         raise RmtrainError(f"--output {output} is a file; pass a folder path")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
+    here = output.expanduser().resolve()
+    if here in (Path.cwd().resolve(), Path.home().resolve(), Path(here.anchor)):
         raise RmtrainError(
-            f"--output {output} is not empty; pass --overwrite to replace it, --resume to "
-            "continue its run, or choose another --output"
+            f"--output {str(output) or '(empty)'} is the working directory, home or root; pass "
+            "a folder of the model's own (e.g. outputs/reward_model)"
         )
+    if output.is_dir() and any(output.iterdir()):
+        foreign = _foreign(output)
+        if foreign:
+            raise RmtrainError(
+                f"--output {output} holds files rmtrain did not write ({', '.join(foreign[:5])}); "
+                "choose an empty or new folder"
+            )
+        if _has_run_state(output) and not (overwrite or resume):
+            raise RmtrainError(
+                f"--output {output} is not empty; pass --overwrite to replace it, --resume to "
+                "continue its run, or choose another --output"
+            )
+        if not resume:  # nothing of the old run may mix with the new one
+            for name in ("checkpoints", STAGE_NAME):
+                shutil.rmtree(output / name, ignore_errors=True)
     try:
         output.mkdir(parents=True, exist_ok=True)
         probe = output / ".rmtrain-write-test"
@@ -33,6 +86,22 @@ def check_output_dir(output: Path, overwrite: bool) -> None:
         probe.unlink()
     except OSError as exc:
         raise RmtrainError(f"cannot write to --output {output}: {exc}") from None
+
+
+def claim_output(output: Path, options: dict[str, Any], resume: bool) -> None:
+    """Mark the folder as this run's (with its options); on resume, refuse a checkpoint that
+    another run wrote, naming the options that differ."""
+    owner = output / OWNER
+    if resume and owner.is_file():
+        before = json.loads(owner.read_text()).get("options", {})
+        differ = [k for k in RUN_KEYS if k in before and before[k] != options.get(k)]
+        if differ:
+            changes = ", ".join(f"{k}: {before[k]!r} -> {options.get(k)!r}" for k in differ)
+            raise RmtrainError(
+                f"--resume: the checkpoints in {output} belong to a run with other options "
+                f"({changes}); resume with the same options or start with --overwrite"
+            )
+    owner.write_text(json.dumps({"written_by": "rmtrain", "options": options}, default=str))
 
 
 STAGE_NAME = ".staging-final"

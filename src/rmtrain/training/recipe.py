@@ -40,7 +40,13 @@ from rmtrain.tracking.runs import (
     start_tracking,
     trainer_report_to,
 )
-from rmtrain.training.atomic_save import STAGE_NAME, check_output_dir, publish, staging_dir
+from rmtrain.training.atomic_save import (
+    STAGE_NAME,
+    check_output_dir,
+    claim_output,
+    publish,
+    staging_dir,
+)
 from rmtrain.training.console import ConsoleProgress
 from rmtrain.training.data_setup import (
     NoUsablePairs,
@@ -175,8 +181,10 @@ def run_train(
     output = Path(cfg.output).expanduser()
     main = is_main_process()
     if main:  # other ranks would see rank 0's first files and refuse the folder
-        check_output_dir(output, cfg.overwrite or bool(cfg.resume))
+        check_output_dir(output, cfg.overwrite, bool(cfg.resume))
     resume = _resume_path(cfg, output)
+    if main:
+        claim_output(output, cfg.to_dict(), bool(resume))
     if cfg.block_attention == "flex" and not torch.cuda.is_available():
         raise RmtrainError(
             "--block-attention flex trains on a CUDA GPU only: FlexAttention has no backward on "

@@ -1,0 +1,69 @@
+"""The output folder: never the working directory or someone else's files, --overwrite clears
+the old run's checkpoints, --resume refuses another run's, a failed run's leftovers do not block
+the corrected rerun."""
+
+import json
+
+from rmtrain.cli import main
+from tests.conftest import tiny_train_args, write_demo
+
+
+def test_empty_output_never_replaces_the_working_directory(tmp_path, monkeypatch, capsys):
+    data = write_demo(tmp_path / "d.jsonl", 40, seed=1)
+    work = tmp_path / "project"
+    work.mkdir()
+    (work / "README.md").write_text("my project")
+    monkeypatch.chdir(work)
+    code = main(tiny_train_args(data, "", "--overwrite", "--report-to", "none"))
+    assert code == 2 and "is the working directory" in capsys.readouterr().err
+    assert (work / "README.md").read_text() == "my project"
+    assert sorted(p.name for p in work.iterdir()) == ["README.md"]
+
+
+def test_overwrite_refuses_a_folder_with_foreign_files(tmp_path, capsys):
+    data = write_demo(tmp_path / "d.jsonl", 40, seed=1)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    code = main(tiny_train_args(data, out, "--overwrite", "--report-to", "none"))
+    assert code == 2 and "holds files rmtrain did not write (notes.txt)" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def _steps(folder):
+    return sorted(int(p.name.split("-")[1]) for p in (folder / "checkpoints").glob("checkpoint-*"))
+
+
+def test_overwrite_clears_old_checkpoints_and_resume_checks_the_run(tmp_path, capsys):
+    data = write_demo(tmp_path / "d.jsonl", 80, seed=1)
+    out = tmp_path / "run"
+    common = ["--report-to", "none", "--eval-steps", "0", "--save-total-limit", "2"]
+    old = [*common, "--max-steps", "6", "--save-steps", "3", "--lr", "1e-3", "--seed", "1"]
+    assert main(tiny_train_args(data, out, *old)) == 0
+    assert _steps(out) == [3, 6]
+    new = [*common, "--max-steps", "2", "--save-steps", "1", "--lr", "2e-3", "--seed", "2"]
+    assert main(tiny_train_args(data, out, *new, "--overwrite")) == 0
+    # only the new run's checkpoints: rotation kept its own, none of the old run's survived
+    assert _steps(out) == [1, 2]
+    state = json.loads((out / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["max_steps"] == 2
+    capsys.readouterr()
+    changed = [*common, "--max-steps", "2", "--save-steps", "1", "--lr", "5e-3", "--seed", "2"]
+    assert main(tiny_train_args(data, out, *changed, "--resume", "latest")) == 2
+    err = capsys.readouterr().err
+    assert "belong to a run with other options (lr: 0.002 -> 0.005)" in err
+    assert main(tiny_train_args(data, out, *new, "--resume", "latest")) == 0
+
+
+def test_a_failed_run_does_not_block_the_corrected_rerun(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "chosen": "x", "rejected": "x"}) + "\n")
+    out = tmp_path / "out"
+    assert main(tiny_train_args(bad, out, "--report-to", "none")) == 2
+    assert (out / "data_report.json").is_file()
+    good = write_demo(tmp_path / "good.jsonl", 40, seed=1)
+    args = ["--report-to", "none", "--max-steps", "2", "--eval-steps", "0"]
+    assert main(tiny_train_args(good, out, *args)) == 0, capsys.readouterr().err
+    assert (out / "config.json").is_file()
+    # a finished model is not replaced without --overwrite
+    assert main(tiny_train_args(good, out, *args)) == 2
