@@ -93,7 +93,7 @@ def test_kill_while_saving_a_checkpoint_leaves_a_resumable_state(data_file, tmp_
     ckpts = out / "checkpoints"
     assert sorted(p.name for p in ckpts.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert (ckpts / ".staging" / "checkpoint-6" / "model.safetensors").exists()  # the broken one
-    from rmtrain.training.trainer import latest_checkpoint
+    from rmtrain.training.checkpoints import latest_checkpoint
 
     assert latest_checkpoint(ckpts).name == "checkpoint-4"
     assert main(train_args(data_file, out, "--resume")) == 0

@@ -47,6 +47,7 @@ from rmtrain.training.atomic_save import (
     publish,
     staging_dir,
 )
+from rmtrain.training.checkpoints import collapsed, latest_checkpoint
 from rmtrain.training.console import ConsoleProgress
 from rmtrain.training.data_setup import (
     NoUsablePairs,
@@ -68,7 +69,6 @@ from rmtrain.training.trainer import (
     NonFiniteGuard,
     PairwiseRewardTrainer,
     WholeSplitAtTheEnd,
-    latest_checkpoint,
     make_compute_metrics,
 )
 
@@ -221,6 +221,9 @@ def run_train(
         train_out = trainer.train(resume_from_checkpoint=resume)
         step = train_out.global_step
         metrics, per_dataset, sections = _evaluate(trainer, data, sink)
+        if not metrics.get("reward_std", 1.0) > 1e-6 * max(1.0, abs(metrics["reward_mean"])):
+            what = f"every held-out reward is {metrics['reward_mean']:.6g} (std 0)"
+            raise collapsed(what, trainer.args)
         metrics.update(
             train_loss=train_out.training_loss,
             train_steps=train_out.global_step,

@@ -12,7 +12,6 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +25,7 @@ from rmtrain.errors import RmtrainError
 from rmtrain.evaluation.metrics import reward_metrics
 from rmtrain.modeling.losses import lm_loss, pairwise_loss
 from rmtrain.modeling.rewards import last_token_index, token_values, values_at
+from rmtrain.training.checkpoints import collapsed, non_finite, rotate_checkpoints
 from rmtrain.training.samplers import (
     EpochSeededLengthSampler,
     EpochSeededRandomSampler,
@@ -95,6 +95,9 @@ def split_head_groups(optimizer: torch.optim.Optimizer, head: set[int], scale: f
     optimizer.param_groups = [g for g in groups if g["params"]]
 
 
+ZERO_GRAD_STEPS = 3  # no real batch gives an exactly zero gradient; a saturated model does
+
+
 class PairwiseRewardTrainer(Trainer):
     """Bradley-Terry reward-model training on `PairCollator` batches."""
 
@@ -113,6 +116,7 @@ class PairwiseRewardTrainer(Trainer):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.head_lr_multiplier, self.warmup_ratio = head_lr_multiplier, warmup_ratio
+        self._zero_grad_steps = 0  # consecutive steps with an exactly zero gradient
         self.eval_collator, self.group_by_prompt = eval_collator, group_by_prompt
         self.center_rewards_coef = center_rewards_coef
         self.lm_loss_coef, self.lm_head_weight = lm_loss_coef, lm_head_weight
@@ -163,6 +167,11 @@ class PairwiseRewardTrainer(Trainer):
         norm = super()._get_grad_norm(model, grad_norm=grad_norm)
         if norm is not None and not math.isfinite(float(norm)):
             raise non_finite("gradient", self.state.global_step + 1, self.args)
+        self._zero_grad_steps = self._zero_grad_steps + 1 if norm is not None and not norm else 0
+        if self._zero_grad_steps >= ZERO_GRAD_STEPS:
+            step = self.state.global_step + 1
+            what = f"the gradient was exactly zero for {ZERO_GRAD_STEPS} steps (to step {step})"
+            raise collapsed(what, self.args)
         return norm
 
     def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kw: Any) -> Any:
@@ -307,37 +316,6 @@ def make_compute_metrics(
     return compute
 
 
-class NonFiniteError(RmtrainError):
-    """Training produced a NaN or infinite loss or gradient."""
-
-
-def latest_checkpoint(folder: str | Path) -> Path | None:
-    """The newest complete `checkpoint-N` (complete by construction: written atomically)."""
-    root = Path(folder)
-    if not root.is_dir():
-        return None
-    found = []
-    for p in root.iterdir():
-        step = p.name.removeprefix("checkpoint-")
-        if p.is_dir() and step.isdigit() and (p / "trainer_state.json").is_file():
-            found.append((int(step), p))
-    return max(found)[1] if found else None
-
-
-def rotate_checkpoints(folder: str | Path, keep: int | None) -> None:
-    """Delete all but the newest `keep` checkpoints."""
-    if not keep or keep < 1:
-        return
-    root = Path(folder)
-    steps = sorted(
-        (int(p.name.split("-")[1]), p)
-        for p in root.glob("checkpoint-*")
-        if p.is_dir() and p.name.split("-")[1].isdigit()
-    )
-    for _, path in steps[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 # transformers releases whose Trainer has no `_get_grad_norm` step get the guard callback.
 CHECKS_GRAD_NORM = callable(getattr(Trainer, "_get_grad_norm", None))
 
@@ -361,13 +339,3 @@ class NonFiniteGuard(TrainerCallback):
         grads = [p.grad for p in model.parameters() if p.grad is not None] if model else []
         if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
             raise non_finite("gradient", state.global_step + 1, args)
-
-
-def non_finite(what: str, step: int, args: Any) -> NonFiniteError:
-    last = latest_checkpoint(args.output_dir)
-    where = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
-    return NonFiniteError(
-        f"non-finite {what} at step {step}: training stopped and {where} (resume from it with "
-        f"--resume). Try a lower --lr (now {args.learning_rate:g}), keep gradient clipping on "
-        "(--max-grad-norm 1.0), or use --dtype float32 or bf16 instead of float16"
-    )

@@ -1,0 +1,110 @@
+"""Checkpoints: the newest complete one, rotation, and the newest *good* one (finite, sane
+weights and a loss not far above the run's start), which is what a stopped run points the
+user to."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rmtrain.errors import RmtrainError
+
+MAX_SANE_WEIGHT = 1e4  # far beyond any trained weight; 1e30 is finite but diverged
+
+
+class NonFiniteError(RmtrainError):
+    """Training produced a NaN or infinite loss or gradient."""
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest complete `checkpoint-N` (complete by construction: written atomically)."""
+    root = Path(folder)
+    if not root.is_dir():
+        return None
+    found = []
+    for p in root.iterdir():
+        step = p.name.removeprefix("checkpoint-")
+        if p.is_dir() and step.isdigit() and (p / "trainer_state.json").is_file():
+            found.append((int(step), p))
+    return max(found)[1] if found else None
+
+
+def rotate_checkpoints(folder: str | Path, keep: int | None) -> None:
+    """Delete all but the newest `keep` checkpoints."""
+    if not keep or keep < 1:
+        return
+    root = Path(folder)
+    steps = sorted(
+        (int(p.name.split("-")[1]), p)
+        for p in root.glob("checkpoint-*")
+        if p.is_dir() and p.name.split("-")[1].isdigit()
+    )
+    for _, path in steps[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def non_finite(what: str, step: int, args: Any) -> NonFiniteError:
+    last = good_checkpoint(args.output_dir)
+    where = (
+        f"the last good checkpoint is {last}"
+        if last
+        else "there is no good checkpoint (none saved, or all with diverged weights or loss)"
+    )
+    return NonFiniteError(
+        f"non-finite {what} at step {step}: training stopped and {where} (resume from it with "
+        f"--resume). Try a lower --lr (now {args.learning_rate:g}), keep gradient clipping on "
+        "(--max-grad-norm 1.0), or use --dtype float32 or bf16 instead of float16"
+    )
+
+
+def checkpoint_is_good(path: Path) -> bool:
+    """Finite weights of sane size, and a last logged loss that is finite and no more than
+    twice the run's first (or ln 2, the loss of a model that knows nothing)."""
+    from safetensors import safe_open
+
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+        losses = [e["loss"] for e in state.get("log_history", []) if "loss" in e]
+        if losses and not (
+            math.isfinite(losses[-1]) and losses[-1] <= 2 * max(losses[0], math.log(2))
+        ):
+            return False
+        for file in path.glob("*.safetensors"):
+            with safe_open(str(file), "pt") as f:
+                for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                    t = f.get_tensor(key).float()
+                    if not bool(t.isfinite().all()) or float(t.abs().max()) > MAX_SANE_WEIGHT:
+                        return False
+    except (OSError, ValueError, KeyError):
+        return False
+    return True
+
+
+def good_checkpoint(folder: str | Path) -> Path | None:
+    """The newest complete checkpoint whose weights and loss are sane."""
+    root = Path(folder)
+    if not root.is_dir():
+        return None
+    steps = sorted(
+        (int(p.name.removeprefix("checkpoint-")), p)
+        for p in root.iterdir()
+        if p.is_dir()
+        and p.name.removeprefix("checkpoint-").isdigit()
+        and (p / "trainer_state.json").is_file()
+    )
+    return next((p for _, p in reversed(steps) if checkpoint_is_good(p)), None)
+
+
+class CollapseError(RmtrainError):
+    """Training collapsed: the rewards stopped depending on the input."""
+
+
+def collapsed(what: str, args: Any) -> CollapseError:
+    return CollapseError(
+        f"training collapsed: {what}. The model no longer tells responses apart; this is "
+        f"divergence, usually a learning rate far too high (now {args.learning_rate:g}): "
+        "lower --lr (1e-5 to 1e-4 is typical for full fine-tuning)"
+    )
