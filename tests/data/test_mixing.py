@@ -1,6 +1,7 @@
 """Data-set mixing, per-data-set evaluation, the auxiliary LM loss, and a flat-memory converter."""
 
 import json
+from collections import Counter
 import subprocess
 import sys
 from pathlib import Path
@@ -146,3 +147,33 @@ def test_converter_memory_stays_flat(tmp_path):
     rss_big = _peak_rss_mb(big, tmp_path / "b.jsonl")
     assert sum(1 for _ in (tmp_path / "b.jsonl").open()) == 33_000 * 3
     assert rss_big < rss_small + 40, (rss_small, rss_big)  # 20x the data, flat memory
+
+
+def test_a_prompt_in_two_datasets_is_held_out_in_both_or_neither(tmp_path, qwen_tokenizer):
+    from rmtrain.config import build_config
+    from rmtrain.training.data_setup import prepare_data
+
+    def rows(prompts):
+        return [
+            {"prompt": f"question {i}?", "chosen": f"good answer {i} {k}", "rejected": f"bad {k}"}
+            for i in prompts
+            for k in range(2)
+        ]
+
+    a = tmp_path / "a.jsonl"
+    b = tmp_path / "b.jsonl"
+    a.write_text("".join(json.dumps(r) + "\n" for r in rows(range(0, 40))))
+    b.write_text("".join(json.dumps(r) + "\n" for r in rows(range(20, 60))))
+    cfg = build_config(
+        {"model": "builtin:tiny-qwen3", "dataset": [str(a), str(b)], "frac": 1.0, "seed": 3}
+    )
+    data = prepare_data(cfg, qwen_tokenizer)
+    held = Counter(p.prompt for p in data.test_pairs)
+    # every pair of a held-out prompt is held out, in both data sets (2 rows per file)
+    shared = {f"question {i}?" for i in range(20, 40)}
+    assert held and all(n == (4 if q in shared else 2) for q, n in held.items()), held
+    assert data.counts.train_pairs + data.counts.test_pairs == 160
+    assert data.counts.shared_prompts == 20
+    assert data.counts.to_dict()["prompts_in_several_datasets"] == 20
+    for source in (str(a), str(b)):  # each data set still holds out about test_size
+        assert 0.1 <= data.per_dataset[source].test_pairs / 80 <= 0.35

@@ -41,6 +41,7 @@ class DataCounts:
     test_pairs: int = 0
     bad_rows: list[tuple[int, str]] = field(default_factory=list)  # (source row, reason)
     lines: list[int] | None = None  # file line (1-based) of each source row, for text files
+    shared_prompts: int = 0  # prompts found in more than one data set (kept on one side)
 
     def bad_fraction(self) -> float:
         """Share of rows read that are unusable (malformed, or too long even after cutting)."""
@@ -55,6 +56,7 @@ class DataCounts:
             "dropped": dict(self.dropped),
             "dropped_total": sum(self.dropped.values()),
             "train_pairs": self.train_pairs,
+            "prompts_in_several_datasets": self.shared_prompts,
             "test_pairs": self.test_pairs,
         }
 

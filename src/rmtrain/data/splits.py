@@ -22,23 +22,33 @@ def sample_indices(n: int, frac: float, seed: int) -> list[int]:
     return seeded_sample(n, k, seed)
 
 
-def split_by_group(pairs: list[Pair], test_size: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Deterministic split where all pairs of one prompt land on the same side (no leakage)."""
-    groups = sorted({p.group for p in pairs})
-    random.Random(seed).shuffle(groups)
-    target = round(test_size * len(pairs))
+def split_by_group(
+    pairs: list[Pair], test_size: float, seed: int, decided: dict[str, bool] | None = None
+) -> tuple[list[Pair], list[Pair]]:
+    """Deterministic split where all pairs of one prompt land on the same side (no leakage).
+
+    `decided` (prompt group -> in test) carries the sides chosen for earlier data sets: a prompt
+    that appears in several data sets stays on one side in all of them; it is updated here."""
+    decided = {} if decided is None else decided
     by_group = Counter(p.group for p in pairs)
-    test_groups: set[str] = set()
-    taken = 0
+    target = round(test_size * len(pairs))
+    taken = sum(n for g, n in by_group.items() if decided.get(g))
+    groups = sorted(g for g in by_group if g not in decided)
+    random.Random(seed).shuffle(groups)
+    fresh: dict[str, bool] = {}
     for g in groups:
-        if taken >= target:
-            break
-        test_groups.add(g)
-        taken += by_group[g]
-    if len(test_groups) == len(groups) and len(groups) > 1:
-        test_groups.discard(groups[-1])
-    train = [p for p in pairs if p.group not in test_groups]
-    test = [p for p in pairs if p.group in test_groups]
+        fresh[g] = taken < target
+        taken += by_group[g] if fresh[g] else 0
+    if (
+        fresh
+        and all(fresh.values())
+        and len(by_group) > 1
+        and not any(decided.get(g) is False for g in by_group)
+    ):
+        fresh[groups[-1]] = False  # keep at least one prompt for training
+    decided.update(fresh)
+    train = [p for p in pairs if not decided[p.group]]
+    test = [p for p in pairs if decided[p.group]]
     return train, test
 
 

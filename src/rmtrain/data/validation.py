@@ -37,6 +37,7 @@ def data_report(counts: DataCounts) -> dict[str, Any]:
         "bad_by_reason": dict(sorted(by_reason.items())),
         "truncated": counts.truncated,
         "dropped": dict(counts.dropped),
+        "prompts_in_several_datasets": counts.shared_prompts,
         "position": "line: file line (1-based)" if counts.lines else "row: row index (0-based)",
         "rows": [
             {"line": counts.lines[row], "reason": reason}

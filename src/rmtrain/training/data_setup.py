@@ -91,9 +91,15 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
     per: dict[str, DataCounts] = {}
     train_parts: dict[str, list[Pair]] = {}
     test_parts: dict[str, list[Pair]] = {}
+    sides: dict[str, bool] = {}  # prompt -> held out, across every data set
+    seen: dict[str, set[str]] = {}
     for source, _ in specs:
         pairs, per[source] = _read(source, cfg)
-        train_parts[source], test_parts[source] = split_by_group(pairs, cfg.test_size, cfg.seed)
+        for p in pairs:
+            seen.setdefault(p.group, set()).add(source)
+        train_parts[source], test_parts[source] = split_by_group(
+            pairs, cfg.test_size, cfg.seed, sides
+        )
     if all(weighted) and len(specs) > 1:
         train_parts = mix_weighted(train_parts, {s: w for s, w in specs}, cfg.seed)
     train, test, test_pairs, test_sets, test_truncated = [], [], [], {}, 0
@@ -107,10 +113,12 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
         test_pairs.extend(test_parts[source])
         test_truncated += truncated
         per[source].test_pairs = len(feats)
-        test_sets[source] = sorted(feats, key=lambda f: -f["length"])
+        if feats:  # a data set whose prompts all went to training has no test set
+            test_sets[source] = sorted(feats, key=lambda f: -f["length"])
         test.extend(feats)
     test.sort(key=lambda f: -f["length"])  # order is free (metrics follow pair_index)
     counts = _merge(per)
+    counts.shared_prompts = sum(len(s) > 1 for s in seen.values())
     if not train or not test:
         raise RmtrainError(
             f"too few pairs to train and evaluate ({len(train)} train, {len(test)} test); "
