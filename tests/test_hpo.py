@@ -140,3 +140,21 @@ def test_the_best_trial_is_registered(setup, tmp_path):
     best = f"trial-{summary['best_trial']:04d}"
     metrics = json.loads((out / best / "metrics.json").read_text())["metrics"]
     assert float(version.tags["win_rate"]) == pytest.approx(metrics["win_rate"], abs=1e-4)
+
+
+def test_a_trial_left_running_by_a_kill_is_failed_and_replaced(setup, tmp_path, capsys):
+    out = tmp_path / "study"
+    out.mkdir()
+    storage = f"sqlite:///{out / 'study.db'}"
+    killed = optuna.create_study(study_name="rmtrain-hpo", storage=storage, direction="maximize")
+    killed.ask()  # trial 0 RUNNING, as a SIGKILL mid-trial leaves it
+    assert hpo(setup, out, 2, "--pruner", "none") == 0
+    assert "1 trial(s) left running by a stopped search marked failed" in capsys.readouterr().out
+    study = optuna.load_study(study_name="rmtrain-hpo", storage=storage)
+    assert [(t.number, t.state.name) for t in study.trials] == [
+        (0, "FAIL"),
+        (1, "COMPLETE"),
+        (2, "COMPLETE"),
+    ]
+    assert study.trials[0].user_attrs["orphaned"] is True
+    assert hpo(setup, out, 2) == 0 and len(trial_numbers(out)) == 3  # nothing owed

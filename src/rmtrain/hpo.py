@@ -140,6 +140,8 @@ def run_hpo(
         if pruner == "median"
         else optuna.pruners.NopPruner(),
     )
+    if not worker:  # the launcher starts alone: a RUNNING trial now is a killed run's
+        _fail_orphans(study)
     helpers = [] if worker or jobs <= 1 else _spawn_workers(jobs - 1)
     remaining = n_trials - _finished(study)
     if remaining > 0:
@@ -157,15 +159,48 @@ def run_hpo(
     return summary
 
 
+ORPHAN = "orphaned"
+
+
+def _fail_orphans(study: Any) -> int:
+    """Mark trials left RUNNING by a killed search as failed (and as orphans, which do not
+    count towards --n-trials), so that the resumed study runs the trials still owed."""
+    from optuna.trial import TrialState
+
+    orphans = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+    for t in orphans:
+        study._storage.set_trial_user_attr(t._trial_id, ORPHAN, True)
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    if orphans:
+        print(f"[rmtrain] {len(orphans)} trial(s) left running by a stopped search marked failed")
+    return len(orphans)
+
+
+def _counted(trial: Any) -> bool:
+    return trial.state.name in FINISHED and not trial.user_attrs.get(ORPHAN)
+
+
 def _finished(study: Any) -> int:
-    return sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
+    return sum(_counted(t) for t in study.get_trials(deepcopy=False))
+
+
+class _StopAfter:
+    """Stop the study when `n` trials have finished (orphans not counted, running ones are:
+    several workers must not overshoot)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        trials = study.get_trials(deepcopy=False)
+        if sum(_counted(t) or t.state.name == "RUNNING" for t in trials) >= self.n:
+            study.stop()
 
 
 def _optimize(study: Any, base: dict, space: dict, out: Path, metric: str, n: int) -> None:
-    import optuna
 
     parent = _start_parent_run(out, study.study_name, base)
-    stop = optuna.study.MaxTrialsCallback(n, states=None)
+    stop = _StopAfter(n)
     try:
         study.optimize(
             make_objective(base, space, out, metric, parent),
