@@ -186,7 +186,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     folder, registered = _local_model(cfg.model)
     serve(
         model_dir=folder,
-        model_name=registered or cfg.model,
+        model_name=registered or Path(cfg.model).name,
         host=cfg.host,
         port=cfg.port,
         api_key=cfg.api_key or os.environ.get("RMTRAIN_API_KEY") or None,

@@ -233,3 +233,8 @@ def test_trl_grpo_reward_path(trained, expected, tmp_path):
     ids = [tok(r)["input_ids"] for _, r in CASES]
     rewards = trainer._calculate_rewards(inputs, prompts, completions, ids)
     assert rewards[:, 0].tolist() == pytest.approx(expected, abs=1e-4)
+
+
+def test_info_names_the_model_not_its_path(live_server, trained):
+    info = httpx.get(f"{live_server}/info").text
+    assert json.loads(info)["model"] == trained[0].name and str(trained[0].parent) not in info

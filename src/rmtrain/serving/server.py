@@ -11,21 +11,21 @@ code. Bad input gets a 4xx with a message, never a 5xx.
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from rmtrain.serving.guard import RequestGuard
 from rmtrain.serving.scorer import Item, RewardScorer, encode_items, is_text, parse_item
 
 log = logging.getLogger("rmtrain.serve")
@@ -39,6 +39,7 @@ class ServeLimits:
     max_pending_items: int = 4096
     batch_wait_ms: float = 5.0
     max_batch_tokens: int = 16_384
+    body_timeout_s: float = 10.0
 
 
 class ScoreRequest(BaseModel):
@@ -105,6 +106,9 @@ class DynamicBatcher:
                     break
                 batch.append(nxt)
                 tokens += sum(len(s) for s in nxt[0])
+            batch = [(req, fut) for req, fut in batch if not fut.done()]  # timed out: dropped
+            if not batch:
+                continue
             seqs = [s for req, _ in batch for s in req]
             try:
                 rewards = await loop.run_in_executor(self.executor, self.scorer.score_ids, seqs)
@@ -118,66 +122,6 @@ class DynamicBatcher:
                 if not fut.done():
                     fut.set_result(rewards[start : start + len(req)])
                 start += len(req)
-
-
-class BodyLimit:
-    """ASGI middleware: reject bodies over `max_bytes` with 413 before the app parses them."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        if scope.get("method") == "POST":  # every body is JSON, whatever a client declares
-            kept = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-type"]
-            scope = {**scope, "headers": [*kept, (b"content-type", b"application/json")]}
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            return await _send_json(send, 413, f"body larger than {self.max_bytes} bytes")
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_bytes:
-                return await _send_json(send, 413, f"body larger than {self.max_bytes} bytes")
-        replayed = False
-
-        async def replay() -> dict:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
-
-
-async def _send_json(send: Any, status: int, detail: str) -> None:
-    payload = json.dumps({"detail": detail}).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(payload)).encode()),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
-
-
-def _auth(api_key: str | None) -> Any:
-    def check(request: Request) -> None:
-        if not api_key:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), api_key.encode()):
-            raise HTTPException(
-                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
-            )
-
-    return check
 
 
 async def _invalid_body(_: Request, exc: Exception) -> JSONResponse:
@@ -242,7 +186,6 @@ def create_app(
         await batcher.stop()
 
     app = FastAPI(title="rmtrain reward server", docs_url=None, redoc_url=None, lifespan=lifespan)
-    guard = [Depends(_auth(api_key))]
 
     app.add_exception_handler(RequestValidationError, _invalid_body)
 
@@ -253,7 +196,7 @@ def create_app(
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/info", dependencies=guard)
+    @app.get("/info")
     async def info() -> dict[str, Any]:
         return {
             "model": model_name,
@@ -266,7 +209,7 @@ def create_app(
             "limits": asdict(limits),
         }
 
-    @app.post("/score", dependencies=guard)
+    @app.post("/score")
     async def score(req: ScoreRequest) -> dict[str, Any]:
         if len(req.items) > limits.max_items:
             raise HTTPException(413, f"at most {limits.max_items} items per request")
@@ -276,7 +219,7 @@ def create_app(
             raise HTTPException(422, {"message": "invalid items", "items": errors})
         return await rewards_for(parsed)
 
-    @app.post("/get_reward", dependencies=guard)
+    @app.post("/get_reward")
     async def get_reward(req: RewardRequest) -> dict[str, Any]:
         bad = [i for i, q in enumerate(req.query) if not q.strip() or not is_text(q)]
         if bad:
@@ -289,7 +232,7 @@ def create_app(
             ]
         )
 
-    return BodyLimit(app, limits.max_body_bytes)
+    return RequestGuard(app, limits.max_body_bytes, api_key, limits.body_timeout_s)
 
 
 def is_loopback(host: str) -> bool:
@@ -322,5 +265,6 @@ def serve(
         trust_remote_code=trust_remote_code,
         speed_mode=speed_mode,
     )
-    app = create_app(scorer, model_name or model_dir, api_key, limits, normalize, dynamic_batching)
+    name = model_name or Path(model_dir).name  # /info names the model, never a server path
+    app = create_app(scorer, name, api_key, limits, normalize, dynamic_batching)
     uvicorn.run(app, host=host, port=port, limit_concurrency=1024, timeout_keep_alive=5)
