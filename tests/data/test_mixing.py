@@ -1,9 +1,9 @@
 """Data-set mixing, per-data-set evaluation, the auxiliary LM loss, and a flat-memory converter."""
 
 import json
-from collections import Counter
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
