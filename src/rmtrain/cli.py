@@ -173,6 +173,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         f"--max-items must be at least 1, got {cfg.max_items}" if cfg.max_items < 1 else "",
         "--max-body-bytes must be at least 1" if cfg.max_body_bytes < 1 else "",
         f"--timeout must be above 0, got {cfg.timeout}" if not cfg.timeout > 0 else "",
+        "--body-timeout must be above 0" if not cfg.body_timeout > 0 else "",
+        "--max-per-client must be at least 1" if cfg.max_per_client < 1 else "",
     ]
     if any(problems):
         raise RmtrainError("; ".join(p for p in problems if p))
@@ -181,6 +183,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_items=cfg.max_items,
         max_pending_items=max(4096, 2 * cfg.max_items),  # a whole batched request can wait
         request_timeout_s=cfg.timeout,
+        body_timeout_s=cfg.body_timeout,
+        max_per_client=cfg.max_per_client,
         batch_wait_ms=cfg.batch_wait_ms,
     )
     folder, registered = _local_model(cfg.model)

@@ -71,6 +71,8 @@ class ServeConfig:
     max_items: int = option(64, "Items per request.")
     max_body_bytes: int = option(2_000_000, "Request body limit in bytes.")
     timeout: float = option(30.0, "Seconds per request.")
+    body_timeout: float = option(10.0, "Seconds a client has to send its request body.")
+    max_per_client: int = option(256, "Requests in flight per client address.")
     batch_wait_ms: float = option(5.0, "How long a request waits for others to batch with.")
     dynamic_batching: bool = option(True, "Score concurrent requests together.")
     trust_remote_code: bool = option(False, "Allow model code from the hub (off for safety).")

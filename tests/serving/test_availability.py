@@ -139,3 +139,20 @@ def test_timed_out_requests_are_not_scored():
     calls, later = asyncio.run(scenario())
     assert later.tolist() == [5.0]
     assert calls == [[3], [5]]  # the timed-out request (7 tokens) never reached the model
+
+
+def test_one_address_cannot_take_every_slot(scorer):
+    limits = ServeLimits(body_timeout_s=2.0, max_per_client=4)
+    with LimitedServer(create_app(scorer, "tiny", limits=limits), limit=64) as url:
+        port = int(url.rsplit(":", 1)[1])
+        socks = stalled(port, n=4)  # four uploads in flight from 127.0.0.1
+        try:
+            time.sleep(0.3)
+            r = httpx.post(f"{url}/score", json=ITEM, timeout=5)
+            assert r.status_code == 429 and "in flight from this address" in r.text
+            assert httpx.get(f"{url}/health").status_code == 200  # never capped
+        finally:
+            for s in socks:
+                s.close()
+        time.sleep(0.3)
+        assert httpx.post(f"{url}/score", json=ITEM, timeout=10).status_code == 200

@@ -5,6 +5,8 @@
   answerable, and `/openapi.json` included).
 - The body must arrive within `body_timeout_s` (408 otherwise: a client that sends headers and
   part of a body cannot hold a slot) and within `max_bytes` (413).
+- One client address has at most `max_per_client` requests in flight (429 beyond): one
+  client cannot take every slot.
 - Every POST body is read as JSON, whatever content type a client declares.
 """
 
@@ -20,10 +22,17 @@ OPEN_PATHS = ("/health",)
 
 class RequestGuard:
     def __init__(
-        self, app: Any, max_bytes: int, api_key: str | None = None, body_timeout_s: float = 10.0
+        self,
+        app: Any,
+        max_bytes: int,
+        api_key: str | None = None,
+        body_timeout_s: float = 10.0,
+        max_per_client: int = 256,
     ) -> None:
         self.app, self.max_bytes = app, max_bytes
         self.api_key, self.body_timeout_s = api_key, body_timeout_s
+        self.max_per_client = max_per_client
+        self.in_flight: dict[str, int] = {}
 
     def _authorised(self, headers: dict[bytes, bytes]) -> bool:
         if not self.api_key:
@@ -34,10 +43,22 @@ class RequestGuard:
         )
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope.get("path") in OPEN_PATHS:
             return await self.app(scope, receive, send)
+        client = (scope.get("client") or ("?", 0))[0]
+        if self.in_flight.get(client, 0) >= self.max_per_client:
+            return await send_json(send, 429, "too many requests in flight from this address")
+        self.in_flight[client] = self.in_flight.get(client, 0) + 1
+        try:
+            return await self._guarded(scope, receive, send)
+        finally:
+            self.in_flight[client] -= 1
+            if not self.in_flight[client]:
+                del self.in_flight[client]
+
+    async def _guarded(self, scope: dict, receive: Any, send: Any) -> None:
         headers = dict(scope.get("headers") or [])
-        if scope.get("path") not in OPEN_PATHS and not self._authorised(headers):
+        if not self._authorised(headers):
             return await send_json(
                 send, 401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")]
             )

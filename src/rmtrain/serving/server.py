@@ -40,6 +40,7 @@ class ServeLimits:
     batch_wait_ms: float = 5.0
     max_batch_tokens: int = 16_384
     body_timeout_s: float = 10.0
+    max_per_client: int = 256
 
 
 class ScoreRequest(BaseModel):
@@ -232,7 +233,9 @@ def create_app(
             ]
         )
 
-    return RequestGuard(app, limits.max_body_bytes, api_key, limits.body_timeout_s)
+    return RequestGuard(
+        app, limits.max_body_bytes, api_key, limits.body_timeout_s, limits.max_per_client
+    )
 
 
 def is_loopback(host: str) -> bool:
