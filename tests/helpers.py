@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
 
 from rmtrain.batching.collate import make_collator
@@ -105,3 +106,24 @@ def full_rewards(model, batch):
 
     args = (model, batch["input_ids"], batch.get("attention_mask"), batch["position_ids"])
     return _read_rewards(token_values(*args, blocks=batch.get("attention_blocks")), batch)
+
+
+def assert_trains_the_same(results: list, folders: list, loss_tol=1e-5, weight_tol=1e-4):
+    """Two runs (at a learning rate that moves the model, logging every step) took the same
+    steps: per-step losses and gradient norms, and the saved weights, agree. Final metrics
+    alone cannot tell a frozen run from a trained one."""
+    from safetensors.torch import load_file
+
+    logs = [[h for h in r["log_history"] if "loss" in h] for r in results]
+    assert len(logs[0]) == len(logs[1]) >= 3
+    for a, b in zip(*logs, strict=True):
+        assert a["step"] == b["step"]
+        assert a["loss"] == pytest.approx(b["loss"], abs=loss_tol)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-3, abs=loss_tol)
+    first, second = (load_file(str(f / "model.safetensors")) for f in folders)
+    assert first.keys() == second.keys()
+    for key in first:
+        assert torch.allclose(first[key], second[key], atol=weight_tol, rtol=0), key
+    start = [h["loss"] for h in logs[0]]
+    moved = max(start) - min(start)
+    assert moved > 10 * loss_tol, "the runs did not train: losses did not move"

@@ -3,6 +3,7 @@ row is accounted for."""
 
 import json
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -35,10 +36,7 @@ SETTINGS = settings(
 @SETTINGS
 @given(rows=st.lists(row, min_size=1, max_size=8), max_length=st.integers(8, 64))
 def test_random_rows_are_all_accounted_for(qwen_tokenizer, rows, max_length):
-    try:
-        pairs, counts = read_pairs(rows, 1.0, 0)
-    except RmtrainError:
-        return  # a clear, user-facing error is an acceptable outcome
+    pairs, counts = read_pairs(rows, 1.0, 0)  # every row has chosen/rejected: no error
     assert counts.rows_read == len(rows)
     assert len(pairs) + sum(counts.malformed.values()) == len(rows)
     assert len(counts.bad_rows) == sum(counts.malformed.values())
@@ -65,5 +63,18 @@ def test_jsonl_lines_are_never_lost(tmp_path, lines):
     path = tmp_path / "x.jsonl"
     clean = [line.replace("\n", " ").replace("\r", " ") for line in lines]
     path.write_text("\n".join(clean) + "\n")
+    kept = [line for line in clean if line.strip()]
+
+    def is_object(line):
+        try:
+            return isinstance(json.loads(line), dict)
+        except ValueError:
+            return False
+
+    if not any(is_object(line) for line in kept):  # nothing to train on: one clear error
+        with pytest.raises(RmtrainError, match="is empty|holds no JSON objects"):
+            read_json_rows(path)
+        return
     rows = read_json_rows(path)
-    assert len(rows) == sum(1 for line in clean if line.strip())
+    assert len(rows) == len(kept)
+    assert rows.lines == [i + 1 for i, line in enumerate(clean) if line.strip()]

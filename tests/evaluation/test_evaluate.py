@@ -142,14 +142,19 @@ def test_rmtrain_eval_on_a_trained_model_writes_every_file(trained, tmp_path):
     assert main(args) == 0
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert list(report["datasets"]) == sources
-    win_rates = set()
+    chosen, rejected = [], []
     for r in report["datasets"].values():
         assert r["counts"]["scored_pairs"] == 3 and r["counts"]["rows_read"] == 3
-        assert r["scoring"]["pairs_per_s"] > 0
+        speed = r["scoring"]
+        assert speed["pairs_per_s"] == pytest.approx(3 / speed["seconds"])
         for png in r["plots"]:
             assert (tmp_path / "rep" / png).stat().st_size > 1000
-        win_rates.add(r["metrics"]["win_rate"])
-    assert win_rates <= {0.0, 1.0}  # three identical rows: all right or all wrong
+        chosen.append(r["metrics"]["chosen_reward_mean"])
+        rejected.append(r["metrics"]["rejected_reward_mean"])
+        assert r["metrics"]["win_rate"] == float(chosen[-1] > rejected[-1])  # 3 equal rows
+    # the four formats hold the same prompt and answers: the same layout, the same rewards
+    assert chosen == pytest.approx([chosen[0]] * 4, abs=1e-5)
+    assert rejected == pytest.approx([rejected[0]] * 4, abs=1e-5)
     assert (tmp_path / "rep" / "report.md").read_text().count("## ") == 4
 
 
@@ -160,7 +165,11 @@ def test_training_writes_the_report_and_a_model_card(trained):
     held_out = report["datasets"]["held-out split"]
     assert held_out["metrics"]["win_rate"] == pytest.approx(metrics["win_rate"])
     assert held_out["counts"]["scored_pairs"] == metrics["num_pairs"]
-    assert "longer_response" in held_out["baselines"] and held_out["scoring"]["pairs_per_s"] > 0
+    n, seconds = held_out["counts"]["scored_pairs"], held_out["scoring"]["seconds"]
+    assert held_out["scoring"]["pairs_per_s"] == pytest.approx(n / seconds)
+    assert held_out["baselines"]["longer_response"] + held_out["baselines"][
+        "shorter_response"
+    ] == pytest.approx(1.0)
     # The reloaded model, scored by the standalone scorer, reproduces the trainer's evaluation.
 
     from rmtrain.config import build_config, load_yaml

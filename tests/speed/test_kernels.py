@@ -87,6 +87,8 @@ def test_evaluation_and_new_lengths_after_training_compile_nothing_new():
     from rmtrain.training.trainer import pair_rewards
     from tests.helpers import FEATURES, loss_and_grads, make_model
 
+    torch._dynamo.reset()  # count this test's compilations only
+    counters.clear()
     model, pad = make_model("llama", "sdpa")
     make_lean(model, fuse=True)
     batches = [PackedCollator(pad, "prefix_sharing", 64)(FEATURES[:n]) for n in (3, 2)]

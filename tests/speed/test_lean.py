@@ -122,7 +122,9 @@ def test_lean_projections_agree_with_stock_under_checkpointing_autocast_and_lora
         with ctx:
             assert _saved_floats(lean, batch) < _saved_floats(model, batch) / 2
     assert want[3].keys() == got[3].keys() and len(want[3]) > 0
-    assert max((want[3][k] - got[3][k]).abs().max().item() for k in want[3]) < bound
+    for k in want[3]:  # relative to each tensor's own size: many gradients are all below 1e-2
+        scale = want[3][k].abs().max().item()
+        assert (want[3][k] - got[3][k]).abs().max().item() <= bound * max(scale, 1e-6), k
     assert torch.allclose(want[2], got[2], atol=bound)
 
 

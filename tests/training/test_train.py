@@ -15,6 +15,10 @@ from rmtrain.data.layout import encode_pairs
 from rmtrain.data.pairs import Pair
 from rmtrain.training.trainer import pair_rewards
 from tests.conftest import tiny_train_args
+from tests.helpers import assert_trains_the_same
+
+# a learning rate that moves the model, every step logged: equal runs are compared step by step
+MOVING = ("--max-steps", "3", "--lr", "1e-3", "--logging-steps", "1")
 
 
 def test_writes_every_output(trained):
@@ -111,36 +115,49 @@ def test_checkpointing_every_other_layer_keeps_the_result(tmp_path):
             layers = model.model.layers
             flags.append([bool(layer.gradient_checkpointing) for layer in layers])
 
-    results = []
+    results, folders = [], []
     for name, extra in (("plain", []), ("gc", ["--gradient-checkpointing", "true"])):
-        argv = tiny_train_args(data, tmp_path / name, "--max-steps", "3", "--checkpoint-every", "2")
+        argv = tiny_train_args(data, tmp_path / name, *MOVING, "--checkpoint-every", "2")
         cfg = config_from_args(build_parser().parse_args(argv + extra), TrainConfig)
-        results.append(run_train(cfg, callbacks=[Flags()])["metrics"])
+        results.append(run_train(cfg, callbacks=[Flags()]))
+        folders.append(tmp_path / name)
     assert flags[:3] == [[False, False]] * 3 and flags[3:] == [[True, False]] * 3
-    for key in ("loss", "win_rate", "reward_mean"):
-        assert results[1][key] == pytest.approx(results[0][key], abs=1e-5)
+    assert_trains_the_same(results, folders)
 
 
 def test_group_by_prompt_trains_on_prefix_trees(tmp_path):
-    """`--group-by-prompt`: training batches are prefix trees (fewer tokens than the pair rows
-    for data whose prompts have several pairs) and the run ends with a saved model."""
+    """`--group-by-prompt`: the prompt-grouped sampler runs, and its batches (the pairs of a
+    prompt together) share more prefixes than the same run's length-grouped batches, so the
+    same number of steps computes strictly fewer tokens."""
+    from transformers import TrainerCallback
+
     from rmtrain.cli import build_parser
     from rmtrain.config import TrainConfig, config_from_args
     from rmtrain.training.recipe import run_train
+    from rmtrain.training.samplers import PromptGroupedSampler
     from tests.conftest import write_demo
 
     data = write_demo(tmp_path / "d.jsonl", 40, seed=3)
+    samplers = {}
+
+    class Sampler(TrainerCallback):
+        def __init__(self, name):
+            self.name = name
+
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kw):
+            found = [train_dataloader.sampler, train_dataloader.batch_sampler]
+            found.append(getattr(train_dataloader.batch_sampler, "sampler", None))
+            samplers[self.name] = {type(x) for x in found}
+
     tokens = {}
-    for name, extra in (
-        ("pairs", ["--prefix-trees", "off"]),
-        ("trees", ["--group-by-prompt", "true"]),
-    ):
-        argv = tiny_train_args(data, tmp_path / name, "--max-steps", "3")
+    for name, extra in (("trees", []), ("grouped", ["--group-by-prompt", "true"])):
+        argv = tiny_train_args(data, tmp_path / name, "--max-steps", "3", "--seed", "5")
         cfg = config_from_args(build_parser().parse_args(argv + extra), TrainConfig)
-        result = run_train(cfg)
-        tokens[name] = result["metrics"]["train_tokens"]
+        tokens[name] = run_train(cfg, callbacks=[Sampler(name)])["metrics"]["train_tokens"]
         assert (tmp_path / name / "config.json").exists()
-    assert 0 < tokens["trees"] <= tokens["pairs"]
+    assert PromptGroupedSampler in samplers["grouped"]
+    assert PromptGroupedSampler not in samplers["trees"]
+    assert 0 < tokens["grouped"] < tokens["trees"]
 
 
 def test_prefix_trees_train_the_same_on_fewer_tokens(tmp_path):
@@ -155,12 +172,11 @@ def test_prefix_trees_train_the_same_on_fewer_tokens(tmp_path):
     data = write_demo(tmp_path / "d.jsonl", 40, seed=3)
     results = {}
     for name in ("off", "auto"):
-        argv = tiny_train_args(data, tmp_path / name, "--max-steps", "3", "--prefix-trees", name)
+        argv = tiny_train_args(data, tmp_path / name, *MOVING, "--prefix-trees", name)
         cfg = config_from_args(build_parser().parse_args(argv), TrainConfig)
-        results[name] = run_train(cfg)["metrics"]
-    assert results["auto"]["train_tokens"] < results["off"]["train_tokens"]
-    for key in ("loss", "win_rate", "reward_mean"):
-        assert results["auto"][key] == pytest.approx(results["off"][key], abs=1e-5)
+        results[name] = run_train(cfg)
+    assert results["auto"]["metrics"]["train_tokens"] < results["off"]["metrics"]["train_tokens"]
+    assert_trains_the_same([results["off"], results["auto"]], [tmp_path / "off", tmp_path / "auto"])
 
 
 @pytest.mark.parametrize(
@@ -211,12 +227,11 @@ def test_fused_elementwise_trains_the_same(tmp_path):
 
     results = []
     for name, extra in (("eager", []), ("fused", ["--fuse-elementwise", "true"])):
-        argv = tiny_train_args(data, tmp_path / name, "--max-steps", "3")
+        argv = tiny_train_args(data, tmp_path / name, *MOVING)
         cfg = config_from_args(build_parser().parse_args(argv + extra), TrainConfig)
-        results.append(run_train(cfg, callbacks=[Flags()])["metrics"])
+        results.append(run_train(cfg, callbacks=[Flags()]))
     assert fused == [{False}] * 3 + [{True}] * 3
-    for key in ("loss", "win_rate", "reward_mean"):
-        assert results[1][key] == pytest.approx(results[0][key], abs=1e-5)
+    assert_trains_the_same(results, [tmp_path / "eager", tmp_path / "fused"])
 
 
 @pytest.mark.parametrize(
