@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rmtrain.batching.collate import PackedCollator, PairCollator, _pack_rows, block_mask
-from tests.helpers import FEATURES, loss_and_grads, make_model
+from tests.helpers import FEATURES, LAYOUTS, SHARED, loss_and_grads, make_model
 
 
 @pytest.mark.parametrize("arch", ["qwen3", "llama"])
@@ -66,3 +66,30 @@ def test_varlen_padding_free_without_mask_equals_padded(arch):
         assert torch.allclose(a, b, atol=1e-5), (a, b)
     worst = max((ref[3][k] - got[3][k]).abs().max().item() for k in ref[3])
     assert worst < 1e-4
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_margins_stay_with_their_pairs_in_every_layout(layout):
+    """Each pair's margin lands beside its own rewards in every training layout (trees reorder
+    and merge pairs): the margin loss equals the one computed pair by pair on padded rows."""
+    from rmtrain.batching.collate import PairCollator
+    from rmtrain.modeling.losses import pairwise_loss
+    from rmtrain.training.trainer import pair_rewards
+
+    model, pad = make_model("qwen3", "sdpa")
+    feats = [
+        {**f, "margin": m}
+        for f, m in zip(
+            FEATURES + SHARED, [0.0, 1.5, -2.0, 3.0, 0.5, -1.0, 2.5, 4.0, -3.5], strict=True
+        )
+    ]
+    batch = LAYOUTS[layout](pad)(feats)
+    with torch.no_grad():
+        chosen, rejected = pair_rewards(model, batch)
+        got = pairwise_loss(chosen, rejected, batch["margin"]).item()
+        want = []
+        for f in feats:  # one pair at a time, padded: no layout to get wrong
+            c, r = pair_rewards(model, PairCollator(pad)([f]))
+            want.append(pairwise_loss(c, r, torch.tensor([f["margin"]])).item())
+    assert got == pytest.approx(sum(want) / len(want), abs=1e-5)
+    assert sorted(batch["margin"].tolist()) == sorted(f["margin"] for f in feats)

@@ -95,3 +95,45 @@ def test_score_file_streams_in_order_and_reports_bad_rows(scorer, trained, tmp_p
     assert got[4]["truncated"] is True and got[0]["truncated"] is False
     direct = scorer.score_ids([encode_items(scorer, [Item(PROMPT, GOOD)])[0][0]])[0]
     assert got[0]["reward"] == pytest.approx(direct, abs=1e-5)
+
+
+def test_scoring_in_several_passes_equals_the_stock_forward(trained):
+    """The packed scoring path, forced into several forward passes whose trees come back out
+    of order (largest first), gives each text the stock sequence-classification forward's
+    reward; so do /score and /get_reward."""
+    import httpx
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from rmtrain.serving.server import create_app
+    from tests.serving.test_serve import Server
+
+    scorer = load_scorer(str(trained[0]))
+    scorer.token_budget = 2 * scorer.max_length  # the smallest budget: many passes
+    items = [
+        Item(prompt=f"Question {i}: " + "why? " * (i % 7), response="Because. " * (1 + i * 3 % 11))
+        for i in range(12)
+    ]
+    seqs = [ids for ids, _ in encode_items(scorer, items)]
+    passes = []
+    real = scorer._forward
+
+    def counted(batch, rows, cols):
+        passes.append(len(rows))
+        return real(batch, rows, cols)
+
+    scorer._forward = counted
+    fast = scorer.score_ids(seqs)
+    assert len(passes) > 2 and sum(passes) == len(seqs)
+    stock = AutoModelForSequenceClassification.from_pretrained(trained[0]).eval()
+    with torch.no_grad():
+        want = [stock(input_ids=torch.tensor([s])).logits[0, 0].item() for s in seqs]
+    assert fast.tolist() == pytest.approx(want, abs=1e-5)
+    del scorer._forward
+    with Server(create_app(scorer, "tiny")) as url:
+        body = {"items": [{"prompt": it.prompt, "response": it.response} for it in items[:4]]}
+        got = httpx.post(f"{url}/score", json=body).json()["rewards"]
+        assert got == pytest.approx(want[:4], abs=1e-5)
+        texts = [scorer.tokenizer.decode(s) for s in seqs[4:8]]
+        got = httpx.post(f"{url}/get_reward", json={"query": texts}).json()["rewards"]
+        assert got == pytest.approx(want[4:8], abs=1e-5)
