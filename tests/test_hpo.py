@@ -16,6 +16,8 @@ SPACE = {
     "batch": {"type": "categorical", "choices": [2, 4]},
 }
 
+pytestmark = pytest.mark.slow  # subprocesses / whole studies; CI runs them too
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):

@@ -138,6 +138,7 @@ def _peak_rss_mb(xml: Path, out: Path) -> float:
     return float(res.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_converter_memory_stays_flat(tmp_path):
     small, big = tmp_path / "small.xml", tmp_path / "big.xml"
     _synthetic_dump(small, 1_500)

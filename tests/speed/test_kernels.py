@@ -2,12 +2,15 @@
 the eager formulas, the compiled versions equal to the eager ones, and the eager fallback."""
 
 import math
+import shutil
 
 import pytest
 import torch
 
 from rmtrain.speed import kernels
 from rmtrain.speed.kernels import EAGER, fused
+
+HAS_COMPILER = any(shutil.which(c) for c in ("c++", "g++", "clang++", "cc"))
 
 
 def test_silu_mul_and_rms_norm_by_hand():
@@ -56,7 +59,9 @@ def test_fused_kernels_equal_eager_for_any_token_count():
         x, w = torch.randn(1, tokens, 8), torch.rand(8)
         for a, b in zip(k.rms_norm(x, w, 1e-6), EAGER.rms_norm(x, w, 1e-6), strict=True):
             assert torch.allclose(a, b, atol=1e-6)
-    # compiled, not the eager fallback (this machine has a C++ compiler)
+    # compiled, not the eager fallback (where a C++ compiler exists)
+    if not HAS_COMPILER:
+        pytest.skip("no C++ compiler: the kernels fall back to eager (checked above)")
     assert k.silu_mul.compiled is not None and k.rms_norm.compiled is not None
 
 
@@ -77,6 +82,7 @@ def test_a_failed_compilation_warns_once_and_runs_eagerly(monkeypatch):
         assert torch.equal(compiled(gate, up), kernels.silu_mul(gate, up))
 
 
+@pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler: nothing is compiled")
 def test_evaluation_and_new_lengths_after_training_compile_nothing_new():
     """Once a training step compiled the kernels, scoring without gradients and batches of
     other lengths or several rows reuse them (a recompilation costs seconds inside a step)."""

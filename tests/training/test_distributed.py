@@ -16,6 +16,8 @@ from tests.conftest import tiny_train_args, write_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 
+pytestmark = pytest.mark.slow  # subprocesses / whole studies; CI runs them too
+
 
 def test_two_gloo_processes_match_one(tmp_path):
     data = write_demo(tmp_path / "prefs.jsonl", 72, seed=6)

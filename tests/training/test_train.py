@@ -160,6 +160,7 @@ def test_group_by_prompt_trains_on_prefix_trees(tmp_path):
     assert 0 < tokens["grouped"] < tokens["trees"]
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="--prefix-trees auto is on for CPU only")
 def test_prefix_trees_train_the_same_on_fewer_tokens(tmp_path):
     """`--prefix-trees auto` (on for CPU training): batches are prefix trees, so the prefix the
     demo prompts share is computed once per batch; the same losses and metrics as the pairs
