@@ -85,6 +85,11 @@ class TrainConfig:
         "Held-out win rate, Kendall's tau and loss every N steps, on --eval-sample pairs (0: "
         "only at the end, on the whole held-out split, as always).",
     )
+    keep_best: bool = option(
+        False,
+        "Save the weights with the best held-out win rate seen at the --eval-steps evaluations "
+        "(ties: lower held-out loss), not the last ones; says which step it kept.",
+    )
     eval_sample: int = option(
         1000, "Held-out pairs (a fixed seeded sample) for the evaluations during training."
     )
@@ -267,6 +272,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "checkpoint_every",
         "eval_steps",
         "eval_sample",
+        "keep_best",
         "save_steps",
         "save_total_limit",
         "resume",

@@ -18,6 +18,8 @@ def _training_problems(cfg: Any) -> list[str]:
         problems.append(f"--epochs must be above 0, got {cfg.epochs}")
     if cfg.max_steps == 0 or cfg.max_steps < -1:
         problems.append(f"--max-steps must be -1 (all epochs) or at least 1, got {cfg.max_steps}")
+    if cfg.keep_best and not cfg.eval_steps:
+        problems.append("--keep-best chooses among evaluations: set --eval-steps N (N >= 1)")
     if cfg.logging_steps < 1:
         problems.append(f"--logging-steps must be at least 1, got {cfg.logging_steps}")
     if not 0 <= cfg.warmup_ratio <= 1:

@@ -55,6 +55,7 @@ from rmtrain.training.data_setup import (
     eval_sample,
     prepare_data,
 )
+from rmtrain.training.selection import KeepBest
 from rmtrain.training.settings import (
     CHECKPOINT_DIR,
     checkpointing,
@@ -224,6 +225,11 @@ def run_train(
         if not metrics.get("reward_std", 1.0) > 1e-6 * max(1.0, abs(metrics["reward_mean"])):
             what = f"every held-out reward is {metrics['reward_mean']:.6g} (std 0)"
             raise collapsed(what, trainer.args)
+        keeper = next(
+            (c for c in trainer.callback_handler.callbacks if isinstance(c, KeepBest)), None
+        )
+        if keeper and keeper.best_step is not None:
+            metrics["kept_step"] = keeper.best_step
         metrics.update(
             train_loss=train_out.training_loss,
             train_steps=train_out.global_step,
@@ -308,7 +314,8 @@ def _make_trainer(
         ),
         callbacks=[
             *([] if CHECKS_GRAD_NORM else [NonFiniteGuard()]),
-            WholeSplitAtTheEnd(),
+            # --keep-best: the last step's weights are a candidate, evaluated like the others
+            KeepBest() if cfg.keep_best else WholeSplitAtTheEnd(),
             *(callbacks or []),
         ],
         center_rewards_coef=cfg.center_rewards_coef,
