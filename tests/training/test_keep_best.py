@@ -56,5 +56,3 @@ def test_keep_best_saves_the_best_evaluation_and_names_it(tmp_path, capsys):
     assert f"--keep-best: kept the weights of step {best}" in out
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]
     assert metrics["kept_step"] == best
-    # the final evaluation is of the kept weights
-    assert result["metrics"]["win_rate"] >= 0 and "kept_step" in result["metrics"]
