@@ -241,7 +241,8 @@ def run_train(
         if per_dataset:
             result["per_dataset"] = per_dataset
             result["data_per_dataset"] = {k: c.to_dict() for k, c in data.per_dataset.items()}
-        result["log_history"] = [h for h in trainer.state.log_history if "loss" in h]
+        logs = trainer.state.log_history  # training losses and the evaluations during training
+        result["log_history"] = [h for h in logs if "loss" in h or "eval_win_rate" in h]
         if trainer.is_world_process_zero():
             write_report(sections, output / REPORT_DIR, cfg.model)
         _save(trainer, tokenizer, cfg, result, output)
