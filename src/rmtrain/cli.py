@@ -228,6 +228,7 @@ def _cmd_log_model(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from rmtrain.evaluation.evaluate import run_eval
+    from rmtrain.evaluation.probes import probe_names
 
     cfg: EvalConfig = options_from_args(args)
     run_eval(
@@ -238,6 +239,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         batch=cfg.batch,
         split=cfg.split,
         speed_mode=cfg.speed,
+        probes=probe_names(cfg.probes) if cfg.robustness else None,
+        probe_seed=cfg.probe_seed,
     )
     return 0
 

@@ -85,6 +85,11 @@ class TrainConfig:
         "Held-out win rate, Kendall's tau and loss every N steps, on --eval-sample pairs (0: "
         "only at the end, on the whole held-out split, as always).",
     )
+    robustness: bool = option(
+        False,
+        "At the end, run the robustness probes (rmtrain eval --robustness) on the held-out "
+        "split; the probe table goes into the report, MLflow and W&B.",
+    )
     keep_best: bool = option(
         False,
         "Save the weights with the best held-out win rate seen at the --eval-steps evaluations "
@@ -273,6 +278,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "eval_steps",
         "eval_sample",
         "keep_best",
+        "robustness",
         "save_steps",
         "save_total_limit",
         "resume",

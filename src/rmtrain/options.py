@@ -36,6 +36,11 @@ class EvalConfig:
     batch: int | None = option(None, "Pairs per forward pass (approximate).")
     split: str = option("train", "Split of hub data sets.")
     speed: str = option("auto", SPEED_HELP, choices=("auto", "off"))
+    robustness: bool = option(
+        False, "Run the robustness probes (length, format, flattery, off-topic...) per data set."
+    )
+    probes: str | None = option(None, "Comma-separated probes (default: all).")
+    probe_seed: int = option(0, "Seed of the probes' rewrites.")
 
 
 @dataclass

@@ -13,7 +13,7 @@ import json
 import re
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,7 @@ class DatasetEval:
     rejected: np.ndarray
     chosen_len: np.ndarray
     rejected_len: np.ndarray
+    probe_changes: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def summarise(
@@ -120,6 +121,68 @@ def summarise(
     return DatasetEval(report, chosen, rejected, c_len, r_len)
 
 
+def text_scorer(scorer: Any) -> Any:
+    """`score(prompts, responses)` on the scorer's fast path (prefix trees: a prompt shared by
+    many responses is computed once); a text that cannot fit gives NaN."""
+    from rmtrain.serving.scorer import Item, encode_items
+
+    def score(prompts: list[Any], responses: list[str]) -> np.ndarray:
+        items = [Item(prompt=p, response=r) for p, r in zip(prompts, responses, strict=True)]
+        encoded = encode_items(scorer, items)
+        fit = [i for i, e in enumerate(encoded) if e is not None]
+        out = np.full(len(items), np.nan)
+        if fit:
+            out[fit] = scorer.score_ids([encoded[i][0] for i in fit])
+        return out
+
+    return score
+
+
+def robustness_section(
+    scorer: Any, pairs: list[Pair], probes: list[str], seed: int
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The probe table of one data set, and the per-pair reward changes for its plot."""
+    from rmtrain.evaluation.probes import run_probes
+
+    start = time.perf_counter()
+    section = run_probes(text_scorer(scorer), pairs, probes, seed)
+    changes = {name: np.asarray(v.pop("changes")) for name, v in section.items()}
+    print(f"[rmtrain] robustness probes ({len(probes)}) took {time.perf_counter() - start:.1f}s")
+    return section, changes
+
+
+def add_robustness(
+    res: DatasetEval, scorer: Any, pairs: list[Pair], probes: list[str], seed: int
+) -> None:
+    res.report["robustness"], res.probe_changes = robustness_section(scorer, pairs, probes, seed)
+    res.report["flags"] = res.report.get("flags", []) + [
+        f for v in res.report["robustness"].values() for f in v["flags"]
+    ]
+
+
+def add_robustness_to_report(
+    report_dir: Path,
+    scorer: Any,
+    pairs_by_section: dict[str, list[Pair]],
+    probes: list[str],
+    seed: int = 0,
+) -> None:
+    """Probe sections added to a written report (training's held-out report)."""
+    from rmtrain.evaluation.report import plot_robustness, render_markdown
+
+    report = json.loads((report_dir / "report.json").read_text())
+    for name, pairs in pairs_by_section.items():
+        part = report["datasets"][name]
+        part["robustness"], changes = robustness_section(scorer, pairs, probes, seed)
+        part["flags"] = part.get("flags", []) + [
+            f for v in part["robustness"].values() for f in v["flags"]
+        ]
+        slug = file_slug(short_name(name), set())
+        part["plots"].append(plot_robustness(changes, report_dir, slug, short_name(name)))
+    (report_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (report_dir / "report.md").write_text(render_markdown(report))
+
+
 def evaluate_pairs(scorer: Any, pairs: list[Pair], counts: dict[str, Any]) -> DatasetEval:
     """Score pairs with the shared fast path (no gradients, prefix trees, progress bar)."""
     from tqdm.auto import tqdm
@@ -139,7 +202,13 @@ def evaluate_pairs(scorer: Any, pairs: list[Pair], counts: dict[str, Any]) -> Da
     return summarise(kept, scored.chosen, scored.rejected, counts, seconds)
 
 
-def evaluate_source(scorer: Any, source: str, split: str = "train") -> DatasetEval:
+def evaluate_source(
+    scorer: Any,
+    source: str,
+    split: str = "train",
+    probes: list[str] | None = None,
+    probe_seed: int = 0,
+) -> DatasetEval:
     rows = load_rows(source, split)
     pairs, counts = read_pairs(rows, 1.0, 0)
     if not pairs:
@@ -149,12 +218,15 @@ def evaluate_source(scorer: Any, source: str, split: str = "train") -> DatasetEv
         "malformed": dict(counts.malformed),
         "malformed_total": sum(counts.malformed.values()),
     }
-    return evaluate_pairs(scorer, pairs, base)
+    res = evaluate_pairs(scorer, pairs, base)
+    if probes:
+        add_robustness(res, scorer, pairs, probes, probe_seed)
+    return res
 
 
 def write_report(results: dict[str, DatasetEval], output: Path, model: str) -> dict[str, Any]:
     """report.json, report.md and the PNG plots of every data set."""
-    from rmtrain.evaluation.report import plot_dataset, render_markdown
+    from rmtrain.evaluation.report import plot_dataset, plot_robustness, render_markdown
 
     output.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"model": model, "datasets": {}}
@@ -163,6 +235,8 @@ def write_report(results: dict[str, DatasetEval], output: Path, model: str) -> d
         short = short_name(name)
         slug = file_slug(short, taken)
         plots = plot_dataset(res, output, slug, short)
+        if res.probe_changes:
+            plots.append(plot_robustness(res.probe_changes, output, slug, short))
         report["datasets"][name] = {**res.report, "plots": plots}
     (output / "report.json").write_text(json.dumps(report, indent=2))
     (output / "report.md").write_text(render_markdown(report))
@@ -196,13 +270,15 @@ def run_eval(
     batch: int | None = None,
     split: str = "train",
     speed_mode: str = "auto",
+    probes: list[str] | None = None,
+    probe_seed: int = 0,
 ) -> dict[str, Any]:
     from rmtrain.serving.scorer import load_scorer
 
     scorer = load_scorer(model_dir, max_length=max_length, speed_mode=speed_mode)
     if batch:
         scorer.token_budget = max(batch * 2 * scorer.max_length, 2 * scorer.max_length)
-    results = {src: evaluate_source(scorer, src, split) for src in datasets}
+    results = {src: evaluate_source(scorer, src, split, probes, probe_seed) for src in datasets}
     report = write_report(results, Path(output), model_dir)
     for name, r in report["datasets"].items():
         m, b = r["metrics"], r["baselines"]

@@ -100,6 +100,48 @@ def plot_dataset(res: Any, output: Path, prefix: str, title: str) -> list[str]:
     return names
 
 
+def plot_robustness(changes: dict[str, np.ndarray], output: Path, prefix: str, title: str) -> str:
+    """Reward change per probe (box plot) against zero."""
+    plt = _plt()
+    name = f"{prefix}_robustness.png"
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.boxplot([changes[k] for k in changes], showfliers=False)
+    ax.set_xticks(range(1, len(changes) + 1), list(changes))
+    ax.axhline(0, color="grey", linestyle="--")
+    ax.set(ylabel="reward change (probe - original)", title=f"Robustness probes: {title}")
+    fig.tight_layout()
+    fig.savefig(output / name, dpi=100)
+    plt.close(fig)
+    return name
+
+
+EXPECT_WORDS = {"no_rise": "should not rise", "fall": "should fall", "none": "should not change"}
+
+
+def robustness_markdown(section: dict[str, Any]) -> list[str]:
+    lines = [
+        "",
+        "### Robustness",
+        "",
+        "| probe | what it does | expected | mean change (95%) | median | share higher | "
+        "win rate after | |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in section.items():
+        lo, hi = r["mean_change_ci95"]
+        mark = "**wrong way**" if r["flags"] else "ok"
+        lines.append(
+            f"| {name} | {r['doc']} | {EXPECT_WORDS[r['expect']]} | {r['mean_change']:+.3f} "
+            f"({lo:+.3f} to {hi:+.3f}) | {r['median_change']:+.3f} | {r['share_higher']:.2f} | "
+            f"{r['win_rate_after']:.3f} | {mark} |"
+        )
+    flagged = [f for r in section.values() for f in r["flags"]]
+    if flagged:
+        lines += ["", "Shortcuts this model pays for (a policy trained on it can exploit them):"]
+        lines += [f"- {f}" for f in flagged]
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Reward model evaluation: `{report['model']}`", ""]
     for name, r in report["datasets"].items():
@@ -126,6 +168,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
         if "scoring" in r:
             lines.append(f"| scoring speed | {r['scoring']['pairs_per_s']:.1f} pairs/s |")
+        if "robustness" in r:
+            lines += robustness_markdown(r["robustness"])
         if r["subsets"]:
             lines += ["", "| subset | win rate | pairs |", "|---|---|---|"]
             lines += [

@@ -156,6 +156,21 @@ def _evaluate(trainer: Any, data: PreparedData, sink: dict[str, Any]) -> tuple[d
     return {k.removeprefix("eval_"): v for k, v in raw.items()}, per, sections
 
 
+def _probe_held_out(output: Path, data: PreparedData) -> None:
+    """`--robustness`: the probes on each held-out set with the saved model, into the report."""
+    from rmtrain.evaluation.evaluate import add_robustness_to_report
+    from rmtrain.evaluation.probes import PROBES
+    from rmtrain.serving.scorer import load_scorer
+
+    by_set = {
+        name: [data.test_pairs[f["pair_index"]] for f in feats]
+        for name, feats in data.test_sets.items()
+    }
+    if len(by_set) <= 1:
+        by_set = {"held-out split": data.test_pairs}
+    add_robustness_to_report(output / REPORT_DIR, load_scorer(str(output)), by_set, list(PROBES))
+
+
 def _resume_path(cfg: TrainConfig, output: Path) -> str | None:
     if not cfg.resume:
         return None
@@ -246,6 +261,8 @@ def run_train(
         if trainer.is_world_process_zero():
             write_report(sections, output / REPORT_DIR, cfg.model)
         _save(trainer, tokenizer, cfg, result, output)
+        if cfg.robustness and trainer.is_world_process_zero():
+            _probe_held_out(output, data)
         failed = False
     finally:
         log_final(trackers, result["metrics"], result["data"], step)
