@@ -141,3 +141,36 @@ def test_a_jsonl_line_that_looks_like_an_array_is_one_row(tmp_path, line):
     array = tmp_path / "x.json"  # a .json file may still hold one array
     array.write_text('[{"prompt": "a"}, {"prompt": "b"}]')
     assert read_json_rows(array) == [{"prompt": "a"}, {"prompt": "b"}]
+
+
+def test_frac_sample_and_split_are_the_same_in_any_process(tmp_path):
+    """`--frac` sampling and the held-out split depend on the seed alone, not on Python's
+    per-process string hashing."""
+    import subprocess
+    import sys
+
+    from tests.conftest import write_demo
+
+    data = write_demo(tmp_path / "d.jsonl", 200, seed=5)
+    code = (
+        "import json, sys\n"
+        "from rmtrain.data.pairs import read_pairs\n"
+        "from rmtrain.data.reading import load_rows\n"
+        "from rmtrain.data.splits import split_by_group\n"
+        "pairs, _ = read_pairs(load_rows(sys.argv[1]), 0.3, 7)\n"
+        "train, test = split_by_group(pairs, 0.2, 7)\n"
+        "print(json.dumps([[p.row for p in train], [p.row for p in test]]))\n"
+    )
+    outs = []
+    for hashseed in ("1", "2"):
+        env = {**__import__("os").environ, "PYTHONHASHSEED": hashseed}
+        run = subprocess.run(
+            [sys.executable, "-c", code, str(data)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        outs.append(run.stdout)
+    train, test = __import__("json").loads(outs[0])
+    assert outs[0] == outs[1] and len(train) + len(test) == 60 and test

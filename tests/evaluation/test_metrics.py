@@ -37,3 +37,25 @@ def test_reward_metrics_are_exact():
     assert m["chosen_reward_mean"] == 2.0 and m["rejected_reward_mean"] == 2.0
     assert m["margin_mean"] == pytest.approx(0.0)
     assert m["num_pairs"] == 2
+
+
+def test_kendall_tau_equals_scipy_on_random_rankings():
+    """Pairs from full rankings (every pair of a prompt's answers, the better one chosen): the
+    per-prompt mean sign is Kendall's tau between the model's and the true ranking."""
+    from itertools import combinations
+
+    from scipy.stats import kendalltau
+
+    rng = np.random.default_rng(0)
+    chosen, rejected, groups, want = [], [], [], []
+    for prompt in range(200):
+        k = int(rng.integers(2, 7))
+        truth, model = rng.permutation(k), rng.normal(size=k)
+        for i, j in combinations(range(k), 2):
+            hi, lo = (i, j) if truth[i] > truth[j] else (j, i)
+            chosen.append(model[hi])
+            rejected.append(model[lo])
+            groups.append(str(prompt))
+        want.append(kendalltau(truth, model).statistic)
+    got = kendall_tau(np.array(chosen), np.array(rejected), groups)
+    assert got == pytest.approx(float(np.mean(want)), abs=1e-12)

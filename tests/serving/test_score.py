@@ -137,3 +137,26 @@ def test_scoring_in_several_passes_equals_the_stock_forward(trained):
         texts = [scorer.tokenizer.decode(s) for s in seqs[4:8]]
         got = httpx.post(f"{url}/get_reward", json={"query": texts}).json()["rewards"]
         assert got == pytest.approx(want[4:8], abs=1e-5)
+
+
+def test_the_prompt_floor_reaches_scoring_and_serving(trained, tmp_path):
+    """The training prompt floor (default max_length // 4, or --min-prompt-length) is the one
+    scoring and serving cut with: a long prompt keeps exactly that many tokens."""
+    from tests.conftest import tiny_train_args
+
+    default = load_scorer(str(trained[0]))
+    assert default.prompt_floor == 96 // 4
+    out = tmp_path / "floor"
+    args = ["--max-steps", "1", "--eval-steps", "0", "--max-length", "64"]
+    assert main(tiny_train_args(trained[1], out, *args, "--min-prompt-length", "10")) == 0
+    scorer = load_scorer(str(out))
+    assert scorer.prompt_floor == 10
+    long_prompt, long_answer = "word " * 80, "answer " * 80
+    ((ids, cut),) = encode_items(scorer, [Item(prompt=long_prompt, response=long_answer)])
+    head = scorer.tokenizer.apply_chat_template(
+        [{"role": "user", "content": long_prompt}], tokenize=False, add_generation_prompt=True
+    )
+    head_ids = scorer.tokenizer(head, add_special_tokens=False)["input_ids"]
+    assert cut and len(ids) == 64 and ids[:10] == head_ids[-10:]
+    # the full text through /get_reward's path is cut the same way
+    assert encode_items(scorer, [Item(text=head + long_answer)])[0][0] == ids
