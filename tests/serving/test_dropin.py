@@ -238,3 +238,13 @@ def test_trl_grpo_reward_path(trained, expected, tmp_path):
 def test_info_names_the_model_not_its_path(live_server, trained):
     info = httpx.get(f"{live_server}/info").text
     assert json.loads(info)["model"] == trained[0].name and str(trained[0].parent) not in info
+
+
+def test_transformers_pipeline_on_chat_templated_text(trained, expected):
+    from transformers import AutoTokenizer, pipeline
+
+    tok = AutoTokenizer.from_pretrained(trained[0])
+    pipe = pipeline("text-classification", model=str(trained[0]), function_to_apply="none")
+    texts = [full_template(tok, p, r) for p, r in CASES]
+    got = [out["score"] for out in pipe(texts)]
+    assert got == pytest.approx(expected, abs=1e-5)
