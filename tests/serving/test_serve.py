@@ -238,3 +238,32 @@ def test_help_never_prints_the_api_key(monkeypatch, capsys):
         build_parser().parse_args(["serve", "--help"])
     text = capsys.readouterr().out
     assert "--api-key" in text and "zz-secret-zz" not in text
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_dynamic_batching_merges_concurrent_requests_into_fewer_forwards(
+    scorer, monkeypatch, dynamic
+):
+    import concurrent.futures as cf
+
+    calls = []
+    real = scorer.score_ids
+
+    def counted(seqs, *a, **k):
+        calls.append(len(seqs))
+        time.sleep(0.05)  # a forward takes time: requests arriving meanwhile wait together
+        return real(seqs, *a, **k)
+
+    monkeypatch.setattr(scorer, "score_ids", counted)
+    texts = [f"answer number {i} about the flour" for i in range(12)]
+    limits = ServeLimits(batch_wait_ms=20.0)
+    with Server(create_app(scorer, "tiny", limits=limits, dynamic_batching=dynamic)) as url:
+
+        def one(t):
+            body = {"items": [{"prompt": PROMPT, "response": t}]}
+            return httpx.post(f"{url}/score", json=body, timeout=30)
+
+        with cf.ThreadPoolExecutor(12) as pool:
+            assert all(r.status_code == 200 for r in pool.map(one, texts))
+    assert sum(calls) == 12
+    assert (len(calls) < 12) if dynamic else (calls == [1] * 12)

@@ -39,15 +39,27 @@ def test_writes_every_output(trained):
 
 
 def test_metrics_and_counts(trained):
-    out, _ = trained
+    from rmtrain.data.pairs import read_pairs
+    from rmtrain.data.reading import load_rows
+    from rmtrain.data.splits import split_by_group
+    from rmtrain.evaluation.metrics import reward_metrics
+    from rmtrain.serving.scorer import load_scorer
+
+    out, data_file = trained
     result = json.loads((out / "metrics.json").read_text())
     data, metrics = result["data"], result["metrics"]
     assert data["rows_read"] == 120
     assert data["train_pairs"] + data["test_pairs"] + data["dropped_total"] == 120
     assert metrics["num_pairs"] == data["test_pairs"]
-    assert 24 <= data["test_pairs"] <= 30  # 20% of 120, rounded up to whole prompt groups
+    # the held-out split, recomputed with the same seed: the same pairs
+    _, test = split_by_group(read_pairs(load_rows(str(data_file)), 1.0, 3)[0], 0.2, 3)
+    assert data["test_pairs"] == len(test) and data["dropped_total"] == 0
     assert metrics["train_steps"] == 6
-    assert 0.0 <= metrics["win_rate"] <= 1.0 and -1.0 <= metrics["kendall_tau"] <= 1.0
+    # the saved model, re-scored on those pairs, gives the logged metrics
+    scored = load_scorer(str(out)).score_pairs(test)
+    again = reward_metrics(scored.chosen, scored.rejected, [p.group for p in test])
+    assert metrics["win_rate"] == pytest.approx(again["win_rate"])
+    assert metrics["kendall_tau"] == pytest.approx(again["kendall_tau"])
     config = json.loads((out / "config.json").read_text())
     assert config["reward_mean"] == pytest.approx(metrics["reward_mean"])
     # saved with the template's newline as pad: the stock head reads the end-of-turn token
