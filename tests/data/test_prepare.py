@@ -24,6 +24,8 @@ POSTS = """<?xml version="1.0" encoding="utf-8"?>
 def test_answer_score_rule():
     # round(log2(1 + 7)) = 3; round(log2(2)) = 1, +1 accepted = 2; negative -> -1
     assert (answer_score(7, False), answer_score(1, True), answer_score(-2, False)) == (3, 2, -1)
+    # an accepted answer with a negative score: -1 + 1 = 0; with score 0: log2(1) + 1 = 1
+    assert (answer_score(-3, True), answer_score(0, True), answer_score(0, False)) == (0, 1, 0)
     assert answer_score(0, False) == 0
 
 

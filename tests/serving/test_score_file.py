@@ -173,3 +173,25 @@ def test_serve_options_checked_before_loading(tmp_path, capsys, flag, value):
     code = main(["serve", "--model", str(tmp_path / "no-model"), flag, value])
     err = capsys.readouterr().err
     assert code == 2 and flag in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_score_normalize_applies_the_saved_mean_and_std(scorer, trained, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"prompt": PROMPT, "response": GOOD}) + "\n")
+    raw, norm = tmp_path / "raw.jsonl", tmp_path / "norm.jsonl"
+    assert score(trained, src, raw) == 0 and score(trained, src, norm, "--normalize", "true") == 0
+    r = json.loads(raw.read_text())["reward"]
+    n = json.loads(norm.read_text())["reward"]
+    assert n == pytest.approx((r - scorer.reward_mean) / scorer.reward_std, abs=1e-6)
+
+
+def test_eval_batch_changes_passes_not_rewards(trained, tmp_path):
+    reports = []
+    for batch in ("1", "64"):
+        out = tmp_path / f"r{batch}"
+        args = ["eval", "--model", str(trained[0]), "--dataset", str(trained[1])]
+        assert main([*args, "--output", str(out), "--batch", batch]) == 0
+        reports.append(json.loads((out / "report.json").read_text()))
+    a, b = (next(iter(r["datasets"].values()))["metrics"] for r in reports)
+    for key in ("win_rate", "kendall_tau", "chosen_reward_mean", "rejected_reward_mean"):
+        assert a[key] == pytest.approx(b[key], abs=1e-5)

@@ -267,3 +267,12 @@ def test_dynamic_batching_merges_concurrent_requests_into_fewer_forwards(
             assert all(r.status_code == 200 for r in pool.map(one, texts))
     assert sum(calls) == 12
     assert (len(calls) < 12) if dynamic else (calls == [1] * 12)
+
+
+def test_too_much_waiting_work_is_429(scorer):
+    limits = ServeLimits(max_items=8, max_pending_items=2)
+    with Server(create_app(scorer, "tiny", limits=limits)) as url:
+        items = [{"prompt": PROMPT, "response": GOOD}] * 3
+        r = httpx.post(f"{url}/score", json={"items": items})
+        assert r.status_code == 429 and "server busy" in r.text
+        assert httpx.post(f"{url}/score", json={"items": items[:2]}).status_code == 200
