@@ -156,3 +156,41 @@ def test_one_address_cannot_take_every_slot(scorer):
                 s.close()
         time.sleep(0.3)
         assert httpx.post(f"{url}/score", json=ITEM, timeout=10).status_code == 200
+
+
+def test_the_key_from_the_environment_guards_a_live_server(trained, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    env = {**os.environ, "RMTRAIN_API_KEY": KEY}
+    cmd = [
+        sys.executable,
+        "-m",
+        "rmtrain",
+        "serve",
+        "--model",
+        str(trained[0]),
+        "--port",
+        str(port),
+    ]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None and time.time() < deadline
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        for path in ("/info", "/openapi.json"):
+            assert httpx.get(f"{url}{path}").status_code == 401
+        ok = httpx.get(f"{url}/info", headers={"Authorization": f"Bearer {KEY}"})
+        assert ok.status_code == 200 and KEY not in ok.text
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
