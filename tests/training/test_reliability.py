@@ -56,13 +56,20 @@ def same_model(a: Path, b: Path) -> None:
     assert {k: ma[k] for k in EVAL_KEYS} == {k: mb[k] for k in EVAL_KEYS}
 
 
+# grouped by prompt, gradient accumulation and two epochs (4 steps each): killed in epoch 2
+SEVERAL = ("--group-by-prompt", "true", "--grad-accum", "2", "--frac", "0.5")
+SEVERAL += ("--max-steps", "-1", "--epochs", "2")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_at", [2, 6])
-def test_sigkill_then_resume_equals_uninterrupted(data_file, tmp_path, kill_at):
-    ref = cli(train_args(data_file, tmp_path / "ref"))
+@pytest.mark.parametrize(("kill_at", "extra"), [(2, ()), (6, ()), (6, SEVERAL)])
+def test_sigkill_then_resume_equals_uninterrupted(data_file, tmp_path, kill_at, extra):
+    ref = cli(train_args(data_file, tmp_path / "ref", *extra))
     assert ref.wait(300) == 0, ref.stderr.read()
+    steps = json.loads((tmp_path / "ref" / "metrics.json").read_text())["metrics"]["train_steps"]
+    assert steps == 8
     out = tmp_path / "killed"
-    proc = cli(train_args(data_file, out))
+    proc = cli(train_args(data_file, out, *extra))
     deadline = time.time() + 300
     while not (out / "checkpoints" / f"checkpoint-{kill_at}").exists():
         assert proc.poll() is None and time.time() < deadline, "run ended before the kill"
@@ -70,7 +77,7 @@ def test_sigkill_then_resume_equals_uninterrupted(data_file, tmp_path, kill_at):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "config.json").exists()  # no finished model after the kill
-    resumed = cli(train_args(data_file, out, "--resume"))
+    resumed = cli(train_args(data_file, out, *extra, "--resume"))
     assert resumed.wait(300) == 0, resumed.stderr.read()
     same_model(tmp_path / "ref", out)
 
