@@ -7,8 +7,6 @@ PairwiseRewardTrainer -> final evaluation -> atomic save of model, tokenizer, co
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -55,6 +53,7 @@ from rmtrain.training.data_setup import (
     eval_sample,
     prepare_data,
 )
+from rmtrain.training.resources import check_free_disk, is_main_process, peak_memory_gib
 from rmtrain.training.selection import KeepBest
 from rmtrain.training.settings import (
     CHECKPOINT_DIR,
@@ -349,20 +348,6 @@ def _make_trainer(
     return trainer
 
 
-def peak_memory_gib() -> float:
-    """Peak GPU memory allocated, or the process's peak resident memory on CPU."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def is_main_process() -> bool:
-    """Rank 0 (before the Trainer exists, from the launcher's environment)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def build_model(cfg: TrainConfig, pad_token_id: int) -> Any:
     """The reward model as configured: dtype, attention kernel, optional (Q)LoRA."""
     model = load_reward_model(
@@ -382,18 +367,6 @@ def build_model(cfg: TrainConfig, pad_token_id: int) -> Any:
             model = prepare_model_for_kbit_training(model)
         model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target)
     return model
-
-
-def check_free_disk(output: Path, model: Any, with_optimizer: bool) -> None:
-    """Fail before training when the disk cannot hold one checkpoint (weights + AdamW state)."""
-    n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    need = n_bytes * (3 if with_optimizer else 1)
-    free = shutil.disk_usage(output).free
-    if free < need:
-        raise RmtrainError(
-            f"{output} has {free / 2**20:.0f} MiB free; one checkpoint needs about "
-            f"{need / 2**20:.0f} MiB. Free some space or choose another --output"
-        )
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
