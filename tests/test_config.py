@@ -223,3 +223,17 @@ def test_every_problem_in_one_message():
     with pytest.raises(RmtrainError) as err:
         parse(["--dataset", "d.jsonl", "--lr", "0", "--seed", "-1", "--logging-steps", "0"])
     assert str(err.value).count(";") >= 2
+
+
+def test_shipped_configs_and_recipes_are_valid():
+    from pathlib import Path
+
+    from rmtrain.config import build_config, load_yaml
+
+    root = Path(__file__).resolve().parents[1]
+    files = [root / "configs" / "demo.yaml", *sorted((root / "configs" / "recipes").glob("*.yaml"))]
+    recipes = [f for f in files if not f.name.startswith("hpo_space")]
+    assert len(recipes) >= 2
+    for f in recipes:
+        cfg = build_config(load_yaml(f))
+        assert cfg.dataset and cfg.output, f
