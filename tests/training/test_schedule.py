@@ -10,11 +10,13 @@ from rmtrain.training.recipe import run_train
 
 class Capture(TrainerCallback):
     def __init__(self):
-        self.lrs, self.groups = [], []
+        self.lrs, self.groups, self.losses = [], [], []
 
     def on_log(self, args, state, control, logs=None, **kw):
         if logs and "learning_rate" in logs:
             self.lrs.append(logs["learning_rate"])
+        if logs and "loss" in logs:
+            self.losses.append(logs["loss"])
 
     def on_train_begin(self, args, state, control, optimizer=None, **kw):
         inner = getattr(optimizer, "optimizer", optimizer)
@@ -58,3 +60,15 @@ def test_cosine_schedule_and_head_learning_rate(tmp_path):
     head = [g for g in cap.groups if g[0] == pytest.approx(1e-2)]
     assert head and sum(n for _, n in head) == 1  # score.weight alone, at 10 x lr
     assert all(lr == pytest.approx(1e-3) for lr, _ in cap.groups if (lr, _) not in head)
+
+
+def test_center_rewards_coef_adds_its_term_end_to_end(tmp_path):
+    """At step 1 (same weights, same batch) the logged loss is BT + coef * mean((r_c + r_r)^2):
+    the added part grows linearly with the coefficient and is positive."""
+    first = {}
+    for coef in (0.0, 0.5, 1.0):
+        cap = run(tmp_path / str(coef), center_rewards_coef=coef, lr=1e-12)
+        first[coef] = cap.losses[0]
+    added = first[0.5] - first[0.0]
+    assert added > 1e-4
+    assert first[1.0] - first[0.0] == pytest.approx(2 * added, rel=1e-3)
