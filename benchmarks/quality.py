@@ -161,15 +161,18 @@ def worker_main(spec_file: str) -> None:
 def _run(spec: dict[str, Any]) -> dict[str, Any]:
     spec_file = WORK / f"spec_{spec['tool']}_{spec['set']}.json"
     spec_file.write_text(json.dumps(spec))
-    proc = subprocess.run(
-        [sys.executable, __file__, "--worker", str(spec_file)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    log = WORK / f"{spec['tool']}_{spec['set']}.log"  # the worker's progress, while it runs
+    with log.open("w") as err:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--worker", str(spec_file)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            cwd=ROOT,
+        )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
-        raise SystemExit(f"{spec['tool']} on {spec['set']} failed:\n{proc.stderr[-3000:]}")
+        raise SystemExit(f"{spec['tool']} on {spec['set']} failed:\n{log.read_text()[-3000:]}")
     return json.loads(lines[-1].removeprefix("RESULT "))
 
 
