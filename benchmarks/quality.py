@@ -71,7 +71,8 @@ def _rmtrain_worker(spec: dict[str, Any]) -> dict[str, Any]:
         raise SystemExit(f"rmtrain train failed ({code})")
     result = json.loads((out / "metrics.json").read_text())
     curve = [(h["step"], h["eval_win_rate"]) for h in result["log_history"] if "eval_win_rate" in h]
-    curve.append((result["metrics"]["train_steps"], result["metrics"]["win_rate"]))
+    if not curve or curve[-1][0] != result["metrics"]["train_steps"]:
+        curve.append((result["metrics"]["train_steps"], result["metrics"]["win_rate"]))
     data = result["data"]
     return {
         "train_seconds": seconds,
@@ -137,8 +138,8 @@ def _trl_worker(spec: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    final = trainer.evaluate()
-    curve.append((spec["steps"], float(final.get("eval_accuracy", np.nan))))
+    final = float(trainer.evaluate().get("eval_accuracy", np.nan))
+    curve = [c for c in curve if c[0] != spec["steps"]] + [(spec["steps"], final)]
     trainer.save_model(spec["out"])
     tok.save_pretrained(spec["out"])
     return {
