@@ -124,3 +124,26 @@ def test_train_robustness_adds_the_probes_to_the_held_out_report(tmp_path):
     held_out = json.loads((out / "metrics.json").read_text())["data"]["test_pairs"]
     assert section["robustness"]["swap"]["pairs"] == held_out
     assert "### Robustness" in (out / "eval_report" / "report.md").read_text()
+
+
+def test_the_probe_table_goes_to_mlflow(tmp_path, mlflow_store):
+    from mlflow import MlflowClient
+
+    from tests.conftest import tiny_train_args, write_demo
+
+    data = write_demo(tmp_path / "d.jsonl", 60, seed=1)
+    out = tmp_path / "m"
+    args = ["--max-steps", "2", "--eval-steps", "0", "--robustness", "true"]
+    assert main(tiny_train_args(data, out, *args, "--report-to", "mlflow")) == 0
+    client = MlflowClient(mlflow_store)
+    runs = [
+        r
+        for e in client.search_experiments()
+        for r in client.search_runs([e.experiment_id])
+        if r.data.params.get("rmtrain.output") == str(out)
+    ]
+    (run,) = runs
+    local = client.download_artifacts(run.info.run_id, "robustness.json", str(tmp_path))
+    table = json.loads(open(local).read())
+    rows = table["data"]
+    assert len(rows) == len(PROBES) and {r[1] for r in rows} == set(PROBES)

@@ -77,6 +77,18 @@ def _signature() -> Any:
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
+def _log_robustness_table(report: Path) -> None:
+    """The probe table (with --robustness) as an MLflow table, next to the report."""
+    from rmtrain.tracking.runs import ROBUSTNESS_COLUMNS, robustness_rows
+
+    if not report.is_file():
+        return
+    rows = robustness_rows(json.loads(report.read_text()).get("datasets", {}))
+    if rows:
+        table = {c: [row[i] for row in rows] for i, c in enumerate(ROBUSTNESS_COLUMNS)}
+        mlflow.log_table(table, artifact_file="robustness.json")
+
+
 def log_run_outputs(output: Path, report_dir: str) -> str:
     """The output folder's report, plots and files as artifacts of the active run, then the
     model; returns the logged model's URI."""
@@ -90,6 +102,7 @@ def log_run_outputs(output: Path, report_dir: str) -> str:
         mlflow.log_artifacts(str(output / report_dir), artifact_path=report_dir)
         for png in sorted((output / report_dir).glob("*.png")):
             mlflow.log_image(_image(png), artifact_file=f"plots/{png.name}")
+        _log_robustness_table(output / report_dir / "report.json")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp:
         info = mlflow.pyfunc.log_model(

@@ -154,8 +154,27 @@ def log_report_to_wandb(report_dir: Path) -> None:
         rows = [_table_row(name, s) for name, s in sections.items()]
         columns = ["data", "pairs", "win_rate", "kendall_tau", "prefer_longer"]
         images["report/held_out"] = wandb.Table(columns=columns, data=rows)
+        probes = robustness_rows(sections)
+        if probes:
+            images["report/robustness"] = wandb.Table(columns=ROBUSTNESS_COLUMNS, data=probes)
     if images:
         wandb.log(images)
+
+
+ROBUSTNESS_COLUMNS = [
+    "data", "probe", "expect", "mean_change", "ci_low", "ci_high", "share_higher",
+    "win_rate_after", "wrong_way",
+]  # fmt: skip
+
+
+def robustness_rows(sections: dict[str, Any]) -> list[list[Any]]:
+    """The probe tables of a report's data sets as rows (W&B and MLflow tables)."""
+    return [
+        [name, probe, r["expect"], r["mean_change"], *r["mean_change_ci95"], r["share_higher"],
+         r["win_rate_after"], bool(r["flags"])]
+        for name, section in sections.items()
+        for probe, r in section.get("robustness", {}).items()
+    ]  # fmt: skip
 
 
 def _table_row(name: str, section: dict[str, Any]) -> list[Any]:
