@@ -3,6 +3,7 @@ known rewards, and `rmtrain eval --robustness` end to end."""
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,6 +145,6 @@ def test_the_probe_table_goes_to_mlflow(tmp_path, mlflow_store):
     ]
     (run,) = runs
     local = client.download_artifacts(run.info.run_id, "robustness.json", str(tmp_path))
-    table = json.loads(open(local).read())
+    table = json.loads(Path(local).read_text())
     rows = table["data"]
     assert len(rows) == len(PROBES) and {r[1] for r in rows} == set(PROBES)
