@@ -16,6 +16,7 @@ import yaml
 
 from rmtrain.coerce import coerce_all
 from rmtrain.config_checks import check_ranges
+from rmtrain.data.layout import REWARD_POSITIONS
 from rmtrain.errors import RmtrainError
 
 
@@ -132,7 +133,7 @@ class TrainConfig:
         "Token the reward is read at: end_of_turn (the template's end-of-turn token, where a "
         "generation stops: OpenRLHF, TRL and stock forwards all read there) or template_end (the "
         "last token of the template's closing).",
-        choices=("end_of_turn", "template_end"),
+        choices=REWARD_POSITIONS,
     )
     pad_token: str | None = option(None, "Pad token to use when the tokenizer has none.")
     bf16: bool | None = option(None, "bf16 mixed precision (default: on for bf16-capable GPUs).")

@@ -3,6 +3,7 @@ message lists every problem, each naming its flag and the fix."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -50,6 +51,17 @@ def _training_problems(cfg: Any) -> list[str]:
     return problems
 
 
+def _choice_problems(cfg: Any) -> list[str]:
+    """Options declared with `choices` (YAML bypasses argparse's own check)."""
+    problems = []
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        if choices and getattr(cfg, f.name) not in choices:
+            flag = "--" + f.name.replace("_", "-")
+            problems.append(f"{flag} must be one of {', '.join(choices)}")
+    return problems
+
+
 def check_ranges(cfg: Any) -> None:
     problems = _training_problems(cfg)
     if not 0 < cfg.frac <= 1:
@@ -62,10 +74,7 @@ def check_ranges(cfg: Any) -> None:
         problems.append(f"--max-length must be at least 8, got {cfg.max_length}")
     if not 0 <= cfg.max_bad_fraction <= 1:
         problems.append(f"--max-bad-fraction must be in [0, 1], got {cfg.max_bad_fraction}")
-    if cfg.reward_position not in ("end_of_turn", "template_end"):
-        problems.append("--reward-position must be end_of_turn or template_end")
-    if cfg.lr_scheduler not in ("linear", "cosine", "constant", "constant_with_warmup"):
-        problems.append("--lr-scheduler must be linear, cosine, constant or constant_with_warmup")
+    problems += _choice_problems(cfg)
     if not cfg.head_lr_multiplier > 0:
         problems.append(f"--head-lr-multiplier must be above 0, got {cfg.head_lr_multiplier}")
     if cfg.checkpoint_every < 1:
