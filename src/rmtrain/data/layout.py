@@ -156,11 +156,13 @@ def _closed(tokenizer: Any, head: list[int], body: list[int], tail: list[int]) -
 @dataclass(frozen=True)
 class Frame:
     """What a template puts around a response: the assistant header that ends a prompt, the
-    opening it writes before the content (Qwen3's empty think block) and the closing token ids."""
+    opening it writes before the content (Qwen3's empty think block), the closing token ids, and
+    the closing's prefixes as text, longest first (a text may end in any of them)."""
 
     header: str
     opening: str
     closing: list[int]
+    closing_texts: tuple[str, ...] = ()
 
 
 def template_frame(tokenizer: Any, chat: bool) -> Frame:
@@ -172,7 +174,9 @@ def template_frame(tokenizer: Any, chat: bool) -> Frame:
     header = with_header[len(without) :] if with_header.startswith(without) else ""
     _, body, _ = render(tokenizer, "x", "y", chat)
     opening = body[: -len("y")] if body.endswith("y") else ""
-    return Frame(header, opening, closing_ids(tokenizer, chat))
+    closing = closing_ids(tokenizer, chat)
+    prefixes = tuple(tokenizer.decode(closing[:k]) for k in range(len(closing), 0, -1))
+    return Frame(header, opening, closing, prefixes)
 
 
 def split_text(text: str, frame: Frame, prompt: str | None = None) -> tuple[str, str]:
@@ -201,11 +205,8 @@ def encode_text(
     frame = frame or template_frame(tokenizer, chat)
     head, response = split_text(text, frame, prompt)
     if chat:
-        for k in range(len(frame.closing), 0, -1):
-            part = tokenizer.decode(frame.closing[:k])
-            if response.endswith(part):
-                response = response[: -len(part)]
-                break
+        part = next((p for p in frame.closing_texts if response.endswith(p)), "")
+        response = response[: len(response) - len(part)]
         marker = frame.opening.split("\n")[0]
         if head and frame.opening and not response.startswith(marker):
             response = frame.opening + response
