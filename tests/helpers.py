@@ -5,6 +5,14 @@ Tests import from here (never from each other); benchmarks import only the packa
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -127,3 +135,65 @@ def assert_trains_the_same(results: list, folders: list, loss_tol=1e-5, weight_t
     start = [h["loss"] for h in logs[0]]
     moved = max(start) - min(start)
     assert moved > 10 * loss_tol, "the runs did not train: losses did not move"
+
+
+@contextlib.contextmanager
+def live_serve(model_dir: Any, *flags: str, env: dict[str, str] | None = None) -> Any:
+    """`rmtrain serve` as a user runs it, on a free port; yields its URL, killed by its pid."""
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "rmtrain", "serve", "--model", str(model_dir), "--port", str(port)]
+    # its own process group, so the kill reaches everything it started
+    proc = subprocess.Popen([*cmd, *flags], env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    try:
+        while True:
+            assert proc.poll() is None, "rmtrain serve exited"
+            assert time.time() < deadline, "rmtrain serve did not start"
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """uvicorn in a thread on a free loopback port (`limit_concurrency`: its connection cap)."""
+
+    def __init__(self, app, limit_concurrency=None):
+        import uvicorn
+
+        self.port = free_port()
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            limit_concurrency=limit_concurrency,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)

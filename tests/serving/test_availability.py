@@ -3,45 +3,18 @@ not scored, and with a key every path but /health needs it."""
 
 import asyncio
 import socket
-import threading
 import time
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
 from rmtrain.serving.scorer import load_scorer
 from rmtrain.serving.server import DynamicBatcher, ServeLimits, create_app
-
-from .test_serve import free_port
+from tests.helpers import Server, live_serve
 
 KEY = "k3y"
 ITEM = {"items": [{"prompt": "Hi?", "response": "Hello there."}]}
-
-
-class LimitedServer:
-    """uvicorn with a small connection limit, in a thread."""
-
-    def __init__(self, app, limit):
-        self.port = free_port()
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="error", limit_concurrency=limit
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            assert time.time() < deadline
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +40,7 @@ def stalled(port, token=None, n=1):
 def test_more_stalled_clients_than_slots_do_not_lock_out_an_authorised_request(scorer, with_token):
     limits = ServeLimits(body_timeout_s=1.0)
     app = create_app(scorer, "tiny", api_key=KEY, limits=limits)
-    with LimitedServer(app, limit=16) as url:
+    with Server(app, limit_concurrency=16) as url:
         port = int(url.rsplit(":", 1)[1])
         socks = stalled(port, KEY if with_token else None, n=40)
         try:
@@ -98,7 +71,7 @@ def test_more_stalled_clients_than_slots_do_not_lock_out_an_authorised_request(s
 
 @pytest.mark.parametrize("path", ["/info", "/openapi.json", "/docs", "/score", "/get_reward"])
 def test_every_path_but_health_needs_the_key(scorer, path):
-    with LimitedServer(create_app(scorer, "my-rm", api_key=KEY), limit=64) as url:
+    with Server(create_app(scorer, "my-rm", api_key=KEY), limit_concurrency=64) as url:
         method = httpx.post if path in ("/score", "/get_reward") else httpx.get
         kwargs = {"json": ITEM} if method is httpx.post else {}
         assert method(f"{url}{path}", **kwargs).status_code == 401
@@ -143,7 +116,7 @@ def test_timed_out_requests_are_not_scored():
 
 def test_one_address_cannot_take_every_slot(scorer):
     limits = ServeLimits(body_timeout_s=2.0, max_per_client=4)
-    with LimitedServer(create_app(scorer, "tiny", limits=limits), limit=64) as url:
+    with Server(create_app(scorer, "tiny", limits=limits), limit_concurrency=64) as url:
         port = int(url.rsplit(":", 1)[1])
         socks = stalled(port, n=4)  # four uploads in flight from 127.0.0.1
         try:
@@ -158,39 +131,12 @@ def test_one_address_cannot_take_every_slot(scorer):
         assert httpx.post(f"{url}/score", json=ITEM, timeout=10).status_code == 200
 
 
-def test_the_key_from_the_environment_guards_a_live_server(trained, tmp_path):
+def test_the_key_from_the_environment_guards_a_live_server(trained):
     import os
-    import signal
-    import subprocess
-    import sys
 
-    port = free_port()
     env = {**os.environ, "RMTRAIN_API_KEY": KEY}
-    cmd = [
-        sys.executable,
-        "-m",
-        "rmtrain",
-        "serve",
-        "--model",
-        str(trained[0]),
-        "--port",
-        str(port),
-    ]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            assert proc.poll() is None and time.time() < deadline
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+    with live_serve(trained[0], env=env) as url:
         for path in ("/info", "/openapi.json"):
             assert httpx.get(f"{url}{path}").status_code == 401
         ok = httpx.get(f"{url}/info", headers={"Authorization": f"Bearer {KEY}"})
         assert ok.status_code == 200 and KEY not in ok.text
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)

@@ -4,11 +4,6 @@ layout's reward for the same prompt and response."""
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
@@ -16,8 +11,7 @@ import torch
 
 from rmtrain.serving.scorer import Item, encode_items, load_scorer, score_records
 from rmtrain.serving.server import create_app
-
-from .test_serve import Server, free_port
+from tests.helpers import Server, live_serve
 
 CASES = [
     ("How do I get started with bread?", "Start with flour, water, salt and a little yeast."),
@@ -156,27 +150,8 @@ def test_empty_query_and_extra_logs(scorer, expected):
 
 @pytest.fixture(scope="module")
 def live_server(trained):
-    """`rmtrain serve` as a user runs it, killed by its pid."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "rmtrain", "serve", "--model", str(trained[0])]
-    proc = subprocess.Popen(
-        [*cmd, "--port", str(port), "--max-items", "1024"], start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    try:
-        while True:
-            assert proc.poll() is None, "rmtrain serve exited"
-            assert time.time() < deadline, "rmtrain serve did not start"
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+    with live_serve(trained[0], "--max-items", "1024") as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
 
 
 def test_openrlhf_remote_client(live_server, scorer, expected):

@@ -106,7 +106,7 @@ def test_scoring_in_several_passes_equals_the_stock_forward(trained):
     from transformers import AutoModelForSequenceClassification
 
     from rmtrain.serving.server import create_app
-    from tests.serving.test_serve import Server
+    from tests.helpers import Server
 
     scorer = load_scorer(str(trained[0]))
     scorer.token_budget = 2 * scorer.max_length  # the smallest budget: many passes
