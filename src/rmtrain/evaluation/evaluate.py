@@ -151,13 +151,21 @@ def robustness_section(
     return section, changes
 
 
+def _add_probes(
+    part: dict[str, Any], scorer: Any, pairs: list[Pair], probes: list[str], seed: int
+) -> dict[str, np.ndarray]:
+    """A data set's report section gains its probe table and the probes' flags."""
+    part["robustness"], changes = robustness_section(scorer, pairs, probes, seed)
+    part["flags"] = part.get("flags", []) + [
+        f for v in part["robustness"].values() for f in v["flags"]
+    ]
+    return changes
+
+
 def add_robustness(
     res: DatasetEval, scorer: Any, pairs: list[Pair], probes: list[str], seed: int
 ) -> None:
-    res.report["robustness"], res.probe_changes = robustness_section(scorer, pairs, probes, seed)
-    res.report["flags"] = res.report.get("flags", []) + [
-        f for v in res.report["robustness"].values() for f in v["flags"]
-    ]
+    res.probe_changes = _add_probes(res.report, scorer, pairs, probes, seed)
 
 
 def add_robustness_to_report(
@@ -173,11 +181,8 @@ def add_robustness_to_report(
     report = json.loads((report_dir / "report.json").read_text())
     for name, pairs in pairs_by_section.items():
         part = report["datasets"][name]
-        part["robustness"], changes = robustness_section(scorer, pairs, probes, seed)
-        part["flags"] = part.get("flags", []) + [
-            f for v in part["robustness"].values() for f in v["flags"]
-        ]
-        slug = file_slug(short_name(name), set())
+        changes = _add_probes(part, scorer, pairs, probes, seed)
+        slug = part["plots"][0].removesuffix("_rewards_hist.png")  # the section's own prefix
         part["plots"].append(plot_robustness(changes, report_dir, slug, short_name(name)))
     (report_dir / "report.json").write_text(json.dumps(report, indent=2))
     (report_dir / "report.md").write_text(render_markdown(report))
