@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -141,29 +141,6 @@ def rewrite_pairs(pairs: Sequence[Any], names: Sequence[str], seed: int) -> dict
     return out
 
 
-@dataclass
-class ProbeResult:
-    name: str
-    expect: str
-    changes: np.ndarray  # perturbed - original reward of each pair's chosen response
-    rises: float  # share of pairs where the perturbed response scores higher
-    win_rate_after: float  # perturbed chosen vs the original rejected
-    flags: list[str] = field(default_factory=list)
-
-    def summary(self) -> dict[str, Any]:
-        lo, hi = mean_interval(self.changes)
-        return {
-            "expect": self.expect,
-            "doc": PROBES[self.name].doc if self.name in PROBES else "",
-            "mean_change": float(np.mean(self.changes)),
-            "mean_change_ci95": [lo, hi],
-            "median_change": float(np.median(self.changes)),
-            "share_higher": self.rises,
-            "win_rate_after": self.win_rate_after,
-            "flags": self.flags,
-        }
-
-
 def mean_interval(x: np.ndarray) -> tuple[float, float]:
     """95% interval of a mean (normal approximation)."""
     if len(x) < 2:
@@ -209,13 +186,17 @@ def run_probes(
         after = rewards[(2 + i) * n : (3 + i) * n]
         ok = np.isfinite(after) & np.isfinite(chosen)  # a text that could not be scored
         changes = after[ok] - chosen[ok]
-        result = ProbeResult(
-            name,
-            PROBES[name].expect,
-            changes,
-            float(np.mean(after[ok] > chosen[ok])),
-            float(np.mean(after[ok] > rejected[ok])),
-            judge(name, PROBES[name].expect, changes, scale),
-        )
-        out[name] = {**result.summary(), "pairs": int(ok.sum()), "changes": changes.tolist()}
+        expect = PROBES[name].expect
+        out[name] = {
+            "expect": expect,
+            "doc": PROBES[name].doc,
+            "mean_change": float(np.mean(changes)),
+            "mean_change_ci95": list(mean_interval(changes)),
+            "median_change": float(np.median(changes)),
+            "share_higher": float(np.mean(changes > 0)),  # the rewrite scores higher
+            "win_rate_after": float(np.mean(after[ok] > rejected[ok])),  # vs the rejected
+            "flags": judge(name, expect, changes, scale),
+            "pairs": int(ok.sum()),
+            "changes": changes.tolist(),
+        }
     return out
