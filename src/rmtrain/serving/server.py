@@ -225,12 +225,11 @@ def create_app(
         bad = [i for i, q in enumerate(req.query) if not q.strip() or not is_text(q)]
         if bad:
             raise HTTPException(422, f"queries {bad[:20]} are empty or not valid unicode text")
-        prompts = req.prompts if req.prompts and len(req.prompts) == len(req.query) else None
+        aligned = req.prompts if req.prompts and len(req.prompts) == len(req.query) else []
+        prompts = [p if isinstance(p, str) and is_text(p) else None for p in aligned]
+        prompts = prompts or [None] * len(req.query)  # a hint only: where the response starts
         return await rewards_for(
-            [
-                Item(text=q, prompt=p if prompts and isinstance(p, str) and is_text(p) else None)
-                for q, p in zip(req.query, prompts or [None] * len(req.query), strict=True)
-            ]
+            [Item(text=q, prompt=p) for q, p in zip(req.query, prompts, strict=True)]
         )
 
     return RequestGuard(
