@@ -92,6 +92,7 @@ def _conversational(p: Any) -> dict[str, Any]:
 
 def _trl_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
+    import torch
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import RewardConfig, RewardTrainer
@@ -125,7 +126,7 @@ def _trl_worker(spec: dict[str, Any]) -> dict[str, Any]:
         report_to=[],
         seed=SEED,
         bf16=False,
-        use_cpu=not __import__("torch").cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),
     )
     trainer = RewardTrainer(
         model=model,

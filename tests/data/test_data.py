@@ -146,6 +146,8 @@ def test_a_jsonl_line_that_looks_like_an_array_is_one_row(tmp_path, line):
 def test_frac_sample_and_split_are_the_same_in_any_process(tmp_path):
     """`--frac` sampling and the held-out split depend on the seed alone, not on Python's
     per-process string hashing."""
+    import json
+    import os
     import subprocess
     import sys
 
@@ -163,7 +165,7 @@ def test_frac_sample_and_split_are_the_same_in_any_process(tmp_path):
     )
     outs = []
     for hashseed in ("1", "2"):
-        env = {**__import__("os").environ, "PYTHONHASHSEED": hashseed}
+        env = {**os.environ, "PYTHONHASHSEED": hashseed}
         run = subprocess.run(
             [sys.executable, "-c", code, str(data)],
             env=env,
@@ -172,5 +174,5 @@ def test_frac_sample_and_split_are_the_same_in_any_process(tmp_path):
             check=True,
         )
         outs.append(run.stdout)
-    train, test = __import__("json").loads(outs[0])
+    train, test = json.loads(outs[0])
     assert outs[0] == outs[1] and len(train) + len(test) == 60 and test
