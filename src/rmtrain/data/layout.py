@@ -138,8 +138,12 @@ def encode_batch(
     head_ids = _tokenize_many(tokenizer, [p[0] for p in parts], special=not chat)
     body_ids = _tokenize_many(tokenizer, [p[1] for p in parts], special=False)
     tail_ids = _tokenize_many(tokenizer, [p[2] for p in parts], special=False)
+    tails: dict[tuple[int, ...], list[int]] = {}  # one cut per distinct closing, not per text
+    for t in tail_ids:
+        if tuple(t) not in tails:
+            tails[tuple(t)] = reward_tail(tokenizer, t, position)
     return [
-        _closed(tokenizer, h, b, reward_tail(tokenizer, t, position))
+        _closed(tokenizer, h, b, tails[tuple(t)])
         for h, b, t in zip(head_ids, body_ids, tail_ids, strict=True)
     ]
 
