@@ -39,11 +39,12 @@ VALIDATION = 0.1
 SEED = 0
 
 
-def _pairs(file: Path) -> list[Any]:
+def _pairs(file: Path, frac: float = 1.0) -> list[Any]:
+    """The pairs rmtrain reads from `file` with `--frac frac` (same sample, same order)."""
     from rmtrain.data.pairs import read_pairs
     from rmtrain.data.reading import load_rows
 
-    return read_pairs(load_rows(str(file)), 1.0, SEED)[0]
+    return read_pairs(load_rows(str(file)), frac, SEED)[0]
 
 
 # ----------------------------------------------------------------------------- workers
@@ -51,7 +52,8 @@ def _rmtrain_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from rmtrain.cli import main
 
     out = Path(spec["out"])
-    argv = ["train", "--model", spec["model"], "--dataset", spec["train_file"], "--frac", "1"]
+    argv = ["train", "--model", spec["model"], "--dataset", spec["train_file"]]
+    argv += ["--frac", str(spec["frac"])]
     argv += ["--test-size", str(VALIDATION), "--seed", str(SEED), "--output", str(out)]
     argv += [
         "--lr",
@@ -100,7 +102,7 @@ def _trl_worker(spec: dict[str, Any]) -> dict[str, Any]:
     from rmtrain.data.splits import split_by_group
     from rmtrain.modeling.loading import load_reward_model, load_tokenizer
 
-    train, val = split_by_group(_pairs(Path(spec["train_file"])), VALIDATION, SEED)
+    train, val = split_by_group(_pairs(Path(spec["train_file"]), spec["frac"]), VALIDATION, SEED)
     tok = load_tokenizer(spec["model"])
     model = load_reward_model(spec["model"], tok.pad_token_id, seed=SEED)
     curve: list[tuple[int, float]] = []
@@ -255,6 +257,7 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--sets", nargs="+", default=["hh", "se"], choices=["hh", "se"])
     ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--frac", type=float, default=1.0, help="share of the training split used")
     ap.add_argument("--lr", type=float, default=2e-5)
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--batch", type=int, default=8)
@@ -270,7 +273,8 @@ def main() -> None:
     if not (DATA / "hh_test.jsonl").is_file():
         raise SystemExit("run python benchmarks/quality_data.py first")
     WORK.mkdir(parents=True, exist_ok=True)
-    settings = {k: getattr(args, k) for k in ("lr", "epochs", "batch", "max_length", "warmup")}
+    keys = ("frac", "lr", "epochs", "batch", "max_length", "warmup")
+    settings = {k: getattr(args, k) for k in keys}
     settings |= {"scheduler": args.scheduler, "eval_every": args.eval_every}
     runs = []
     for name in args.sets:

@@ -3,6 +3,8 @@ import json
 import pytest
 
 from rmtrain.cli import main
+from rmtrain.data.pairs import read_pairs
+from rmtrain.data.reading import load_rows
 from rmtrain.data.stackexchange import answer_score, html_to_markdown, iter_pairs
 from rmtrain.errors import RmtrainError
 from tests.conftest import shared_data_or_skip
@@ -71,3 +73,30 @@ def test_beer_dump_converts_to_the_published_count(tmp_path, capsys):
     assert len(rows) == 1267 and len({r["qid"] for r in rows}) == 384
     assert all(r["score_j"] > r["score_k"] for r in rows)
     assert "1267 pairs from 384 questions" in capsys.readouterr().out
+
+
+def test_a_dump_is_read_as_the_rows_prepare_writes(tmp_path):
+    xml = tmp_path / "beer.stackexchange.com-Posts.xml"
+    xml.write_text(POSTS)
+    out = tmp_path / "pairs.jsonl"
+    assert main(["prepare", "stackexchange", "--input", str(xml), "--output", str(out)]) == 0
+    prepared = [json.loads(line) for line in out.read_text().splitlines()]
+    rows = load_rows(str(xml))
+    assert list(rows) == prepared and len(prepared) == 3
+    pairs, counts = read_pairs(rows, 1.0, 0)
+    assert sorted((p.chosen, p.rejected) for p in pairs) == [
+        ("One", "Minus"),
+        ("Seven", "Minus"),
+        ("Seven", "One"),
+    ]
+    assert counts.rows_read == 3 and not counts.malformed
+
+
+def test_a_file_that_is_not_a_dump_names_the_file(tmp_path):
+    xml = tmp_path / "notes.xml"
+    xml.write_text("<notes><note>hi</note>\n<broken")
+    with pytest.raises(RmtrainError, match="notes.xml.*line 2"):
+        load_rows(str(xml))
+    xml.write_text("<notes><note>hi</note></notes>")
+    with pytest.raises(RmtrainError, match="notes.xml holds no Stack Exchange questions"):
+        load_rows(str(xml))

@@ -11,7 +11,14 @@ from typing import Any
 
 from rmtrain.errors import RmtrainError
 
-LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+LOCAL_SUFFIXES = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".parquet": "parquet",
+    ".csv": "csv",
+    ".xml": "stackexchange",  # a Stack Exchange dump's Posts.xml, or the site's .7z archive
+    ".7z": "stackexchange",
+}
 
 
 COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
@@ -146,10 +153,15 @@ def _load_local(path: Path, split: str) -> Sequence[Any]:
     kind = _local_kind(path)
     if kind is None:
         raise RmtrainError(
-            f"cannot read {path}: use a .json, .jsonl, .parquet or .csv file (optionally .gz)"
+            f"cannot read {path}: use a .json, .jsonl, .parquet or .csv file (optionally .gz), "
+            "or a Stack Exchange Posts.xml"
         )
     if kind == "json":
         return read_json_rows(path)
+    if kind == "stackexchange":
+        from rmtrain.data.stackexchange import dump_rows
+
+        return dump_rows(path)
     if path.stat().st_size == 0:
         raise RmtrainError(f"{path} is empty: it holds no rows; pass a file with preference rows")
     return _guarded(path, lambda: datasets.load_dataset(kind, data_files=str(path), split="train"))

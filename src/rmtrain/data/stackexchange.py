@@ -224,6 +224,18 @@ def prepare_stackexchange(
     return counts
 
 
+def dump_rows(src: Path) -> list[dict[str, Any]]:
+    """A Posts.xml (or `.7z` dump) read as the rows `rmtrain prepare stackexchange` writes with
+    its defaults, so a dump can be trained on without a prepared copy."""
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = _extract_7z(src, Path(tmp)) if src.suffix == ".7z" else src
+        counts = PrepareCounts()
+        rows = list(iter_pairs(xml, counts=counts))
+    if not counts.questions:
+        raise RmtrainError(f"{src} holds no Stack Exchange questions; pass a site's Posts.xml")
+    return rows
+
+
 def _extract_7z(archive: Path, tmp: Path) -> Path:
     try:
         import py7zr
