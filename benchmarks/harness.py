@@ -88,6 +88,12 @@ def build_features(model: str, dataset: str, max_length: int) -> dict[str, Any]:
     }
 
 
+def _thread_env() -> list[str]:
+    """Thread caps set in the environment: part of how a timing was taken."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    return [f"{n}={os.environ[n]}" for n in names if n in os.environ]
+
+
 def setup_record(extra: dict[str, Any]) -> dict[str, Any]:
     """Commit, machine, versions and the exact command of this run, plus `extra`."""
     import torch
@@ -106,7 +112,7 @@ def setup_record(extra: dict[str, Any]) -> dict[str, Any]:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return {
         "commit": commit,
-        "command": " ".join(["python", *sys.argv]),
+        "command": " ".join([*_thread_env(), "python", *sys.argv]),
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {gpu}",
         "versions": versions,
         **extra,
