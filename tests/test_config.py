@@ -233,7 +233,26 @@ def test_shipped_configs_and_recipes_are_valid():
     root = Path(__file__).resolve().parents[1]
     files = [root / "configs" / "demo.yaml", *sorted((root / "configs" / "recipes").glob("*.yaml"))]
     recipes = [f for f in files if not f.name.startswith("hpo_space")]
-    assert len(recipes) >= 2
+    names = {f.stem for f in recipes}
+    assert {"demo", "smollm2_hh", "smollm2_se", "qwen3_0.6b_se"} <= names
     for f in recipes:
         cfg = build_config(load_yaml(f))
         assert cfg.dataset and cfg.output, f
+
+
+def test_cpu_recipes_find_their_model_and_the_shared_data():
+    """The SmolLM2 recipes run from the project root with no other flag: the packaged model
+    file resolves and the data path reaches the shared samples."""
+    from pathlib import Path
+
+    from rmtrain.config import build_config, load_yaml
+    from rmtrain.modeling.loading import package_file
+    from tests.conftest import shared_data_or_skip
+
+    data = shared_data_or_skip()
+    root = Path(__file__).resolve().parents[1]
+    for name in ("smollm2_hh", "smollm2_se"):
+        cfg = build_config(load_yaml(root / "configs" / "recipes" / f"{name}.yaml"))
+        assert Path(package_file(cfg.model)).is_file()
+        [dataset] = [(root / d).resolve() for d in cfg.datasets()]
+        assert dataset.is_file() and dataset.is_relative_to(data.resolve()), dataset
