@@ -296,12 +296,17 @@ def main() -> None:
             result["eval"] = evaluate(spec["out"], ["hh", "se"])
             runs.append({"tool": tool, "set": name, **result})
             print(json.dumps(runs[-1]["eval"]))
+            record = write(args, settings, runs)  # after every run: a late failure keeps these
+    print(markdown(record))
+
+
+def write(args: argparse.Namespace, settings: dict[str, Any], runs: list[Any]) -> dict[str, Any]:
     record = setup_record({"model": args.model, "settings": settings, "runs": runs})
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(record, indent=2))
     (RESULTS / f"{args.name}.md").write_text(markdown(record))
     plot(record, RESULTS / f"{args.name}_curve.png")
-    print(markdown(record))
+    return record
 
 
 if __name__ == "__main__":
