@@ -8,8 +8,8 @@ at the same budget; one scorer evaluates both on the same held-out pairs, in and
 Per training set: the training split (benchmarks/quality_data.py) is split again by prompt into
 train (90%) and a validation part, with rmtrain's own function and seed, so both tools are
 offered exactly the same training pairs and evaluated during training on the same validation
-pairs (the win-rate-per-step plot). Same steps, learning rate, schedule, warmup, batch and max
-length; TRL keeps its own defaults otherwise (it drops over-long pairs; rmtrain cuts them: the
+pairs (the win-rate-per-step plot). Same steps, learning rate, schedule, warmup, batch, max
+length and reward centering; TRL keeps its own defaults otherwise (it drops over-long pairs; rmtrain cuts them: the
 kept counts are reported). Each tool runs in its own process (wall time, peak memory). Both saved
 models are then scored by rmtrain's scorer, each at the position it was trained to read, on every
 test set: win rate with a 95% Wilson interval, Kendall's tau, and the prefer-longer and
@@ -65,6 +65,7 @@ def _rmtrain_worker(spec: dict[str, Any]) -> dict[str, Any]:
     ]
     argv += ["--max-length", str(spec["max_length"]), "--warmup-ratio", str(spec["warmup"])]
     argv += ["--lr-scheduler", spec["scheduler"], "--eval-steps", str(spec["eval_every"])]
+    argv += ["--center-rewards-coef", str(spec["center_rewards_coef"])]
     argv += ["--logging-steps", "5", "--report-to", "none", "--overwrite"]
     start = time.perf_counter()
     code = main(argv)
@@ -121,6 +122,7 @@ def _trl_worker(spec: dict[str, Any]) -> dict[str, Any]:
         lr_scheduler_type=spec["scheduler"],
         warmup_steps=math.ceil(spec["warmup"] * spec["steps"]),
         max_length=spec["max_length"],
+        center_rewards_coefficient=spec["center_rewards_coef"] or None,
         eval_strategy="steps",
         eval_steps=spec["eval_every"],
         logging_steps=5,
@@ -264,6 +266,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--warmup", type=float, default=0.1)
     ap.add_argument("--scheduler", default="cosine")
+    ap.add_argument("--center-rewards-coef", type=float, default=0.0)
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--tools", nargs="+", default=["rmtrain", "trl"])
     ap.add_argument("--name", default="quality", help="result file name in benchmarks/results")
@@ -276,6 +279,7 @@ def main() -> None:
     keys = ("frac", "lr", "epochs", "batch", "max_length", "warmup")
     settings = {k: getattr(args, k) for k in keys}
     settings |= {"scheduler": args.scheduler, "eval_every": args.eval_every}
+    settings["center_rewards_coef"] = args.center_rewards_coef
     runs = []
     for name in args.sets:
         steps = None
