@@ -9,12 +9,13 @@ Per training set: the training split (benchmarks/quality_data.py) is split again
 train (90%) and a validation part, with rmtrain's own function and seed, so both tools are
 offered exactly the same training pairs and evaluated during training on the same validation
 pairs (the win-rate-per-step plot). Same steps, learning rate, schedule, warmup, batch, max
-length and reward centering; TRL keeps its own defaults otherwise (it drops over-long pairs; rmtrain cuts them: the
-kept counts are reported). Each tool runs in its own process (wall time, peak memory). Both saved
-models are then scored by rmtrain's scorer, each at the position it was trained to read, on every
-test set: win rate with a 95% Wilson interval, Kendall's tau, and the prefer-longer and
-prefer-shorter baselines on the same pairs. Results: benchmarks/results/quality.json and .md,
-and benchmarks/results/quality_curve.png.
+length and reward centering; TRL keeps its own defaults otherwise (it drops over-long pairs;
+rmtrain cuts them: the kept counts are reported). Each tool runs in its own process (wall time,
+peak memory; TRL's validation curve is on the validation pairs it keeps). Both saved models are
+then scored by rmtrain's scorer, each at the position it was trained to read, on every test
+set: win rate with a 95% Wilson interval, Kendall's tau, and the prefer-longer and
+prefer-shorter baselines on the same pairs. Results: benchmarks/results/<name>.json and .md,
+and <name>_curve.png.
 """
 
 from __future__ import annotations
