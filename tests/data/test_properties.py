@@ -4,7 +4,7 @@ row is accounted for."""
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rmtrain.batching.collate import PackedCollator, PairCollator
@@ -59,11 +59,17 @@ def test_random_rows_are_all_accounted_for(qwen_tokenizer, rows, max_length):
 
 @SETTINGS
 @given(lines=st.lists(st.one_of(st.text(max_size=40), row.map(json.dumps)), max_size=10))
+@example(lines=["\x1f", '{"a": "b"}'])  # not JSON whitespace: a malformed row, not a blank line
+@example(lines=["\u3000", '{"a": "b"}'])
 def test_jsonl_lines_are_never_lost(tmp_path, lines):
     path = tmp_path / "x.jsonl"
     clean = [line.replace("\n", " ").replace("\r", " ") for line in lines]
-    path.write_text("\n".join(clean) + "\n")
-    kept = [line for line in clean if line.strip()]
+    path.write_text("\n".join(clean) + "\n", encoding="utf-8")
+
+    def blank(line):  # only ASCII whitespace: anything else is a row, malformed if not JSON
+        return not line.encode("utf-8").strip()
+
+    kept = [line for line in clean if not blank(line)]
 
     def is_object(line):
         try:
@@ -77,4 +83,4 @@ def test_jsonl_lines_are_never_lost(tmp_path, lines):
         return
     rows = read_json_rows(path)
     assert len(rows) == len(kept)
-    assert rows.lines == [i + 1 for i, line in enumerate(clean) if line.strip()]
+    assert rows.lines == [i + 1 for i, line in enumerate(clean) if not blank(line)]
