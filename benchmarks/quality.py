@@ -277,10 +277,8 @@ def main() -> None:
     if not (DATA / "hh_test.jsonl").is_file():
         raise SystemExit("run python benchmarks/quality_data.py first")
     WORK.mkdir(parents=True, exist_ok=True)
-    keys = ("frac", "lr", "epochs", "batch", "max_length", "warmup")
-    settings = {k: getattr(args, k) for k in keys}
-    settings |= {"scheduler": args.scheduler, "eval_every": args.eval_every}
-    settings["center_rewards_coef"] = args.center_rewards_coef
+    keys = "frac lr epochs batch max_length warmup scheduler eval_every center_rewards_coef"
+    settings = {k: getattr(args, k) for k in keys.split()}
     runs = []
     for name in args.sets:
         steps = None

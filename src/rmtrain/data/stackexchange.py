@@ -17,6 +17,7 @@ import sqlite3
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -208,8 +209,7 @@ def prepare_stackexchange(
         raise RmtrainError(f"{src} does not exist; pass a Posts.xml or a site .7z dump")
     out = check_output_file(output_path, [input_path])
     counts = PrepareCounts()
-    with tempfile.TemporaryDirectory() as tmp:
-        xml = _extract_7z(src, Path(tmp)) if src.suffix == ".7z" else src
+    with _posts_xml(src) as xml:
         rows = iter_pairs(xml, max_pairs, seed, counts)
         if out.suffix == ".parquet":
             import pandas as pd
@@ -227,13 +227,22 @@ def prepare_stackexchange(
 def dump_rows(src: Path) -> list[dict[str, Any]]:
     """A Posts.xml (or `.7z` dump) read as the rows `rmtrain prepare stackexchange` writes with
     its defaults, so a dump can be trained on without a prepared copy."""
-    with tempfile.TemporaryDirectory() as tmp:
-        xml = _extract_7z(src, Path(tmp)) if src.suffix == ".7z" else src
-        counts = PrepareCounts()
+    counts = PrepareCounts()
+    with _posts_xml(src) as xml:
         rows = list(iter_pairs(xml, counts=counts))
     if not counts.questions:
         raise RmtrainError(f"{src} holds no Stack Exchange questions; pass a site's Posts.xml")
     return rows
+
+
+@contextmanager
+def _posts_xml(src: Path) -> Iterator[Path]:
+    """The Posts.xml of a dump: the file itself, or extracted from a site `.7z` for the block."""
+    if src.suffix != ".7z":
+        yield src
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield _extract_7z(src, Path(tmp))
 
 
 def _extract_7z(archive: Path, tmp: Path) -> Path:
