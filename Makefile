@@ -21,7 +21,8 @@ demo: $(STAMP)
 	$(VENV)/bin/rmtrain train --config configs/demo.yaml
 
 test: $(STAMP)
-	$(PY) -m pytest
+	# one worker per core, a test file per worker (module fixtures are built once)
+	$(PY) -m pytest -n auto --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
