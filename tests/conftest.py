@@ -21,7 +21,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(THREADS)
+torch.set_num_threads(min(THREADS, torch.get_num_threads()))  # a lower OMP_NUM_THREADS wins
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
