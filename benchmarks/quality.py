@@ -10,12 +10,13 @@ train (90%) and a validation part, with rmtrain's own function and seed, so both
 offered exactly the same training pairs and evaluated during training on the same validation
 pairs (the win-rate-per-step plot). Same steps, learning rate, schedule, warmup, batch, max
 length and reward centering; TRL keeps its own defaults otherwise (it drops over-long pairs;
-rmtrain cuts them: the kept counts are reported). Each tool runs in its own process (wall time,
-peak memory; TRL's validation curve is on the validation pairs it keeps). Both saved models are
-then scored by rmtrain's scorer, each at the position it was trained to read, on every test
-set: win rate with a 95% Wilson interval, Kendall's tau, and the prefer-longer and
-prefer-shorter baselines on the same pairs. Results: benchmarks/results/<name>.json and .md,
-and <name>_curve.png.
+rmtrain cuts them: the kept counts are reported; it has no head learning-rate multiplier or
+auxiliary LM loss, so --head-lr-multiplier and --lm-loss-coef apply to rmtrain only). Each
+tool runs in its own process (wall time, peak memory; TRL's validation curve is on the
+validation pairs it keeps). Both saved models are then scored by rmtrain's scorer, each at the
+position it was trained to read, on every test set: win rate with a 95% Wilson interval,
+Kendall's tau, and the prefer-longer and prefer-shorter baselines on the same pairs.
+Results: benchmarks/results/<name>.json and .md, and <name>_curve.png.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ def _rmtrain_worker(spec: dict[str, Any]) -> dict[str, Any]:
     argv += ["--max-length", str(spec["max_length"]), "--warmup-ratio", str(spec["warmup"])]
     argv += ["--lr-scheduler", spec["scheduler"], "--eval-steps", str(spec["eval_every"])]
     argv += ["--center-rewards-coef", str(spec["center_rewards_coef"])]
+    argv += ["--head-lr-multiplier", str(spec.get("head_lr_multiplier", 1.0))]
+    argv += ["--lm-loss-coef", str(spec.get("lm_loss_coef", 0.0))]
     argv += ["--logging-steps", "5", "--report-to", "none", "--overwrite"]
     start = time.perf_counter()
     code = main(argv)
@@ -268,6 +271,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=0.1)
     ap.add_argument("--scheduler", default="cosine")
     ap.add_argument("--center-rewards-coef", type=float, default=0.0)
+    ap.add_argument("--head-lr-multiplier", type=float, default=1.0, help="rmtrain only")
+    ap.add_argument("--lm-loss-coef", type=float, default=0.0, help="rmtrain only")
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--tools", nargs="+", default=["rmtrain", "trl"])
     ap.add_argument("--name", default="quality", help="result file name in benchmarks/results")
@@ -278,6 +283,7 @@ def main() -> None:
         raise SystemExit("run python benchmarks/quality_data.py first")
     WORK.mkdir(parents=True, exist_ok=True)
     keys = "frac lr epochs batch max_length warmup scheduler eval_every center_rewards_coef"
+    keys += " head_lr_multiplier lm_loss_coef"
     settings = {k: getattr(args, k) for k in keys.split()}
     runs = []
     for name in args.sets:
