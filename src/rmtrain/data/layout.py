@@ -194,6 +194,20 @@ def split_text(text: str, frame: Frame, prompt: str | None = None) -> tuple[str,
     return "", text
 
 
+def _opening_to_response(head: str, response: str, frame: Frame) -> tuple[str, str]:
+    """Training tokenises a template's opening (Qwen3's think block) with the response. A
+    generation prompt may already hold it (Qwen3 with `enable_thinking=False` ends in the empty
+    block): what follows the prompt's last assistant header goes back to the response."""
+    if not (frame.header and frame.opening):
+        return head, response
+    at = head.rfind(frame.header)
+    marker = frame.opening.split("\n")[0]
+    rest = head[at + len(frame.header) :] if at >= 0 else ""
+    if rest and rest.startswith(marker):
+        return head[: at + len(frame.header)], rest + response
+    return head, response
+
+
 def encode_text(
     tokenizer: Any,
     text: str,
@@ -209,6 +223,7 @@ def encode_text(
     frame = frame or template_frame(tokenizer, chat)
     head, response = split_text(text, frame, prompt)
     if chat:
+        head, response = _opening_to_response(head, response, frame)
         part = next((p for p in frame.closing_texts if response.endswith(p)), "")
         response = response[: len(response) - len(part)]
         marker = frame.opening.split("\n")[0]
