@@ -23,7 +23,7 @@ def test_defaults_are_the_seed_recipe():
         1.0,
         2,
         512,
-        0.01,
+        None,  # the original recipe's 0.01 on its hub set, all rows elsewhere (resolve_frac)
         0.2,
     )
     assert cfg.logging_steps == 100 and cfg.report_to == ["mlflow", "wandb"]

@@ -17,6 +17,7 @@ import yaml
 from rmtrain.coerce import coerce_all
 from rmtrain.config_checks import check_ranges
 from rmtrain.data.layout import REWARD_POSITIONS
+from rmtrain.data.splits import ORIGINAL_DATASET
 from rmtrain.errors import RmtrainError
 
 
@@ -38,7 +39,7 @@ class TrainConfig:
         "model.",
     )
     dataset: list[str] = option(
-        ["lvwerra/stack-exchange-paired"],
+        [ORIGINAL_DATASET],
         "Hub name or local .json/.jsonl/.parquet/.csv file ('builtin:demo': the offline demo "
         "set). Repeat to use several; 'file:0.7' gives a mixing weight (all or none weighted).",
         action="append",
@@ -77,7 +78,12 @@ class TrainConfig:
         "auto); off on GPUs and with --lm-loss-coef (next-token targets need plain sequences). "
         "on / off: always / never. Same rewards and gradients either way.",
     )
-    frac: float = option(0.01, "Fraction of the data set to use, sampled deterministically.")
+    frac: float | None = option(
+        None,
+        "Fraction of each data set's rows to use, sampled deterministically (default: 0.01 of "
+        "the multi-million-pair default hub set lvwerra/stack-exchange-paired, the original "
+        "recipe; all rows of any other data set).",
+    )
     test_size: float = option(0.2, "Held-out fraction (split by prompt, deterministic).")
     max_steps: int = option(-1, "Stop after this many optimizer steps (-1: run all epochs).")
     seed: int = option(42, "Seed for sampling, splitting, initialisation and shuffling.")

@@ -64,7 +64,7 @@ def _choice_problems(cfg: Any) -> list[str]:
 
 def check_ranges(cfg: Any) -> None:
     problems = _training_problems(cfg)
-    if not 0 < cfg.frac <= 1:
+    if cfg.frac is not None and not 0 < cfg.frac <= 1:
         problems.append(f"--frac must be in (0, 1], got {cfg.frac}")
     if not 0 < cfg.test_size < 1:
         problems.append(f"--test-size must be in (0, 1), got {cfg.test_size}")

@@ -178,3 +178,67 @@ def test_a_prompt_in_two_datasets_is_held_out_in_both_or_neither(tmp_path, qwen_
     assert data.counts.to_dict()["prompts_in_several_datasets"] == 20
     for source in (str(a), str(b)):  # each data set still holds out about test_size
         assert 0.1 <= data.per_dataset[source].test_pairs / 80 <= 0.35
+
+
+def _accounted(c: dict) -> int:
+    """Rows read = malformed + dropped + train + test + left out by the mixing weights."""
+    return (
+        c["malformed_total"]
+        + c["dropped_total"]
+        + c["train_pairs"]
+        + c["test_pairs"]
+        + c["not_mixed"]
+    )
+
+
+def test_weighted_mixing_accounts_for_every_row(tmp_path, capsys):
+    a = write_demo(tmp_path / "a.jsonl", 80, seed=1)
+    b = write_demo(tmp_path / "b.jsonl", 30, seed=2)
+    with a.open("a") as fh:  # one malformed row among a's
+        fh.write(json.dumps({"prompt": "p", "chosen": "same", "rejected": "same"}) + "\n")
+    out = tmp_path / "out"
+    args = tiny_train_args(a, out, "--max-steps", "1")
+    args[args.index(str(a))] = f"{a}:0.5"
+    code = main([*args, "--dataset", f"{b}:0.5"])
+    assert code == 0
+    console = capsys.readouterr().out
+    totals = json.loads((out / "metrics.json").read_text())["data"]
+    report = json.loads((out / "data_report.json").read_text())
+    per = report["datasets"]
+    assert totals["rows_read"] == 111 and totals["malformed_total"] == 1
+    # b's 30 rows set the size: a gives as many training pairs as b, the rest is left out
+    assert per[str(a)]["train_pairs"] == per[str(b)]["train_pairs"]
+    assert per[str(a)]["not_mixed"] > 0 and per[str(b)]["not_mixed"] == 0
+    assert totals["not_mixed"] == per[str(a)]["not_mixed"]
+    assert _accounted(totals) == 111
+    for name, rows in ((str(a), 81), (str(b), 30)):
+        c = per[name]
+        assert rows == c["rows_read"] == c["rows_in_source"]
+        assert (
+            c["bad_rows"]
+            + sum(c["dropped"].values())
+            - c["dropped"].get("too_long", 0)
+            + (c["train_pairs"] + c["test_pairs"] + c["not_mixed"])
+            == rows
+        )
+    assert "using 81 of 81 rows (--frac 1)" in console
+    assert f"{totals['not_mixed']} left out by the mixing weights" in console
+
+
+def test_frac_defaults_to_all_rows_except_on_the_original_hub_set(tmp_path, capsys):
+    from rmtrain.config import TrainConfig
+    from rmtrain.data.splits import resolve_frac
+
+    assert resolve_frac(None, TrainConfig().dataset[0]) == 0.01  # the original recipe
+    assert resolve_frac(None, "prefs.jsonl") == 1.0
+    assert resolve_frac(0.3, TrainConfig().dataset[0]) == 0.3
+    data = write_demo(tmp_path / "d.jsonl", 40, seed=4)
+    args = tiny_train_args(data, tmp_path / "out", "--max-steps", "1")
+    del args[args.index("--frac") : args.index("--frac") + 2]  # no --frac: all 40 rows
+    assert main(args) == 0
+    assert "using 40 of 40 rows (--frac 1)" in capsys.readouterr().out
+    totals = json.loads((tmp_path / "out" / "metrics.json").read_text())["data"]
+    assert totals["rows_read"] == totals["rows_in_source"] == 40
+    half = [*tiny_train_args(data, tmp_path / "half", "--max-steps", "1"), "--frac", "0.5"]
+    assert main(half) == 0
+    assert "using 20 of 40 rows (--frac 0.5)" in capsys.readouterr().out

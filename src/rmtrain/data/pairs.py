@@ -31,9 +31,15 @@ class Pair:
 
 @dataclass
 class DataCounts:
-    """What happened to every row: the run reports these, nothing is lost silently."""
+    """What happened to every row: the run reports these, nothing is lost silently.
+
+    Of `rows_in_source` rows, `--frac` samples `rows_read`; each of those is malformed, dropped,
+    a train or test pair, or left out by the mixing weights (`not_mixed`)."""
 
     rows_read: int = 0
+    rows_in_source: int = 0
+    frac: float = 1.0
+    not_mixed: int = 0  # training pairs the mixing weights left out
     malformed: Counter = field(default_factory=Counter)
     truncated: int = 0
     dropped: Counter = field(default_factory=Counter)
@@ -49,6 +55,8 @@ class DataCounts:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "rows_in_source": self.rows_in_source,
+            "frac": self.frac,
             "rows_read": self.rows_read,
             "malformed": dict(self.malformed),
             "malformed_total": sum(self.malformed.values()),
@@ -56,6 +64,7 @@ class DataCounts:
             "dropped": dict(self.dropped),
             "dropped_total": sum(self.dropped.values()),
             "train_pairs": self.train_pairs,
+            "not_mixed": self.not_mixed,
             "prompts_in_several_datasets": self.shared_prompts,
             "test_pairs": self.test_pairs,
         }
@@ -75,7 +84,12 @@ def read_pairs(
         picked = rows.select(indices).to_list()
     else:
         picked = [rows[i] for i in indices]
-    counts = DataCounts(rows_read=len(picked), lines=getattr(rows, "lines", None) or None)
+    counts = DataCounts(
+        rows_read=len(picked),
+        rows_in_source=len(rows),
+        frac=frac,
+        lines=getattr(rows, "lines", None) or None,
+    )
     pairs: list[Pair] = []
     for index, row in zip(indices, picked, strict=True):
         result = row_to_pair(row, index, fmt, margin_column)

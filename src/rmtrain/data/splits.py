@@ -8,6 +8,19 @@ from collections import Counter
 from rmtrain.data.pairs import Pair
 from rmtrain.errors import RmtrainError
 
+# The original recipe takes 1% of the multi-million-pair hub set; any other data set is used
+# whole unless --frac says otherwise (1% of a user's 500-row file would be 5 rows).
+ORIGINAL_DATASET = "lvwerra/stack-exchange-paired"
+ORIGINAL_FRAC = 0.01
+
+
+def resolve_frac(frac: float | None, source: str) -> float:
+    """`--frac` as given, else the original recipe's share for its data set and all rows for
+    any other."""
+    if frac is not None:
+        return frac
+    return ORIGINAL_FRAC if source == ORIGINAL_DATASET else 1.0
+
 
 def seeded_sample(n: int, k: int, seed: int) -> list[int]:
     """`k` of the indices 0..n-1 drawn from `seed` alone, in ascending (source) order."""
@@ -72,7 +85,8 @@ def mix_weighted(
     """The largest mixture that honours the weights without repeating a pair.
 
     With shares w_k (normalised) and n_k pairs available, the mixture has T = min_k n_k / w_k
-    pairs, round(w_k * T) drawn deterministically from data set k.
+    pairs, round(w_k * T) drawn deterministically from data set k. The caller counts the pairs
+    left out (n_k minus those drawn).
     """
     total = sum(weights.values())
     shares = {k: w / total for k, w in weights.items()}

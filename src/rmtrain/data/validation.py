@@ -31,12 +31,17 @@ def record_dropped(counts: DataCounts, pairs: list[Pair], dropped: list[tuple[in
 def data_report(counts: DataCounts) -> dict[str, Any]:
     by_reason = Counter(reason for _, reason in counts.bad_rows)
     return {
+        "rows_in_source": counts.rows_in_source,
+        "frac": counts.frac,
         "rows_read": counts.rows_read,
         "bad_rows": len(counts.bad_rows),
         "bad_fraction": counts.bad_fraction(),
         "bad_by_reason": dict(sorted(by_reason.items())),
         "truncated": counts.truncated,
         "dropped": dict(counts.dropped),
+        "train_pairs": counts.train_pairs,
+        "test_pairs": counts.test_pairs,
+        "not_mixed": counts.not_mixed,
         "prompts_in_several_datasets": counts.shared_prompts,
         "position": "line: file line (1-based)" if counts.lines else "row: row index (0-based)",
         "rows": [

@@ -32,10 +32,12 @@ def render_model_card(cfg: dict[str, Any], result: dict[str, Any], report: str |
         "",
         "## Data",
         "",
-        f"- data set: `{cfg['dataset']}` (fraction {cfg['frac']}, seed {cfg['seed']}, "
-        f"held-out share {cfg['test_size']}, split by prompt)",
-        f"- rows read {d['rows_read']}, malformed {d['malformed_total']} {d['malformed']}, "
-        f"truncated {d['truncated']}, dropped {d['dropped_total']} {d['dropped']}",
+        f"- data set: `{cfg['dataset']}` (seed {cfg['seed']}, held-out share "
+        f"{cfg['test_size']}, split by prompt)",
+        f"- using {d['rows_read']} of {d.get('rows_in_source', d['rows_read'])} rows (--frac "
+        f"{cfg['frac'] if cfg['frac'] is not None else d.get('frac', 1.0)}), malformed "
+        f"{d['malformed_total']} {d['malformed']}, truncated {d['truncated']}, dropped "
+        f"{d['dropped_total']} {d['dropped']}, left out by mixing weights {d.get('not_mixed', 0)}",
         f"- {d['train_pairs']} training pairs, {d['test_pairs']} held-out pairs, "
         f"max length {cfg['max_length']} tokens",
         "",

@@ -11,7 +11,13 @@ from rmtrain.config import TrainConfig
 from rmtrain.data.layout import encode_pairs_detailed, uses_chat_template
 from rmtrain.data.pairs import DataCounts, Pair, read_pairs
 from rmtrain.data.reading import load_rows
-from rmtrain.data.splits import mix_weighted, parse_dataset_spec, seeded_sample, split_by_group
+from rmtrain.data.splits import (
+    mix_weighted,
+    parse_dataset_spec,
+    resolve_frac,
+    seeded_sample,
+    split_by_group,
+)
 from rmtrain.data.validation import record_dropped
 from rmtrain.errors import RmtrainError
 
@@ -38,7 +44,8 @@ class NoUsablePairs(RmtrainError):
 def _read(source: str, cfg: TrainConfig) -> tuple[list[Pair], DataCounts]:
     rows = load_rows(source, cfg.dataset_split)
     try:
-        pairs, counts = read_pairs(rows, cfg.frac, cfg.seed, cfg.margin_column)
+        frac = resolve_frac(cfg.frac, source)
+        pairs, counts = read_pairs(rows, frac, cfg.seed, cfg.margin_column)
     except RmtrainError as exc:  # no known columns: say which file
         raise RmtrainError(f"{source}: {exc}") from None
     if not pairs:
@@ -70,14 +77,17 @@ def _merge(parts: dict[str, DataCounts]) -> DataCounts:
     total = DataCounts()
     for c in parts.values():
         total.rows_read += c.rows_read
+        total.rows_in_source += c.rows_in_source
+        total.not_mixed += c.not_mixed
         total.malformed.update(c.malformed)
         total.truncated += c.truncated
         total.dropped.update(c.dropped)
         total.train_pairs += c.train_pairs
         total.test_pairs += c.test_pairs
         total.bad_rows.extend(c.bad_rows)
-    if len(parts) == 1:  # one source: its rows' file lines still apply
+    if len(parts) == 1:  # one source: its rows' file lines and --frac still apply
         total.lines = next(iter(parts.values())).lines
+        total.frac = next(iter(parts.values())).frac
     return total
 
 
@@ -101,7 +111,10 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
             pairs, cfg.test_size, cfg.seed, sides
         )
     if all(weighted) and len(specs) > 1:
-        train_parts = mix_weighted(train_parts, {s: w for s, w in specs}, cfg.seed)
+        mixed = mix_weighted(train_parts, {s: w for s, w in specs}, cfg.seed)
+        for source, pairs in mixed.items():
+            per[source].not_mixed = len(train_parts[source]) - len(pairs)
+        train_parts = mixed
     train, test, test_pairs, test_sets, test_truncated = [], [], [], {}, 0
     for source in per:
         feats, _ = _encode(tokenizer, train_parts[source], cfg, per[source])

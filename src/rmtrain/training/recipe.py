@@ -75,12 +75,21 @@ from rmtrain.training.trainer import (
 REPORT_DIR = "eval_report"
 
 
-def _print_counts(counts: DataCounts) -> None:
+def _print_counts(counts: DataCounts, per_dataset: dict[str, DataCounts]) -> None:
+    """Every row on the console: sampled, then malformed, dropped, train, test or left out."""
+    for source, c in per_dataset.items():
+        name = f"{source}: " if len(per_dataset) > 1 else ""
+        print(
+            f"[rmtrain] data: {name}using {c.rows_read} of {c.rows_in_source} rows "
+            f"(--frac {c.frac:g})",
+            flush=True,
+        )
     c = counts.to_dict()
+    left = f", {c['not_mixed']} left out by the mixing weights" if c["not_mixed"] else ""
     print(
         f"[rmtrain] data: {c['rows_read']} rows read, {c['malformed_total']} malformed "
         f"{c['malformed']}, {c['truncated']} truncated, {c['dropped_total']} dropped "
-        f"{c['dropped']}, {c['train_pairs']} train / {c['test_pairs']} test pairs",
+        f"{c['dropped']}, {c['train_pairs']} train / {c['test_pairs']} test pairs{left}",
         flush=True,
     )
 
@@ -214,7 +223,7 @@ def run_train(
         if main:  # the report says which rows are bad and why
             write_data_report(exc.counts, output / "data_report.json")
         raise
-    _print_counts(data.counts)
+    _print_counts(data.counts, data.per_dataset)
     if main:
         write_data_report(data.counts, output / "data_report.json", data.per_dataset)
     check_bad_rows(data.counts, cfg.max_bad_fraction, cfg.strict, str(output / "data_report.json"))
