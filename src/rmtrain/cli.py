@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -95,24 +96,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from rmtrain.data.layout import uses_chat_template
-    from rmtrain.data.validation import check_bad_rows, validate_dataset, write_data_report
+    from rmtrain.data.validation import check_bad_rows, data_report, validate_dataset
     from rmtrain.modeling.loading import load_tokenizer
+    from rmtrain.outputs import atomic_writer, check_output_file
 
     cfg: ValidateConfig = options_from_args(args)
+    out = None
+    if cfg.output is not None:  # before anything is read
+        out = check_output_file(
+            cfg.output, [cfg.dataset, cfg.model or ""], "--output", cfg.overwrite
+        )
     tok = load_tokenizer(cfg.model) if cfg.model else None
     chat = uses_chat_template(tok) if tok is not None else True
     counts = validate_dataset(cfg.dataset, tok, cfg.max_length, chat)
-    report = write_data_report(counts, Path(cfg.output))
+    report = data_report(counts)
+    if out is not None:
+        with atomic_writer(out) as fh:
+            fh.write(json.dumps(report, indent=2))
     note = "" if tok is not None else " (length check skipped: pass --model)"
+    where = f" -> {cfg.output}" if out is not None else " (--output FILE lists every bad row)"
     print(
         f"[rmtrain] {report['rows_read']} rows, {report['bad_rows']} bad "
         f"{report['bad_by_reason']}, {report['truncated']} would be truncated, dropped "
-        f"{report['dropped']}{note} -> {cfg.output}"
+        f"{report['dropped']}{note}{where}"
     )
-    check_bad_rows(counts, cfg.max_bad_fraction, cfg.strict, cfg.output)
+    check_bad_rows(counts, cfg.max_bad_fraction, cfg.strict, cfg.output or "--output FILE")
     return 0
 
 
@@ -142,14 +151,15 @@ def _cmd_hpo(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from rmtrain.data.outputs import check_output_file
+    from rmtrain.outputs import check_output_file
     from rmtrain.serving.score_file import score_file
     from rmtrain.serving.scorer import load_scorer
 
     cfg: ScoreConfig = options_from_args(args)
     if not Path(cfg.input).expanduser().is_file():
         raise RmtrainError(f"--input {cfg.input} does not exist; pass a .jsonl file")
-    check_output_file(cfg.output, [cfg.input])  # before the model is loaded
+    # before the model is loaded: never the input, nor a file inside the model folder
+    check_output_file(cfg.output, [cfg.input, cfg.model], "--output", cfg.overwrite)
     scorer = load_scorer(
         _local_model(cfg.model)[0], max_length=cfg.max_length, speed_mode=cfg.speed
     )
@@ -175,6 +185,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         f"--timeout must be above 0, got {cfg.timeout}" if not cfg.timeout > 0 else "",
         "--body-timeout must be above 0" if not cfg.body_timeout > 0 else "",
         "--max-per-client must be at least 1" if cfg.max_per_client < 1 else "",
+        "--header-timeout must be above 0" if not cfg.header_timeout > 0 else "",
+        "--max-waiting-connections must be at least 1" if cfg.max_waiting_connections < 1 else "",
     ]
     if any(problems):
         raise RmtrainError("; ".join(p for p in problems if p))
@@ -186,6 +198,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         body_timeout_s=cfg.body_timeout,
         max_per_client=cfg.max_per_client,
         batch_wait_ms=cfg.batch_wait_ms,
+        header_timeout_s=cfg.header_timeout,
+        max_waiting=cfg.max_waiting_connections,
     )
     folder, registered = _local_model(cfg.model)
     serve(
@@ -241,6 +255,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         speed_mode=cfg.speed,
         probes=probe_names(cfg.probes) if cfg.robustness else None,
         probe_seed=cfg.probe_seed,
+        overwrite=cfg.overwrite,
     )
     return 0
 
@@ -249,6 +264,9 @@ def _cmd_prepare_se(args: argparse.Namespace) -> int:
     from rmtrain.data.stackexchange import prepare_stackexchange
 
     cfg: PrepareStackExchangeConfig = options_from_args(args)
+    from rmtrain.outputs import check_output_file
+
+    check_output_file(cfg.output, [cfg.input], "--output", cfg.overwrite)
     counts = prepare_stackexchange(cfg.input, cfg.output, cfg.max_pairs_per_question, cfg.seed)
     print(
         f"[rmtrain] {counts.questions} questions, {counts.answers} answers read; "

@@ -126,7 +126,7 @@ def run_hpo(
     import optuna
 
     out = Path(output).expanduser().resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    _claim_study_folder(out, study_name, [p for p in (config, space_path) if p])
     base = load_yaml(config) if config else {}
     build_config(base)  # validates the base config before any trial starts
     space = load_space(space_path)
@@ -157,6 +157,20 @@ def run_hpo(
         best = out / f"trial-{summary['best_trial']:04d}"
         log_output_folder(best, register_model, model_alias, f"{study_name}-best")
     return summary
+
+
+def _claim_study_folder(out: Path, study_name: str, inputs: list[str]) -> None:
+    """The output rule for a study: a new folder, or this study's own (to continue it); never a
+    folder that holds another study's trials."""
+    from rmtrain.outputs import check_output_folder, write_owner
+
+    owner = check_output_folder(out, "hpo", inputs, overwrite=True)
+    if owner is not None and owner.get("study") != study_name:
+        raise RmtrainError(
+            f"--output {out} holds the study {owner.get('study')!r}; choose another --output "
+            f"for {study_name!r}, or --study-name {owner.get('study')} to continue that one"
+        )
+    write_owner(out, "hpo", study=study_name)
 
 
 ORPHAN = "orphaned"

@@ -41,6 +41,9 @@ class EvalConfig:
     )
     probes: str | None = option(None, "Comma-separated probes (default: all).")
     probe_seed: int = option(0, "Seed of the probes' rewrites.")
+    overwrite: bool = option(
+        False, "Replace an existing report folder of rmtrain eval (never an input)."
+    )
 
 
 @dataclass
@@ -54,6 +57,7 @@ class ScoreConfig:
     max_length: int | None = option(None, "Tokens per row (default: the training value).")
     normalize: bool = option(False, "Apply the saved reward mean / std.")
     speed: str = option("auto", SPEED_HELP, choices=("auto", "off"))
+    overwrite: bool = option(False, "Replace an existing output file (never an input).")
 
 
 @dataclass
@@ -78,6 +82,12 @@ class ServeConfig:
     timeout: float = option(30.0, "Seconds per request.")
     body_timeout: float = option(10.0, "Seconds a client has to send its request body.")
     max_per_client: int = option(256, "Requests in flight per client address.")
+    header_timeout: float = option(
+        10.0, "Seconds a connection has to send its request line and headers (then closed)."
+    )
+    max_waiting_connections: int = option(
+        1024, "Connections still sending headers; beyond it the longest-waiting is closed."
+    )
     batch_wait_ms: float = option(5.0, "How long a request waits for others to batch with.")
     dynamic_batching: bool = option(True, "Score concurrent requests together.")
     trust_remote_code: bool = option(False, "Allow model code from the hub (off for safety).")
@@ -119,7 +129,8 @@ class ValidateConfig:
     max_length: int = option(512, "Token limit of the length check.")
     max_bad_fraction: float = option(0.01, "Fail when more than this share of rows is bad.")
     strict: bool = option(False, "Fail on any bad row.")
-    output: str = option("data_report.json", "Report path.")
+    output: str | None = option(None, "Write the JSON report (every bad row, its place) here.")
+    overwrite: bool = option(False, "Replace an existing report file (never an input).")
 
 
 @dataclass
@@ -130,6 +141,7 @@ class PrepareStackExchangeConfig:
     output: str = option(None, "Pairs file: .jsonl or .parquet.", required=True)
     max_pairs_per_question: int = option(10, "Cap of pairs per question.")
     seed: int = option(0, "Seed for sampling capped pairs.")
+    overwrite: bool = option(False, "Replace an existing pairs file (never an input).")
 
 
 @dataclass

@@ -140,3 +140,38 @@ def test_the_key_from_the_environment_guards_a_live_server(trained):
             assert httpx.get(f"{url}{path}").status_code == 401
         ok = httpx.get(f"{url}/info", headers={"Authorization": f"Bearer {KEY}"})
         assert ok.status_code == 200 and KEY not in ok.text
+
+
+def _eof_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(100) == b""
+    except OSError:  # reset by the server counts as let go
+        return True
+
+
+@pytest.mark.slow
+def test_idle_and_partial_header_connections_hold_nothing(trained):
+    """More idle and half-header sockets than the server lets wait: /health and an authorised
+    /score answer within a second while they are held, the oldest are let go at once, the rest at
+    the header deadline."""
+    flags = ("--api-key", KEY, "--header-timeout", "2", "--max-waiting-connections", "50")
+    with live_serve(trained[0], *flags) as url:
+        port = int(url.rsplit(":", 1)[1])
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(80)]
+        partial = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+        for s in partial:
+            s.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Le")
+        try:
+            time.sleep(0.3)
+            start = time.time()
+            assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+            headers = {"Authorization": f"Bearer {KEY}"}
+            r = httpx.post(f"{url}/score", json=ITEM, headers=headers, timeout=5)
+            assert r.status_code == 200 and time.time() - start < 1.0
+            # the 50 + 2 newest waited; the 70 before them were let go as the cap was passed
+            assert all(_eof_within(s, 0.5) for s in idle[:70])
+            assert all(_eof_within(s, 4.0) for s in idle[70:] + partial)
+        finally:
+            for s in idle + partial:
+                s.close()

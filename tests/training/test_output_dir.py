@@ -67,3 +67,42 @@ def test_a_failed_run_does_not_block_the_corrected_rerun(tmp_path, capsys):
     assert (out / "config.json").is_file()
     # a finished model is not replaced without --overwrite
     assert main(tiny_train_args(good, out, *args)) == 2
+
+
+def test_files_named_like_rmtrains_are_not_rmtrains(tmp_path, capsys):
+    """A folder without rmtrain's marker is the user's, whatever its file names."""
+    data = write_demo(tmp_path / "d.jsonl", 40, seed=1)
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "README.md").write_text("IMPORTANT user notes")
+    (proj / "metrics.json").write_text("{}")
+    for extra in ([], ["--overwrite"]):
+        assert main(tiny_train_args(data, proj, "--max-steps", "1", *extra)) == 2
+        assert "holds files rmtrain did not write (README.md, metrics.json)" in (
+            capsys.readouterr().err
+        )
+    assert (proj / "README.md").read_text() == "IMPORTANT user notes"
+    assert sorted(p.name for p in proj.iterdir()) == ["README.md", "metrics.json"]
+
+
+def test_overwrite_never_touches_another_tools_checkpoints(tmp_path, capsys):
+    data = write_demo(tmp_path / "d.jsonl", 40, seed=1)
+    other = tmp_path / "p"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "checkpoints" / "other.bin").write_text("x")
+    assert main(tiny_train_args(data, other, "--max-steps", "1", "--overwrite")) == 2
+    assert (other / "checkpoints" / "other.bin").read_text() == "x"
+
+
+def test_the_base_model_and_the_data_are_never_the_output(trained, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    model, data = trained
+    before = load_file(model / "model.safetensors")
+    args = ["--max-steps", "1", "--overwrite", "--model", str(model)]
+    assert main(tiny_train_args(data, model, *args)) == 2
+    assert "is the input" in capsys.readouterr().err
+    after = load_file(model / "model.safetensors")
+    assert all((before[k] == after[k]).all() for k in before)
+    assert main(tiny_train_args(data, data.parent, "--max-steps", "1", "--overwrite")) == 2
+    assert "holds the input" in capsys.readouterr().err

@@ -23,8 +23,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from rmtrain.data.outputs import atomic_writer, check_output_file
 from rmtrain.errors import RmtrainError
+from rmtrain.outputs import atomic_writer, check_output_file
 
 
 class _Markdown(HTMLParser):
@@ -207,7 +207,9 @@ def prepare_stackexchange(
     src = Path(input_path)
     if not src.is_file():
         raise RmtrainError(f"{src} does not exist; pass a Posts.xml or a site .7z dump")
-    out = check_output_file(output_path, [input_path])
+    out = check_output_file(
+        output_path, [input_path], overwrite=True
+    )  # the CLI decides on existing files
     counts = PrepareCounts()
     with _posts_xml(src) as xml:
         rows = iter_pairs(xml, max_pairs, seed, counts)

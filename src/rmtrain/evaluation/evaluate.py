@@ -277,14 +277,20 @@ def run_eval(
     speed_mode: str = "auto",
     probes: list[str] | None = None,
     probe_seed: int = 0,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
+    from rmtrain.outputs import check_output_folder, write_owner
     from rmtrain.serving.scorer import load_scorer
 
+    out = Path(output)
+    inputs = [model_dir, *(d for d in datasets if Path(d).expanduser().exists())]
+    check_output_folder(out, "eval", inputs, overwrite, lambda p: (p / "report.json").exists())
     scorer = load_scorer(model_dir, max_length=max_length, speed_mode=speed_mode)
     if batch:
         scorer.token_budget = max(batch * 2 * scorer.max_length, 2 * scorer.max_length)
     results = {src: evaluate_source(scorer, src, split, probes, probe_seed) for src in datasets}
-    report = write_report(results, Path(output), model_dir)
+    write_owner(out, "eval", model=model_dir)
+    report = write_report(results, out, model_dir)
     for name, r in report["datasets"].items():
         m, b = r["metrics"], r["baselines"]
         lo, hi = m["win_rate_ci95"]

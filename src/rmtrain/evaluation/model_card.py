@@ -27,6 +27,11 @@ def render_model_card(cfg: dict[str, Any], result: dict[str, Any], report: str |
         "",
         f"# Reward model trained with rmtrain from `{cfg['model']}`",
         "",
+        *(
+            [f"> **Diverged: do not use.** {result['diverged']}. Kept for inspection only.", ""]
+            if result.get("diverged")
+            else []
+        ),
         "A pairwise (Bradley-Terry) reward model: a sequence-classification head with one label.",
         "Higher scores mean more preferred responses.",
         "",

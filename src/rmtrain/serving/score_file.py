@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rmtrain.data.outputs import atomic_writer, check_output_file
 from rmtrain.errors import RmtrainError
+from rmtrain.outputs import atomic_writer, check_output_file
 from rmtrain.serving.scorer import Progress, RewardScorer, score_records
 
 
@@ -126,7 +126,9 @@ def score_file(
     src = Path(input_path)
     if not src.is_file():
         raise RmtrainError(f"input {input_path} does not exist; pass a .jsonl file")
-    out = check_output_file(output_path, [input_path])
+    out = check_output_file(
+        output_path, [input_path], overwrite=True
+    )  # the CLI decides on existing files
     counts = ScoreCounts()
     with src.open("rb") as fin, atomic_writer(out) as fout:
         for lines in _chunks(fin, chunk):

@@ -204,6 +204,8 @@ def load_scorer(
     options = speed.SpeedOptions(enabled=speed_mode == "auto", training=False)
     speed.install(unwrap(model), options)
     settings = getattr(model.config, "rmtrain", None) or _settings_from_yaml(path)
+    if settings.get("diverged"):
+        print(f"[rmtrain] warning: {model_dir} is marked diverged: {settings['diverged']}")
     max_length = max_length or int(settings.get("max_length", 512))
     return RewardScorer(
         model=model,

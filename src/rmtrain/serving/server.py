@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from rmtrain.serving.connections import header_deadline_protocol, raise_open_files_limit
 from rmtrain.serving.guard import RequestGuard
 from rmtrain.serving.scorer import Item, RewardScorer, encode_items, is_text, parse_item
 
@@ -41,6 +42,8 @@ class ServeLimits:
     max_batch_tokens: int = 16_384
     body_timeout_s: float = 10.0
     max_per_client: int = 256
+    header_timeout_s: float = 10.0  # request line and headers (see connections.py)
+    max_waiting: int = 1024  # connections still sending headers; the oldest is let go first
 
 
 class ScoreRequest(BaseModel):
@@ -268,5 +271,8 @@ def serve(
         speed_mode=speed_mode,
     )
     name = model_name or Path(model_dir).name  # /info names the model, never a server path
+    limits = limits or ServeLimits()
     app = create_app(scorer, name, api_key, limits, normalize, dynamic_batching)
-    uvicorn.run(app, host=host, port=port, limit_concurrency=1024, timeout_keep_alive=5)
+    raise_open_files_limit(limits.max_waiting + 4 * limits.max_pending_items)
+    protocol = header_deadline_protocol(limits.header_timeout_s, limits.max_waiting)
+    uvicorn.run(app, host=host, port=port, http=protocol, timeout_keep_alive=5)

@@ -7,28 +7,19 @@ complete new model or a folder that does not look like a model.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-from fnmatch import fnmatch
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rmtrain.errors import RmtrainError
+from rmtrain.outputs import check_output_folder, read_owner, write_owner
 
 MARKER = "config.json"
 MARKERS = (MARKER, "adapter_config.json")  # moved last: what makes a folder look complete
 
 
-OWNER = ".rmtrain-output"  # written first: this folder is rmtrain's, with the run's options
-KNOWN = (
-    "config.json", "adapter_config.json", "*.safetensors", "*.safetensors.index.json",
-    "generation_config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json",
-    "chat_template.jinja", "vocab.json", "merges.txt", "README.md", "metrics.json",
-    "rmtrain_config.yaml", "data_report.json", "eval_report", "training_args.bin", "checkpoints",
-    "wandb",
-    ".staging-final", OWNER, ".rmtrain-write-test",
-)  # fmt: skip
 # options whose change makes a checkpoint belong to a different run
 RUN_KEYS = (
     "model", "dataset", "dataset_split", "frac", "test_size", "seed", "max_length",
@@ -39,46 +30,24 @@ RUN_KEYS = (
 )  # fmt: skip
 
 
-def _foreign(output: Path) -> list[str]:
-    return sorted(p.name for p in output.iterdir() if not any(fnmatch(p.name, k) for k in KNOWN))
-
-
 def _has_run_state(output: Path) -> bool:
     """A finished model or a checkpoint: what a rerun must not silently replace."""
     ckpts = output / "checkpoints"
     return any((output / m).exists() for m in MARKERS) or (ckpts.is_dir() and any(ckpts.iterdir()))
 
 
-def check_output_dir(output: Path, overwrite: bool, resume: bool = False) -> None:
-    """Refuse an output that is not rmtrain's to replace, and fail early on unwritable paths.
+def check_output_dir(
+    output: Path, overwrite: bool, resume: bool = False, inputs: Sequence[str] = ()
+) -> None:
+    """The output rule (`rmtrain.outputs`) for a training run, checked before anything loads.
 
-    Never the working directory or home folder, never a folder with files rmtrain did not
-    write. `--overwrite` clears the old run's checkpoints (so they cannot be rotated into or
-    resumed as the new run); a failed run's leftovers (a data report, no model, no checkpoint)
-    are cleared without it."""
-    if output.exists() and not output.is_dir():
-        raise RmtrainError(f"--output {output} is a file; pass a folder path")
-    here = output.expanduser().resolve()
-    if here in (Path.cwd().resolve(), Path.home().resolve(), Path(here.anchor)):
-        raise RmtrainError(
-            f"--output {str(output) or '(empty)'} is the working directory, home or root; pass "
-            "a folder of the model's own (e.g. outputs/reward_model)"
-        )
-    if output.is_dir() and any(output.iterdir()):
-        foreign = _foreign(output)
-        if foreign:
-            raise RmtrainError(
-                f"--output {output} holds files rmtrain did not write ({', '.join(foreign[:5])}); "
-                "choose an empty or new folder"
-            )
-        if _has_run_state(output) and not (overwrite or resume):
-            raise RmtrainError(
-                f"--output {output} is not empty; pass --overwrite to replace it, --resume to "
-                "continue its run, or choose another --output"
-            )
-        if not resume:  # nothing of the old run may mix with the new one
-            for name in ("checkpoints", STAGE_NAME):
-                shutil.rmtree(output / name, ignore_errors=True)
+    `--overwrite` clears the old run's checkpoints (so they cannot be rotated into or resumed as
+    the new run); a failed run's leftovers (a data report, no model, no checkpoint) are cleared
+    without it."""
+    check_output_folder(output, "train", inputs, overwrite or resume, _has_run_state)
+    if output.is_dir() and not resume:  # nothing of the old run may mix with the new one
+        for name in ("checkpoints", STAGE_NAME):
+            shutil.rmtree(output / name, ignore_errors=True)
     try:
         output.mkdir(parents=True, exist_ok=True)
         probe = output / ".rmtrain-write-test"
@@ -91,9 +60,9 @@ def check_output_dir(output: Path, overwrite: bool, resume: bool = False) -> Non
 def claim_output(output: Path, options: dict[str, Any], resume: bool) -> None:
     """Mark the folder as this run's (with its options); on resume, refuse a checkpoint that
     another run wrote, naming the options that differ."""
-    owner = output / OWNER
-    if resume and owner.is_file():
-        before = json.loads(owner.read_text()).get("options", {})
+    owner = read_owner(output)
+    if resume and owner is not None:
+        before = owner.get("options", {})
         differ = [k for k in RUN_KEYS if k in before and before[k] != options.get(k)]
         if differ:
             changes = ", ".join(f"{k}: {before[k]!r} -> {options.get(k)!r}" for k in differ)
@@ -101,7 +70,7 @@ def claim_output(output: Path, options: dict[str, Any], resume: bool) -> None:
                 f"--resume: the checkpoints in {output} belong to a run with other options "
                 f"({changes}); resume with the same options or start with --overwrite"
             )
-    owner.write_text(json.dumps({"written_by": "rmtrain", "options": options}, default=str))
+    write_owner(output, "train", options=options)
 
 
 STAGE_NAME = ".staging-final"

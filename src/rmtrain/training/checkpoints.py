@@ -108,3 +108,39 @@ def collapsed(what: str, args: Any) -> CollapseError:
         f"divergence, usually a learning rate far too high (now {args.learning_rate:g}): "
         "lower --lr (1e-5 to 1e-4 is typical for full fine-tuning)"
     )
+
+
+# A held-out loss above this many times ln 2 (the loss of a model that rates every pair a tie)
+# means the model is confidently wrong: it learnt the opposite of the data or blew up.
+FAR_ABOVE_CHANCE = 4.0
+# The training loss "rose" when its last logged value is this far above its first.
+ROSE_BY = 0.25
+
+
+def divergence_reason(
+    train_losses: list[float], held_out_loss: float, win_rate: float
+) -> str | None:
+    """Why a run whose losses stayed finite did not learn, or None when it did.
+
+    Diverged: a held-out loss far above chance or above 4x the run's first training loss, or
+    a held-out win rate at or below chance while the training loss rose (by more than 25% of
+    its start, and at least 0.1)."""
+    first = train_losses[0] if train_losses else math.log(2)
+    last = train_losses[-1] if train_losses else first
+    limit = FAR_ABOVE_CHANCE * max(math.log(2), first)
+    if not held_out_loss <= limit:
+        return f"held-out loss {held_out_loss:.4g} is far above chance (ln 2 = 0.693)"
+    if win_rate <= 0.5 and last > first + max(0.1, ROSE_BY * first):
+        return (
+            f"held-out win rate {win_rate:.3f} is at or below chance while the training loss "
+            f"rose from {first:.4g} to {last:.4g}"
+        )
+    return None
+
+
+def diverged(reason: str, lr: float, output: Any) -> RmtrainError:
+    return RmtrainError(
+        f"training diverged: {reason}. {output} is kept for inspection, marked as diverged "
+        f"and not logged as a model; lower --lr (now {lr:g}) and keep gradient clipping on "
+        "(--max-grad-norm 1.0)"
+    )

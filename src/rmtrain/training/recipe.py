@@ -19,6 +19,7 @@ from rmtrain.batching.collate import make_eval_collator
 from rmtrain.config import TrainConfig, save_config
 from rmtrain.data.layout import default_prompt_floor, residue_token, uses_chat_template
 from rmtrain.data.pairs import DataCounts
+from rmtrain.data.splits import parse_dataset_spec
 from rmtrain.data.validation import check_bad_rows, write_data_report
 from rmtrain.errors import RmtrainError
 from rmtrain.evaluation.evaluate import summarise, write_report
@@ -45,7 +46,12 @@ from rmtrain.training.atomic_save import (
     publish,
     staging_dir,
 )
-from rmtrain.training.checkpoints import collapsed, latest_checkpoint
+from rmtrain.training.checkpoints import (
+    collapsed,
+    diverged,
+    divergence_reason,
+    latest_checkpoint,
+)
 from rmtrain.training.console import ConsoleProgress
 from rmtrain.training.data_setup import (
     NoUsablePairs,
@@ -112,6 +118,7 @@ def _save(trainer: Any, tokenizer: Any, cfg: TrainConfig, result: dict[str, Any]
         "prompt_floor": cfg.min_prompt_length or default_prompt_floor(cfg.max_length),
         "reward_position": cfg.reward_position,
         "base_model": cfg.model,
+        **({"diverged": result["diverged"]} if "diverged" in result else {}),
     }
     chat = uses_chat_template(tokenizer, cfg.chat_template)
     adapter_only = bool(cfg.lora_r) and not cfg.merge_lora  # no stock head to steer
@@ -179,6 +186,12 @@ def _probe_held_out(output: Path, data: PreparedData) -> None:
     add_robustness_to_report(output / REPORT_DIR, load_scorer(str(output)), by_set, list(PROBES))
 
 
+def _inputs(cfg: TrainConfig) -> list[str]:
+    """The local paths a run reads: the output may be none of them, nor hold or sit in one."""
+    paths = [cfg.model, *(parse_dataset_spec(s)[0] for s in cfg.datasets())]
+    return [p for p in paths if Path(p).expanduser().exists()]
+
+
 def _resume_path(cfg: TrainConfig, output: Path) -> str | None:
     if not cfg.resume:
         return None
@@ -205,7 +218,7 @@ def run_train(
     output = Path(cfg.output).expanduser()
     main = is_main_process()
     if main:  # other ranks would see rank 0's first files and refuse the folder
-        check_output_dir(output, cfg.overwrite, bool(cfg.resume))
+        check_output_dir(output, cfg.overwrite, bool(cfg.resume), _inputs(cfg))
     resume = _resume_path(cfg, output)
     if main:
         claim_output(output, cfg.to_dict(), bool(resume))
@@ -248,6 +261,9 @@ def run_train(
         if not metrics.get("reward_std", 1.0) > 1e-6 * max(1.0, abs(metrics["reward_mean"])):
             what = f"every held-out reward is {metrics['reward_mean']:.6g} (std 0)"
             raise collapsed(what, trainer.args)
+        diverged_why = divergence_reason(
+            trainer.loss_trace.ends(), metrics.get("loss", 0.0), metrics.get("win_rate", 1.0)
+        )
         keeper = next(
             (c for c in trainer.callback_handler.callbacks if isinstance(c, KeepBest)), None
         )
@@ -261,6 +277,8 @@ def run_train(
             train_peak_memory_gib=peak_memory_gib(),
         )
         result["metrics"] = metrics
+        if diverged_why:  # kept for inspection, marked: metrics.json, config.json, the card
+            result["diverged"] = diverged_why
         if per_dataset:
             result["per_dataset"] = per_dataset
             result["data_per_dataset"] = {k: c.to_dict() for k, c in data.per_dataset.items()}
@@ -269,6 +287,8 @@ def run_train(
         if trainer.is_world_process_zero():
             write_report(sections, output / REPORT_DIR, cfg.model)
         _save(trainer, tokenizer, cfg, result, output)
+        if diverged_why:
+            raise diverged(diverged_why, cfg.lr, output)
         if cfg.robustness and trainer.is_world_process_zero():
             _probe_held_out(output, data)
         failed = False

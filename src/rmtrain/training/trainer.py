@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -95,6 +96,28 @@ def split_head_groups(optimizer: torch.optim.Optimizer, head: set[int], scale: f
     optimizer.param_groups = [g for g in groups if g["params"]]
 
 
+class LossTrace:
+    """The first and the latest `window` training losses (tensors: no device sync per step),
+    so the end of a run can say whether its loss rose, whatever --logging-steps is."""
+
+    def __init__(self, window: int = 8) -> None:
+        self.first: list[torch.Tensor] = []
+        self.last: deque[torch.Tensor] = deque(maxlen=window)
+        self.window = window
+
+    def add(self, loss: torch.Tensor) -> None:
+        if len(self.first) < self.window:
+            self.first.append(loss)
+        self.last.append(loss)
+
+    def ends(self) -> list[float]:
+        """[the first loss (before any update), mean of the latest ones]."""
+        if not self.last:
+            return []
+        k = max(1, min(self.window, (len(self.first) + len(self.last)) // 4))
+        return [self.first[0].item(), torch.stack(list(self.last)[-k:]).float().mean().item()]
+
+
 ZERO_GRAD_STEPS = 3  # no real batch gives an exactly zero gradient; a saturated model does
 
 
@@ -122,6 +145,7 @@ class PairwiseRewardTrainer(Trainer):
         self.lm_loss_coef, self.lm_head_weight = lm_loss_coef, lm_head_weight
         self._parts: dict[str, list[float]] = {"rm_loss": [], "lm_loss": []}
         self.tokens_seen = 0  # real (non-pad) tokens computed in training, for tokens/s and MFU
+        self.loss_trace = LossTrace()  # the run's first and last losses: did it learn?
         # clipping folded into a fused Adam(W) step where it applies (`speed.folded_clip`),
         # decided at the first clipping; False: the Trainer's own
         self._folded_clip: Any = None if fold_clipping else False
@@ -203,6 +227,8 @@ class PairwiseRewardTrainer(Trainer):
             loss = loss + self.lm_loss_coef * aux
         if model.training and not torch.isfinite(loss):
             raise non_finite("loss", self.state.global_step + 1, self.args)
+        if model.training:
+            self.loss_trace.add(loss.detach())
         if return_outputs:
             return loss, {"chosen": chosen, "rejected": rejected}
         return loss

@@ -1,0 +1,155 @@
+"""Outputs that never destroy what a user owns, or look complete when they are not.
+
+One rule for every subcommand: an output is checked against the inputs before anything is read
+(same path, symlink or hard link, inside an input folder, or holding an input all count); an
+existing file is replaced only with `--overwrite`; a folder is written into only when it is new,
+empty, or carries rmtrain's marker of the same kind (and with `--overwrite` when it holds a
+result). Files are written beside their target and renamed into place when whole: a failed or
+killed run leaves the old file (or none), never a partial one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from rmtrain.errors import RmtrainError
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when both name one file (also through a symlink or a hard link)."""
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+OWNER = ".rmtrain-output"  # in every folder rmtrain writes: its kind (and a run's options)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _input_clash(out: Path, inputs: Sequence[str], flag: str) -> None:
+    """Refuse an output that is an input, lies inside an input folder (the model being scored or
+    fine-tuned), or holds an input."""
+    here = out.expanduser().resolve()
+    for src in inputs:
+        if not src:
+            continue
+        path = Path(src).expanduser()
+        if same_file(out, path) or here == path.resolve():
+            raise RmtrainError(f"{flag} {out} is the input {src}; choose another output path")
+        if path.resolve().is_dir() and _inside(here, path.resolve()):
+            raise RmtrainError(f"{flag} {out} is inside the input {src}; choose a path outside it")
+        if path.exists() and _inside(path.resolve(), here):
+            raise RmtrainError(f"{flag} {out} holds the input {src}; choose another output path")
+
+
+def check_output_file(
+    output: str, inputs: Sequence[str], flag: str = "--output", overwrite: bool = False
+) -> Path:
+    """The output path of a file: never an input or inside an input folder; an existing file
+    is replaced only when the user asked (`--overwrite`)."""
+    out = Path(output).expanduser()
+    if not str(output).strip():
+        raise RmtrainError(f"{flag} is empty; pass a file path")
+    _input_clash(out, inputs, flag)
+    if out.is_dir():
+        raise RmtrainError(f"{flag} {output} is a folder; pass a file path")
+    if not out.parent.resolve().is_dir():
+        raise RmtrainError(f"{flag} {output}: folder {out.parent} does not exist; create it first")
+    if out.exists() and not overwrite:
+        raise RmtrainError(
+            f"{flag} {output} exists; pass --overwrite to replace it, or choose another path"
+        )
+    return out
+
+
+def read_owner(folder: Path) -> dict[str, Any] | None:
+    """What rmtrain wrote in its marker, or None for a folder that is not rmtrain's."""
+    try:
+        owner = json.loads((folder / OWNER).read_text())
+    except (OSError, ValueError):
+        return None
+    return owner if isinstance(owner, dict) and owner.get("written_by") == "rmtrain" else None
+
+
+def check_output_folder(
+    output: Path,
+    kind: str,
+    inputs: Sequence[str] = (),
+    overwrite: bool = False,
+    has_results: Callable[[Path], bool] = lambda p: True,
+    flag: str = "--output",
+) -> dict[str, Any] | None:
+    """The one rule for output folders of every subcommand: a folder rmtrain may write into.
+
+    Never the working directory, home or root, never an input or a folder holding one, never a
+    non-empty folder without rmtrain's marker, never another kind's folder; an existing result
+    (`has_results`) is replaced only with `overwrite`. Returns the folder's marker (None when
+    new or empty); the caller writes its own with `write_owner` once it starts."""
+    if output.exists() and not output.is_dir():
+        raise RmtrainError(f"{flag} {output} is a file; pass a folder path")
+    here = output.expanduser().resolve()
+    if not str(output).strip() or here in (
+        Path.cwd().resolve(),
+        Path.home().resolve(),
+        Path(here.anchor),
+    ):
+        raise RmtrainError(
+            f"{flag} {str(output) or '(empty)'} is the working directory, home or root; pass "
+            f"a folder of its own (e.g. outputs/{kind})"
+        )
+    _input_clash(output, inputs, flag)
+    if not (output.is_dir() and any(output.iterdir())):
+        return None
+    owner = read_owner(output)
+    if owner is None:
+        names = ", ".join(sorted(p.name for p in output.iterdir())[:5])
+        raise RmtrainError(
+            f"{flag} {output} holds files rmtrain did not write ({names}); choose an empty or "
+            "new folder"
+        )
+    if owner.get("kind", "train") != kind:
+        raise RmtrainError(
+            f"{flag} {output} holds an rmtrain {owner.get('kind', 'train')} output, not {kind}; "
+            "choose another folder"
+        )
+    if has_results(output) and not overwrite:
+        raise RmtrainError(
+            f"{flag} {output} is not empty; pass --overwrite to replace it, or choose another "
+            f"{flag}"
+        )
+    return owner
+
+
+def write_owner(output: Path, kind: str, **fields: Any) -> None:
+    """Mark `output` as rmtrain's (creating it): the proof `check_output_folder` asks for."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        record = {"written_by": "rmtrain", "kind": kind, **fields}
+        (output / OWNER).write_text(json.dumps(record, default=str))
+    except OSError as exc:
+        raise RmtrainError(f"cannot write to --output {output}: {exc}") from None
+
+
+@contextmanager
+def atomic_writer(path: Path, mode: str = "w") -> Iterator[IO]:
+    """A file handle whose content replaces `path` only when the block ends without error."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
