@@ -145,8 +145,10 @@ def test_the_best_trial_is_registered(setup, tmp_path):
 
 
 def test_a_trial_left_running_by_a_kill_is_failed_and_replaced(setup, tmp_path, capsys):
+    from rmtrain.outputs import write_owner
+
     out = tmp_path / "study"
-    out.mkdir()
+    write_owner(out, "hpo", study="rmtrain-hpo")  # what the killed search had written first
     storage = f"sqlite:///{out / 'study.db'}"
     killed = optuna.create_study(study_name="rmtrain-hpo", storage=storage, direction="maximize")
     killed.ask()  # trial 0 RUNNING, as a SIGKILL mid-trial leaves it

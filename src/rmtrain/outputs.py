@@ -45,7 +45,8 @@ def _input_clash(out: Path, inputs: Sequence[str], flag: str) -> None:
             continue
         path = Path(src).expanduser()
         if same_file(out, path) or here == path.resolve():
-            raise RmtrainError(f"{flag} {out} is the input {src}; choose another output path")
+            what = "folder" if path.is_dir() else "file"
+            raise RmtrainError(f"{flag} {out} is the input {what}; choose another output path")
         if path.resolve().is_dir() and _inside(here, path.resolve()):
             raise RmtrainError(f"{flag} {out} is inside the input {src}; choose a path outside it")
         if path.exists() and _inside(path.resolve(), here):
