@@ -20,7 +20,7 @@ from rmtrain.batching.collate import make_collator  # noqa: E402
 from rmtrain.data.layout import encode_pairs  # noqa: E402
 from rmtrain.modeling.loading import load_reward_model, load_tokenizer  # noqa: E402
 from rmtrain.modeling.losses import pairwise_loss  # noqa: E402
-from rmtrain.training.trainer import pair_rewards  # noqa: E402
+from rmtrain.modeling.rewards import pair_rewards  # noqa: E402
 
 
 def main() -> None:

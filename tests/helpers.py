@@ -20,7 +20,7 @@ import torch
 
 from rmtrain.batching.collate import make_collator
 from rmtrain.modeling.losses import pairwise_loss
-from rmtrain.training.trainer import pair_rewards
+from rmtrain.modeling.rewards import pair_rewards
 from tests.conftest import tiny_llama, tiny_qwen3
 
 FEATURES = [
@@ -109,11 +109,10 @@ def loss_and_grads(model, batch, rewards=pair_rewards):
 
 def full_rewards(model, batch):
     """The reference: values at every position from the untrimmed forward, then read."""
-    from rmtrain.modeling.rewards import token_values
-    from rmtrain.training.trainer import _read_rewards
+    from rmtrain.modeling.rewards import read_rewards, token_values
 
     args = (model, batch["input_ids"], batch.get("attention_mask"), batch["position_ids"])
-    return _read_rewards(token_values(*args, blocks=batch.get("attention_blocks")), batch)
+    return read_rewards(token_values(*args, blocks=batch.get("attention_blocks")), batch)
 
 
 def assert_trains_the_same(results: list, folders: list, loss_tol=1e-5, weight_tol=1e-4):

@@ -19,6 +19,7 @@ from rmtrain.config_checks import check_ranges
 from rmtrain.data.layout import REWARD_POSITIONS
 from rmtrain.data.splits import ORIGINAL_DATASET
 from rmtrain.errors import RmtrainError
+from rmtrain.modeling.losses import LOSSES
 
 
 def option(default: Any, help: str, **extra: Any) -> Any:
@@ -122,6 +123,12 @@ class TrainConfig:
     )
     weight_decay: float = option(0.0, "AdamW weight decay.")
     max_grad_norm: float = option(1.0, "Gradient clipping norm (0 turns clipping off).")
+    loss: str = option(
+        "bt",
+        "Pairwise loss: bt (Bradley-Terry, -log sigmoid(r_c - r_r)) or hinge (max(0, 1 - "
+        "(r_c - r_r))); see rmtrain.modeling.losses.",
+        choices=tuple(LOSSES),
+    )
     center_rewards_coef: float = option(
         0.0, "Weight of the reward-centering term mean((r_c + r_r)^2); 0 turns it off."
     )
@@ -275,6 +282,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "head_lr_multiplier",
         "weight_decay",
         "max_grad_norm",
+        "loss",
         "center_rewards_coef",
         "lm_loss_coef",
         "group_by_length",

@@ -74,7 +74,7 @@ def test_margins_stay_with_their_pairs_in_every_layout(layout):
     and merge pairs): the margin loss equals the one computed pair by pair on padded rows."""
     from rmtrain.batching.collate import PairCollator
     from rmtrain.modeling.losses import pairwise_loss
-    from rmtrain.training.trainer import pair_rewards
+    from rmtrain.modeling.rewards import pair_rewards
 
     model, pad = make_model("qwen3", "sdpa")
     feats = [

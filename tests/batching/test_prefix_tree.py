@@ -5,8 +5,7 @@ import torch
 
 from rmtrain.batching.collate import PairCollator, PrefixTreeCollator, group_by_prompt, pack_trees
 from rmtrain.batching.prefix_tree import build_trees, worth_sharing
-from rmtrain.modeling.rewards import attention_cost_ratio
-from rmtrain.training.trainer import pair_rewards
+from rmtrain.modeling.rewards import attention_cost_ratio, pair_rewards
 from tests.helpers import FEATURES, SHARED, make_model
 
 

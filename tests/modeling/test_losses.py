@@ -40,3 +40,36 @@ def test_gradient_pushes_chosen_up_and_rejected_down():
     pairwise_loss(chosen, rejected).backward()
     assert chosen.grad.item() == pytest.approx(-0.5)
     assert rejected.grad.item() == pytest.approx(0.5)
+
+
+def test_hinge_by_hand_and_chosen_by_name():
+    from rmtrain.modeling.losses import LOSSES
+
+    chosen, rejected = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([0.0, 0.0, 0.0])
+    # max(0, 1 - d) for d = 2, 0.5, -1: 0, 0.5, 2 -> mean 0.8333
+    assert pairwise_loss(chosen, rejected, kind="hinge").item() == pytest.approx(2.5 / 3)
+    # with margins 0, 1, 0: d = 2, -0.5, -1 -> 0, 1.5, 2 -> mean 1.1667
+    margin = torch.tensor([0.0, 1.0, 0.0])
+    assert pairwise_loss(chosen, rejected, margin, kind="hinge").item() == pytest.approx(3.5 / 3)
+    assert set(LOSSES) >= {"bt", "hinge"}
+
+
+def test_the_loss_option_trains_with_the_registered_function(tmp_path):
+    import json
+
+    from rmtrain.cli import main
+    from tests.conftest import tiny_train_args, write_demo
+
+    data = write_demo(tmp_path / "d.jsonl", 40, seed=1)
+    out = {k: tmp_path / k for k in ("bt", "hinge")}
+    for kind, folder in out.items():
+        args = ["--max-steps", "1", "--logging-steps", "1", "--loss", kind]
+        assert main(tiny_train_args(data, folder, *args)) == 0
+    first = {
+        k: next(h["loss"] for h in json.loads((f / "metrics.json").read_text())["log_history"])
+        for k, f in out.items()
+    }
+    # the same untrained model and batch: the hinge loss of margins near 0 is near 1, BT near ln 2
+    assert first["bt"] == pytest.approx(math.log(2), abs=0.15)
+    assert first["hinge"] == pytest.approx(1.0, abs=0.2)
+    assert json.loads((out["hinge"] / "config.json").read_text())["rmtrain"]

@@ -7,12 +7,17 @@ from transformers import AutoModelForSequenceClassification
 
 from rmtrain.batching.collate import PairCollator, pad_sequences
 from rmtrain.modeling.loading import choose_pad_token
-from rmtrain.modeling.rewards import last_token_index, sequence_rewards, token_values
-from rmtrain.training.trainer import pair_rewards
+from rmtrain.modeling.rewards import last_token_index, pair_rewards, token_values
 from tests.conftest import tiny_llama, tiny_qwen3
 from tests.helpers import FEATURES as ALL_FEATURES
 
 FEATURES = ALL_FEATURES[:3]  # the first three shared features
+
+
+def sequence_rewards(model, input_ids, attention_mask):
+    """One reward per row: the value at the last real token (the reference reading)."""
+    values = token_values(model, input_ids, attention_mask)
+    return values.gather(1, last_token_index(attention_mask).unsqueeze(1)).squeeze(1)
 
 
 def separate_rewards(model, seqs):

@@ -5,10 +5,9 @@ import torch
 
 from rmtrain.batching.collate import PackedCollator, PrefixTreeCollator, block_mask, row_blocks
 from rmtrain.modeling.losses import pairwise_loss
-from rmtrain.modeling.rewards import token_values
+from rmtrain.modeling.rewards import pair_rewards, token_values
 from rmtrain.speed import attention
 from rmtrain.speed import flash as flash_module
-from rmtrain.training.trainer import pair_rewards
 from tests.conftest import count_calls, tiny_llama
 from tests.helpers import FEATURES, prepared
 from tests.helpers import prepared_model as make_model

@@ -89,8 +89,8 @@ def test_evaluation_and_new_lengths_after_training_compile_nothing_new():
     from torch._dynamo.utils import counters
 
     from rmtrain.batching.collate import PackedCollator, PairCollator
+    from rmtrain.modeling.rewards import pair_rewards
     from rmtrain.speed.lean import make_lean
-    from rmtrain.training.trainer import pair_rewards
     from tests.helpers import FEATURES, loss_and_grads, make_model
 
     torch._dynamo.reset()  # count this test's compilations only

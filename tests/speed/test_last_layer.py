@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from rmtrain.batching.collate import PackedCollator, PairCollator, make_collator
+from rmtrain.modeling.rewards import pair_rewards
 from rmtrain.speed.last_layer import last_layer_modules, only_rows
-from rmtrain.training.trainer import pair_rewards
 from tests.helpers import FEATURES, SHARED, full_rewards, loss_and_grads, prepared
 from tests.helpers import prepared_model as make_model
 

@@ -13,7 +13,7 @@ from rmtrain.cli import main
 from rmtrain.data.builtin import demo_rows
 from rmtrain.data.layout import encode_pairs
 from rmtrain.data.pairs import Pair
-from rmtrain.training.trainer import pair_rewards
+from rmtrain.modeling.rewards import pair_rewards
 from tests.conftest import tiny_train_args
 from tests.helpers import assert_trains_the_same
 

@@ -1,9 +1,38 @@
-"""Pairwise Bradley-Terry loss: pure functions of reward tensors."""
+"""The training losses, one registry: pure functions of reward tensors."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+
+PairLoss = Callable[[torch.Tensor], torch.Tensor]
+LOSSES: dict[str, PairLoss] = {}
+
+
+def loss(name: str) -> Callable[[PairLoss], PairLoss]:
+    """Register a pairwise loss under `name` (`--loss NAME`): a function of the margins
+    d = r_chosen - r_rejected - margin, returning the per-pair loss. A new loss is one such
+    function and its test."""
+
+    def register(fn: PairLoss) -> PairLoss:
+        LOSSES[name] = fn
+        return fn
+
+    return register
+
+
+@loss("bt")
+def bradley_terry(diff: torch.Tensor) -> torch.Tensor:
+    """-log sigmoid(d): the Bradley-Terry likelihood of the preference."""
+    return -F.logsigmoid(diff)
+
+
+@loss("hinge")
+def hinge(diff: torch.Tensor) -> torch.Tensor:
+    """max(0, 1 - d): no gradient once chosen wins by 1 (a margin-ranking loss)."""
+    return F.relu(1.0 - diff)
 
 
 def pairwise_loss(
@@ -11,8 +40,9 @@ def pairwise_loss(
     rejected: torch.Tensor,
     margin: torch.Tensor | None = None,
     center_coef: float = 0.0,
+    kind: str = "bt",
 ) -> torch.Tensor:
-    """mean(-log sigmoid(r_c - r_r - margin)) + center_coef * mean((r_c + r_r)^2).
+    """mean(LOSSES[kind](r_c - r_r - margin)) + center_coef * mean((r_c + r_r)^2).
 
     The margin asks chosen to win by at least that much (Llama 2 style); the centering term
     keeps rewards near zero so their scale stays comparable across runs (Eisenstein et al.).
@@ -20,10 +50,10 @@ def pairwise_loss(
     diff = chosen - rejected
     if margin is not None:
         diff = diff - margin.to(diff.dtype)
-    loss = -F.logsigmoid(diff).mean()
+    total = LOSSES[kind](diff).mean()
     if center_coef:
-        loss = loss + center_coef * ((chosen + rejected) ** 2).mean()
-    return loss
+        total = total + center_coef * ((chosen + rejected) ** 2).mean()
+    return total
 
 
 def lm_loss(

@@ -19,11 +19,15 @@ from rmtrain.errors import RmtrainError
 
 
 def value_head(model: Any) -> torch.nn.Module:
+    """The scalar head (`score` in decoder classes, else `classifier` / `v_head`), also inside
+    DDP / DeepSpeed / PEFT wrappers; under LoRA its trainable copy is the parameters with
+    `requires_grad`."""
+    inner = unwrap(model)
     for name in ("score", "classifier", "v_head"):
-        head = getattr(model, name, None)
+        head = getattr(inner, name, None)
         if isinstance(head, torch.nn.Module):
             return head
-    raise RmtrainError(f"{type(model).__name__} has no scalar head (score/classifier)")
+    raise RmtrainError(f"{type(inner).__name__} has no scalar head (score/classifier)")
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -130,13 +134,39 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.long()).argmax(-1)
 
 
-def sequence_rewards(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
-    """One reward per row: the value at the last real token."""
-    values = token_values(model, input_ids, attention_mask)
-    index = last_token_index(attention_mask)
-    return values.gather(1, index.unsqueeze(1)).squeeze(1)
+def pair_rewards(model: Any, batch: dict[str, torch.Tensor], with_hidden: bool = False) -> Any:
+    """(chosen, rejected) rewards of a collated batch in one forward pass (and the final hidden
+    states when `with_hidden`): the one place a reward is read in training.
+
+    Packed batches (`PackedCollator`) carry the (row, column) of each reward token; padded
+    double batches (`PairCollator`) are read at the last real token of each row.
+    """
+    args = (model, batch["input_ids"], batch.get("attention_mask"), batch["position_ids"])
+    blocks = batch.get("attention_blocks")
+    if with_hidden:
+        values, hidden = token_values(*args, return_hidden=True, blocks=blocks)
+        return (*read_rewards(values, batch), hidden)
+    return _halves(values_at(*args, blocks, *reward_positions(batch)))
+
+
+def reward_positions(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) of every reward token, the chosen ones first, then the rejected."""
+    if "chosen_index" in batch:
+        both = torch.cat([batch["chosen_index"], batch["rejected_index"]])
+        return both[:, 0], both[:, 1]
+    cols = last_token_index(batch["attention_mask"])
+    return torch.arange(cols.shape[0], device=cols.device), cols
+
+
+def read_rewards(values: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple:
+    """(chosen, rejected) rewards read from the values at every position."""
+    rows, cols = reward_positions(batch)
+    return _halves(values[rows, cols])
+
+
+def _halves(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    half = rewards.shape[0] // 2
+    return rewards[:half], rewards[half:]
 
 
 def attention_cost_ratio(config: Any) -> float:

@@ -365,6 +365,7 @@ def _make_trainer(
             *(callbacks or []),
         ],
         center_rewards_coef=cfg.center_rewards_coef,
+        loss_kind=cfg.loss,
         lm_loss_coef=cfg.lm_loss_coef,
         lm_head_weight=lm_head_weight(model, cfg.model) if cfg.lm_loss_coef > 0 else None,
         group_by_prompt=cfg.group_by_prompt,

@@ -22,66 +22,15 @@ from transformers import EvalPrediction, Trainer, TrainerCallback
 
 from rmtrain import speed
 from rmtrain.batching.collate import group_by_prompt
-from rmtrain.errors import RmtrainError
 from rmtrain.evaluation.metrics import reward_metrics
 from rmtrain.modeling.losses import lm_loss, pairwise_loss
-from rmtrain.modeling.rewards import last_token_index, token_values, values_at
+from rmtrain.modeling.rewards import pair_rewards, value_head
 from rmtrain.training.checkpoints import collapsed, non_finite, rotate_checkpoints
 from rmtrain.training.samplers import (
     EpochSeededLengthSampler,
     EpochSeededRandomSampler,
     PromptGroupedSampler,
 )
-
-
-def pair_rewards(model: Any, batch: dict[str, torch.Tensor], with_hidden: bool = False) -> Any:
-    """(chosen, rejected) rewards of a collated batch in one forward pass (and the final hidden
-    states when `with_hidden`).
-
-    Packed batches (`PackedCollator`) carry the (row, column) of each reward token; padded
-    double batches (`PairCollator`) are read at the last real token of each row.
-    """
-    args = (model, batch["input_ids"], batch.get("attention_mask"), batch["position_ids"])
-    blocks = batch.get("attention_blocks")
-    if with_hidden:
-        values, hidden = token_values(*args, return_hidden=True, blocks=blocks)
-        return (*_read_rewards(values, batch), hidden)
-    return _halves(values_at(*args, blocks, *_reward_positions(batch)))
-
-
-def _reward_positions(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row, column) of every reward token, the chosen ones first, then the rejected."""
-    if "chosen_index" in batch:
-        both = torch.cat([batch["chosen_index"], batch["rejected_index"]])
-        return both[:, 0], both[:, 1]
-    cols = last_token_index(batch["attention_mask"])
-    return torch.arange(cols.shape[0], device=cols.device), cols
-
-
-def _read_rewards(values: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple:
-    """(chosen, rejected) rewards read from values at every position."""
-    rows, cols = _reward_positions(batch)
-    return _halves(values[rows, cols])
-
-
-def _halves(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    half = rewards.shape[0] // 2
-    return rewards[:half], rewards[half:]
-
-
-def value_head(model: Any) -> torch.nn.Module:
-    """The sequence-classification head (`score` in decoder classes, else `classifier`)."""
-    inner = model
-    while not (hasattr(inner, "score") or hasattr(inner, "classifier")) and hasattr(
-        inner, "base_model"
-    ):
-        if inner.base_model is inner:
-            break
-        inner = inner.base_model
-    head = getattr(inner, "score", None) or getattr(inner, "classifier", None)
-    if head is None:
-        raise RmtrainError("--head-lr-multiplier: this model has no `score` head")
-    return getattr(head, "modules_to_save", {}).get("default", head)
 
 
 def split_head_groups(optimizer: torch.optim.Optimizer, head: set[int], scale: float) -> None:
@@ -128,6 +77,7 @@ class PairwiseRewardTrainer(Trainer):
         self,
         *args: Any,
         center_rewards_coef: float = 0.0,
+        loss_kind: str = "bt",
         lm_loss_coef: float = 0.0,
         lm_head_weight: torch.Tensor | None = None,
         eval_collator: Any = None,
@@ -141,7 +91,7 @@ class PairwiseRewardTrainer(Trainer):
         self.head_lr_multiplier, self.warmup_ratio = head_lr_multiplier, warmup_ratio
         self._zero_grad_steps = 0  # consecutive steps with an exactly zero gradient
         self.eval_collator, self.group_by_prompt = eval_collator, group_by_prompt
-        self.center_rewards_coef = center_rewards_coef
+        self.center_rewards_coef, self.loss_kind = center_rewards_coef, loss_kind
         self.lm_loss_coef, self.lm_head_weight = lm_loss_coef, lm_head_weight
         self._parts: dict[str, list[float]] = {"rm_loss": [], "lm_loss": []}
         self.tokens_seen = 0  # real (non-pad) tokens computed in training, for tokens/s and MFU
@@ -163,7 +113,7 @@ class PairwiseRewardTrainer(Trainer):
         `head_lr_multiplier` x the learning rate (schedules scale every group alike)."""
         optimizer = super().create_optimizer(model)
         if self.head_lr_multiplier != 1.0:
-            head = {id(p) for p in value_head(self.model).parameters()}
+            head = {id(p) for p in value_head(self.model).parameters() if p.requires_grad}
             split_head_groups(optimizer, head, self.head_lr_multiplier)
         return optimizer
 
@@ -218,7 +168,9 @@ class PairwiseRewardTrainer(Trainer):
             chosen, rejected, hidden = pair_rewards(model, inputs, with_hidden=True)
         else:
             chosen, rejected = pair_rewards(model, inputs)
-        loss = pairwise_loss(chosen, rejected, inputs.get("margin"), self.center_rewards_coef)
+        loss = pairwise_loss(
+            chosen, rejected, inputs.get("margin"), self.center_rewards_coef, self.loss_kind
+        )
         if multitask:
             weight = self.lm_head_weight.to(hidden.device)
             aux = lm_loss(hidden, weight, inputs["input_ids"], inputs["lm_mask"])
