@@ -71,6 +71,7 @@ def _rmtrain_worker(spec: dict[str, Any]) -> dict[str, Any]:
     argv += ["--head-lr-multiplier", str(spec.get("head_lr_multiplier", 1.0))]
     argv += ["--lm-loss-coef", str(spec.get("lm_loss_coef", 0.0))]
     argv += ["--logging-steps", "5", "--report-to", "none", "--overwrite"]
+    argv += spec.get("extra", [])  # further rmtrain options (benchmarks/robust.py)
     start = time.perf_counter()
     code = main(argv)
     seconds = time.perf_counter() - start

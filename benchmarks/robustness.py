@@ -42,7 +42,7 @@ def probe(model: Path, test_file: Path, output: Path) -> dict[str, Any]:
     from rmtrain.cli import main
 
     argv = ["eval", "--model", str(model), "--dataset", str(test_file)]
-    argv += ["--output", str(output), "--robustness", "true"]
+    argv += ["--output", str(output), "--robustness", "true", "--overwrite"]
     if main(argv) != 0:
         raise SystemExit("rmtrain eval failed")
     report = json.loads((output / "report.json").read_text())

@@ -123,6 +123,16 @@ class TrainConfig:
     )
     weight_decay: float = option(0.0, "AdamW weight decay.")
     max_grad_norm: float = option(1.0, "Gradient clipping norm (0 turns clipping off).")
+    augment: str | None = option(
+        None,
+        "Augmentations that add training pairs, comma-separated (or all): relevance (another "
+        "prompt's answer loses), truncation (an answer cut off loses), filler (appended "
+        "content-free or repeated text does not win), whitespace and layout (ties: the same "
+        "answer re-spaced or re-laid-out scores the same). Never in the held-out split.",
+    )
+    augment_rate: float = option(
+        0.5, "Share of training pairs each augmentation rewrites (seeded by --seed)."
+    )
     loss: str = option(
         "bt",
         "Pairwise loss: bt (Bradley-Terry, -log sigmoid(r_c - r_r)) or hinge (max(0, 1 - "
@@ -282,6 +292,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "head_lr_multiplier",
         "weight_decay",
         "max_grad_norm",
+        "augment",
+        "augment_rate",
         "loss",
         "center_rewards_coef",
         "lm_loss_coef",

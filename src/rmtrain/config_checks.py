@@ -64,6 +64,15 @@ def _choice_problems(cfg: Any) -> list[str]:
 
 def check_ranges(cfg: Any) -> None:
     problems = _training_problems(cfg)
+    if not 0 <= cfg.augment_rate <= 1:
+        problems.append(f"--augment-rate must be in [0, 1], got {cfg.augment_rate}")
+    if cfg.augment:
+        from rmtrain.data.augment import augmentation_names
+
+        try:
+            augmentation_names(cfg.augment)
+        except RmtrainError as exc:
+            problems.append(str(exc))
     if cfg.frac is not None and not 0 < cfg.frac <= 1:
         problems.append(f"--frac must be in (0, 1], got {cfg.frac}")
     if not 0 < cfg.test_size < 1:

@@ -40,6 +40,8 @@ class DataCounts:
     rows_in_source: int = 0
     frac: float = 1.0
     not_mixed: int = 0  # training pairs the mixing weights left out
+    augmented: Counter = field(default_factory=Counter)  # training pairs added, by augmentation
+    augmented_dropped: int = 0  # added pairs that did not fit --max-length (not rows)
     malformed: Counter = field(default_factory=Counter)
     truncated: int = 0
     dropped: Counter = field(default_factory=Counter)
@@ -65,6 +67,9 @@ class DataCounts:
             "dropped_total": sum(self.dropped.values()),
             "train_pairs": self.train_pairs,
             "not_mixed": self.not_mixed,
+            "augmented": dict(self.augmented),
+            "augmented_total": sum(self.augmented.values()),
+            "augmented_dropped": self.augmented_dropped,
             "prompts_in_several_datasets": self.shared_prompts,
             "test_pairs": self.test_pairs,
         }

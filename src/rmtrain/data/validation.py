@@ -42,6 +42,8 @@ def data_report(counts: DataCounts) -> dict[str, Any]:
         "train_pairs": counts.train_pairs,
         "test_pairs": counts.test_pairs,
         "not_mixed": counts.not_mixed,
+        "augmented": dict(counts.augmented),
+        "augmented_dropped": counts.augmented_dropped,
         "prompts_in_several_datasets": counts.shared_prompts,
         "position": "line: file line (1-based)" if counts.lines else "row: row index (0-based)",
         "rows": [

@@ -22,7 +22,11 @@ import numpy as np
 from rmtrain.data.pairs import Pair, read_pairs
 from rmtrain.data.reading import load_rows
 from rmtrain.errors import RmtrainError
-from rmtrain.evaluation.metrics import reward_metrics, wilson_interval
+from rmtrain.evaluation.metrics import length_metrics, reward_metrics, wilson_interval
+
+# Above this rank correlation between reward and response length, a policy can raise its reward
+# by writing longer (or shorter) whatever it says: flagged.
+LENGTH_FLAG_SPEARMAN = 0.5
 
 
 def response_length(text: Any) -> int:
@@ -63,6 +67,13 @@ def quality_flags(report: dict[str, Any]) -> list[str]:
         flags.append(
             f"not above chance: win rate {m['win_rate']:.3f} (95% interval {lo:.3f}-{hi:.3f}) "
             "includes or is below 0.5"
+        )
+    rho = report["length"]["reward_length_spearman"]
+    if abs(rho) >= LENGTH_FLAG_SPEARMAN:
+        controlled = report["length"]["length_controlled_win_rate"]
+        flags.append(
+            f"reward is mostly length: Spearman {rho:+.2f} between reward and response length "
+            f"(length-controlled win rate {controlled:.3f})"
         )
     if not report["beats_length_baseline"]:
         best = max(
@@ -114,6 +125,7 @@ def summarise(
         "above_chance": bool(metrics["win_rate_ci95"][0] > 0.5),
         "beats_length_baseline": bool(metrics["win_rate"] > max(longer, shorter)),
         "subsets": subset_accuracy(chosen, rejected, [p.extra.get("subset") for p in pairs]),
+        "length": length_metrics(chosen, rejected, c_len, r_len),
     }
     report["flags"] = quality_flags(report)
     if seconds is not None:

@@ -60,3 +60,39 @@ def reward_metrics(
         "margin_mean": float((chosen - rejected).mean()),
         "num_pairs": int(chosen.size),
     }
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties); nan when either is constant."""
+    from scipy.stats import rankdata
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(np.corrcoef(rankdata(x), rankdata(y))[0, 1])
+
+
+def length_metrics(
+    chosen: np.ndarray, rejected: np.ndarray, chosen_len: np.ndarray, rejected_len: np.ndarray
+) -> dict[str, float]:
+    """How much the rewards follow response length.
+
+    - `reward_length_spearman`: rank correlation of reward and length over every response;
+    - `win_rate_chosen_shorter` / `_longer`: win rate on the pairs whose chosen response is the
+      shorter / the longer one (equal lengths in neither);
+    - `length_controlled_win_rate`: their mean, the win rate as if both kinds were equally
+      common, so a model that only prefers length scores 0.5.
+    """
+    c, r = np.asarray(chosen, float), np.asarray(rejected, float)
+    cl, rl = np.asarray(chosen_len), np.asarray(rejected_len)
+    shorter, longer = cl < rl, cl > rl
+    out = {
+        "reward_length_spearman": spearman(np.concatenate([c, r]), np.concatenate([cl, rl])),
+        "win_rate_chosen_shorter": win_rate(c[shorter], r[shorter]),
+        "win_rate_chosen_longer": win_rate(c[longer], r[longer]),
+        "pairs_chosen_shorter": int(shorter.sum()),
+        "pairs_chosen_longer": int(longer.sum()),
+    }
+    halves = (out["win_rate_chosen_shorter"], out["win_rate_chosen_longer"])
+    out["length_controlled_win_rate"] = float(np.mean(halves))  # nan when a half is empty
+    return out

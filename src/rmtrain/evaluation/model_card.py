@@ -51,7 +51,16 @@ def render_model_card(cfg: dict[str, Any], result: dict[str, Any], report: str |
         "| metric | value |",
         "|---|---|",
     ]
-    for key in ("win_rate", "kendall_tau", "loss", "margin_mean", "reward_mean", "reward_std"):
+    for key in (
+        "win_rate",
+        "length_controlled_win_rate",
+        "kendall_tau",
+        "loss",
+        "margin_mean",
+        "reward_mean",
+        "reward_std",
+        "reward_length_spearman",
+    ):
         if key in m:
             lines.append(f"| {key} | {fmt(m[key])} |")
     if report:

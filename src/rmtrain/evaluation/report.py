@@ -142,6 +142,18 @@ def robustness_markdown(section: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _length_rows(length: dict[str, Any] | None) -> list[str]:
+    if not length:
+        return []
+    return [
+        f"| reward-length Spearman | {length['reward_length_spearman']:+.3f} |",
+        f"| win rate, chosen shorter / longer | {length['win_rate_chosen_shorter']:.4f} "
+        f"({length['pairs_chosen_shorter']}) / {length['win_rate_chosen_longer']:.4f} "
+        f"({length['pairs_chosen_longer']}) |",
+        f"| length-controlled win rate | {length['length_controlled_win_rate']:.4f} |",
+    ]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Reward model evaluation: `{report['model']}`", ""]
     for name, r in report["datasets"].items():
@@ -162,6 +174,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| reward rejected mean / std | {m['rejected_reward_mean']:.4f} / "
             f"{m['rejected_reward_std']:.4f} |",
             f"| mean margin | {m['margin_mean']:.4f} |",
+            *_length_rows(r.get("length")),
             f"| pairs scored | {c['scored_pairs']} |",
             f"| rows read / malformed / truncated / dropped | {c['rows_read']} / "
             f"{c['malformed_total']} / {c['truncated']} / {c['dropped_total']} |",

@@ -25,7 +25,8 @@ RUN_KEYS = (
     "model", "dataset", "dataset_split", "frac", "test_size", "seed", "max_length",
     "min_prompt_length", "reward_position", "chat_template", "lr", "lr_scheduler",
     "head_lr_multiplier", "epochs", "max_steps", "batch", "grad_accum", "warmup_ratio",
-    "weight_decay", "max_grad_norm", "loss", "center_rewards_coef", "lm_loss_coef",
+    "weight_decay", "max_grad_norm", "augment", "augment_rate", "loss", "center_rewards_coef",
+    "lm_loss_coef",
     "group_by_prompt", "lora_r", "lora_alpha", "lora_dropout", "lora_target", "margin_column",
 )  # fmt: skip
 

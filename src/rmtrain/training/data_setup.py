@@ -8,6 +8,7 @@ from typing import Any
 
 from rmtrain.batching.collate import pair_tokens
 from rmtrain.config import TrainConfig
+from rmtrain.data.augment import augment_pairs, augmentation_names
 from rmtrain.data.layout import encode_pairs_detailed, uses_chat_template
 from rmtrain.data.pairs import DataCounts, Pair, read_pairs
 from rmtrain.data.reading import load_rows
@@ -73,12 +74,36 @@ def _encode(tokenizer: Any, pairs: list[Pair], cfg: TrainConfig, counts: DataCou
     return feats, truncated
 
 
+def _augmented(
+    tokenizer: Any, pairs: list[Pair], names: list[str], cfg: TrainConfig, counts: DataCounts
+) -> list[dict[str, Any]]:
+    """The augmentations' pairs, tokenised like the rest; counted apart from the rows read."""
+    added, by_name = augment_pairs(pairs, names, cfg.augment_rate, cfg.seed)
+    feats, _, dropped = encode_pairs_detailed(
+        tokenizer,
+        added,
+        cfg.max_length,
+        uses_chat_template(tokenizer, cfg.chat_template),
+        cfg.min_prompt_length,
+        cfg.reward_position,
+    )
+    for index, _ in dropped:
+        by_name[added[index].extra["augment"]] -= 1
+    counts.augmented.update({k: v for k, v in by_name.items() if v})
+    counts.augmented_dropped += len(dropped)
+    for f in feats:
+        f["length"] = pair_tokens(f, cfg.packing)
+    return feats
+
+
 def _merge(parts: dict[str, DataCounts]) -> DataCounts:
     total = DataCounts()
     for c in parts.values():
         total.rows_read += c.rows_read
         total.rows_in_source += c.rows_in_source
         total.not_mixed += c.not_mixed
+        total.augmented.update(c.augmented)
+        total.augmented_dropped += c.augmented_dropped
         total.malformed.update(c.malformed)
         total.truncated += c.truncated
         total.dropped.update(c.dropped)
@@ -116,10 +141,13 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
             per[source].not_mixed = len(train_parts[source]) - len(pairs)
         train_parts = mixed
     train, test, test_pairs, test_sets, test_truncated = [], [], [], {}, 0
+    names = augmentation_names(cfg.augment)
     for source in per:
         feats, _ = _encode(tokenizer, train_parts[source], cfg, per[source])
         per[source].train_pairs = len(feats)
         train.extend(feats)
+        if names:  # training pairs only: nothing added ever reaches a held-out split
+            train.extend(_augmented(tokenizer, train_parts[source], names, cfg, per[source]))
         feats, truncated = _encode(tokenizer, test_parts[source], cfg, per[source])
         for f in feats:  # pair_index becomes global across data sets
             f["pair_index"] += len(test_pairs)

@@ -98,6 +98,12 @@ def _print_counts(counts: DataCounts, per_dataset: dict[str, DataCounts]) -> Non
         f"{c['dropped']}, {c['train_pairs']} train / {c['test_pairs']} test pairs{left}",
         flush=True,
     )
+    if c["augmented_total"] or c["augmented_dropped"]:
+        print(
+            f"[rmtrain] data: +{c['augmented_total']} augmented training pairs "
+            f"{c['augmented']} ({c['augmented_dropped']} did not fit --max-length)",
+            flush=True,
+        )
 
 
 def _save(trainer: Any, tokenizer: Any, cfg: TrainConfig, result: dict[str, Any], output: Path):
@@ -166,9 +172,11 @@ def _evaluate(trainer: Any, data: PreparedData, sink: dict[str, Any]) -> tuple[d
             per[source] = {k.removeprefix(f"eval_set{i}_"): v for k, v in raw.items()}
             sections[source] = _held_out(sink, data, raw, len(feats))
     raw = trainer.evaluate(eval_dataset=data.test)  # the whole split, logged at the last step
+    overall = _held_out(sink, data, raw, len(data.test_pairs))
     if not sections:
-        sections["held-out split"] = _held_out(sink, data, raw, len(data.test_pairs))
-    return {k.removeprefix("eval_"): v for k, v in raw.items()}, per, sections
+        sections["held-out split"] = overall
+    metrics = {k.removeprefix("eval_"): v for k, v in raw.items()}
+    return {**metrics, **overall.report["length"]}, per, sections
 
 
 def _probe_held_out(output: Path, data: PreparedData) -> None:
@@ -368,7 +376,8 @@ def _make_trainer(
         loss_kind=cfg.loss,
         lm_loss_coef=cfg.lm_loss_coef,
         lm_head_weight=lm_head_weight(model, cfg.model) if cfg.lm_loss_coef > 0 else None,
-        group_by_prompt=cfg.group_by_prompt,
+        # augmented pairs train beside their source pair: its prompt is computed once
+        group_by_prompt=cfg.group_by_prompt or bool(cfg.augment),
         fold_clipping=cfg.speed == "auto",
         head_lr_multiplier=cfg.head_lr_multiplier,
         warmup_ratio=cfg.warmup_ratio,
