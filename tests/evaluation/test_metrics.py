@@ -59,3 +59,51 @@ def test_kendall_tau_equals_scipy_on_random_rankings():
         want.append(kendalltau(truth, model).statistic)
     got = kendall_tau(np.array(chosen), np.array(rejected), groups)
     assert got == pytest.approx(float(np.mean(want)), abs=1e-12)
+
+
+def test_length_metrics_by_hand():
+    from scipy.stats import spearmanr
+
+    from rmtrain.evaluation.metrics import length_metrics
+
+    chosen = np.array([3.0, 1.0, 2.0, 0.0])
+    rejected = np.array([1.0, 2.0, 0.5, 4.0])
+    c_len = np.array([10, 50, 30, 20])
+    r_len = np.array([40, 5, 30, 80])
+    m = length_metrics(chosen, rejected, c_len, r_len)
+    # chosen shorter: pairs 0 (3 > 1 wins) and 3 (0 < 4 loses) -> 0.5; chosen longer: pair 1
+    # (1 < 2 loses) -> 0.0; pair 2 has equal lengths (in neither); controlled (0.5 + 0) / 2
+    assert (m["pairs_chosen_shorter"], m["pairs_chosen_longer"]) == (2, 1)
+    assert m["win_rate_chosen_shorter"] == 0.5 and m["win_rate_chosen_longer"] == 0.0
+    assert m["length_controlled_win_rate"] == 0.25
+    # rewards 3 1 2 0 1 2 .5 4 against lengths 10 50 30 20 40 5 30 80: ranks by hand
+    # reward ranks 7 3.5 5.5 1 3.5 5.5 2 8; length ranks 2 7 4.5 3 6 1 4.5 8
+    rx = np.array([7, 3.5, 5.5, 1, 3.5, 5.5, 2, 8])
+    ry = np.array([2, 7, 4.5, 3, 6, 1, 4.5, 8])
+    by_hand = float(np.corrcoef(rx, ry)[0, 1])
+    assert m["reward_length_spearman"] == pytest.approx(by_hand, abs=1e-12)
+    both = spearmanr(np.r_[chosen, rejected], np.r_[c_len, r_len]).statistic
+    assert by_hand == pytest.approx(both, abs=1e-12)
+
+
+def test_length_metrics_with_one_kind_of_pair_only():
+    from rmtrain.evaluation.metrics import length_metrics
+
+    m = length_metrics(np.array([1.0]), np.array([0.0]), np.array([5]), np.array([9]))
+    assert m["win_rate_chosen_shorter"] == 1.0 and np.isnan(m["win_rate_chosen_longer"])
+    assert np.isnan(m["length_controlled_win_rate"]) and m["reward_length_spearman"] == -1.0
+
+
+def test_a_reward_that_is_length_is_flagged():
+    from rmtrain.data.pairs import Pair
+    from rmtrain.evaluation.evaluate import summarise
+
+    pairs = [Pair("q", "x" * n, "y" * (n + 7 * (i % 2 * 2 - 1)), f"g{i}", i) for i, n in
+             enumerate(range(10, 40))]  # fmt: skip
+    reward = lambda t: float(len(t))  # noqa: E731 - a model that only counts characters
+    chosen = np.array([reward(p.chosen) for p in pairs])
+    rejected = np.array([reward(p.rejected) for p in pairs])
+    report = summarise(pairs, chosen, rejected, {"scored_pairs": len(pairs)}).report
+    assert report["length"]["reward_length_spearman"] == pytest.approx(1.0)
+    assert report["length"]["length_controlled_win_rate"] == 0.5
+    assert any(f.startswith("reward is mostly length: Spearman +1.00") for f in report["flags"])
