@@ -91,7 +91,9 @@ def test_length_metrics_with_one_kind_of_pair_only():
 
     m = length_metrics(np.array([1.0]), np.array([0.0]), np.array([5]), np.array([9]))
     assert m["win_rate_chosen_shorter"] == 1.0 and np.isnan(m["win_rate_chosen_longer"])
-    assert np.isnan(m["length_controlled_win_rate"]) and m["reward_length_spearman"] == -1.0
+    assert np.isnan(m["length_controlled_win_rate"]) and m[
+        "reward_length_spearman"
+    ] == pytest.approx(-1.0)
 
 
 def test_a_reward_that_is_length_is_flagged():
