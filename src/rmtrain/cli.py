@@ -19,6 +19,7 @@ from rmtrain.config import TrainConfig, build_config, config_from_args
 from rmtrain.errors import RmtrainError
 from rmtrain.flags import add_config_arguments
 from rmtrain.options import (
+    AverageConfig,
     EvalConfig,
     HpoConfig,
     LogModelConfig,
@@ -69,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "log-model", "log a saved model folder to MLflow", LogModelConfig, _cmd_log_model
     )
     log_model.add_argument("output", help="output folder of rmtrain train")
+    average = _subcommand(
+        sub, "average", "average the weights of reward models (WARM)", AverageConfig, _cmd_average
+    )
+    average.add_argument("out", help="output folder of the averaged model")
+    average.add_argument("models", nargs="+", help="model folders fine-tuned from one base")
     hpo = _subcommand(sub, "hpo", "hyperparameter search with Optuna", HpoConfig, _cmd_hpo)
     hpo.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     return parser
@@ -237,6 +243,14 @@ def _cmd_log_model(args: argparse.Namespace) -> int:
 
     cfg: LogModelConfig = options_from_args(args)
     log_output_folder(Path(args.output), cfg.register_model, cfg.model_alias, cfg.run_name)
+    return 0
+
+
+def _cmd_average(args: argparse.Namespace) -> int:
+    from rmtrain.training.average import run_average
+
+    cfg: AverageConfig = options_from_args(args)
+    run_average(args.out, args.models, cfg.overwrite)
     return 0
 
 

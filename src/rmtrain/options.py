@@ -152,3 +152,11 @@ class LogModelConfig:
     register_model: str | None = option(None, "Register the model under this name.")
     model_alias: str | None = option(None, "With --register-model: point this alias at it.")
     run_name: str | None = option(None, "Run name (default: the output folder's name).")
+
+
+@dataclass
+class AverageConfig:
+    """`rmtrain average OUT MODEL [MODEL ...]`: the mean of the weights of reward models
+    fine-tuned from one base (WARM), saved as a normal model folder."""
+
+    overwrite: bool = option(False, "Replace OUT when it holds an rmtrain model (never an input).")
