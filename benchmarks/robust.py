@@ -49,7 +49,10 @@ VARIANTS: dict[str, list[str]] = {
     "truncation": ["--augment", "truncation", "--augment-rate", str(AUGMENT_RATE)],
     "filler": ["--augment", "filler", "--augment-rate", str(AUGMENT_RATE)],
     "invariance": ["--augment", "whitespace,layout", "--augment-rate", str(AUGMENT_RATE)],
-}
+    "length_head": ["--length-head"],
+    "augment_length_head": ["--augment", "all", "--augment-rate", str(AUGMENT_RATE),
+                            "--length-head"],
+}  # fmt: skip
 PROBE_KEYS = ("mean_change", "mean_change_ci95", "share_higher", "flags")
 
 

@@ -22,8 +22,10 @@ from rmtrain.errors import RmtrainError
 from rmtrain.modeling.losses import LOSSES
 
 
-def option(default: Any, help: str, **extra: Any) -> Any:
-    """A dataclass field whose help text feeds the CLI."""
+def option(default: Any, help: str, run: bool = False, **extra: Any) -> Any:
+    """A dataclass field whose help text feeds the CLI. `run`: a checkpoint belongs to the run
+    only while this option is unchanged (`--resume` refuses another value)."""
+    extra = {**extra, "run": True} if run else extra
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
     return field(default=default, metadata={"help": help, **extra})
@@ -38,23 +40,27 @@ class TrainConfig:
         "Hub name, local model folder, or a .gguf file (dequantized on load), also inside an "
         "installed package as pkg:<package>/<file>; 'builtin:tiny-qwen3' is the offline demo "
         "model.",
+        run=True,
     )
     dataset: list[str] = option(
         [ORIGINAL_DATASET],
         "Hub name or local .json/.jsonl/.parquet/.csv file ('builtin:demo': the offline demo "
         "set). Repeat to use several; 'file:0.7' gives a mixing weight (all or none weighted).",
         action="append",
+        run=True,
     )
-    dataset_split: str = option("train", "Split to read from a hub data set.")
+    dataset_split: str = option("train", "Split to read from a hub data set.", run=True)
     output: str = option("./outputs/reward_model", "Output folder for model, config and metrics.")
-    lr: float = option(5e-6, "Peak learning rate (AdamW).")
-    epochs: float = option(1.0, "Number of training epochs.")
-    batch: int = option(2, "Preference pairs per device per step.")
+    lr: float = option(5e-6, "Peak learning rate (AdamW).", run=True)
+    epochs: float = option(1.0, "Number of training epochs.", run=True)
+    batch: int = option(2, "Preference pairs per device per step.", run=True)
     eval_batch: int | None = option(None, "Pairs per evaluation batch (default: 4 x --batch).")
-    grad_accum: int = option(1, "Gradient accumulation steps.")
-    max_length: int = option(512, "Maximum tokens of prompt + response (longer pairs are cut).")
+    grad_accum: int = option(1, "Gradient accumulation steps.", run=True)
+    max_length: int = option(
+        512, "Maximum tokens of prompt + response (longer pairs are cut).", run=True
+    )
     min_prompt_length: int | None = option(
-        None, "Prompt tokens kept before the response is cut (default: max_length // 4)."
+        None, "Prompt tokens kept before the response is cut (default: max_length // 4).", run=True
     )
     packing: str = option(
         "prefix_sharing",
@@ -70,6 +76,7 @@ class TrainConfig:
         "Put the pairs of one prompt into the same training steps (InstructGPT-style; replaces "
         "length grouping) and compute each prompt, and an answer repeated across its pairs, once "
         "per step. Needs --packing prefix_sharing. Changes which pairs share a step.",
+        run=True,
     )
     prefix_trees: str = option(
         "auto",
@@ -84,10 +91,13 @@ class TrainConfig:
         "Fraction of each data set's rows to use, sampled deterministically (default: 0.01 of "
         "the multi-million-pair default hub set lvwerra/stack-exchange-paired, the original "
         "recipe; all rows of any other data set).",
+        run=True,
     )
-    test_size: float = option(0.2, "Held-out fraction (split by prompt, deterministic).")
-    max_steps: int = option(-1, "Stop after this many optimizer steps (-1: run all epochs).")
-    seed: int = option(42, "Seed for sampling, splitting, initialisation and shuffling.")
+    test_size: float = option(0.2, "Held-out fraction (split by prompt, deterministic).", run=True)
+    max_steps: int = option(
+        -1, "Stop after this many optimizer steps (-1: run all epochs).", run=True
+    )
+    seed: int = option(42, "Seed for sampling, splitting, initialisation and shuffling.", run=True)
     logging_steps: int = option(100, "Log loss to console / MLflow / W&B every N steps.")
     eval_steps: int = option(
         100,
@@ -110,46 +120,62 @@ class TrainConfig:
     report_to: list[str] = option(
         ["mlflow", "wandb"], "Trackers: any of mlflow, wandb, or none.", nargs="+"
     )
-    warmup_ratio: float = option(0.0, "Share of steps with linear learning-rate warmup.")
+    warmup_ratio: float = option(0.0, "Share of steps with linear learning-rate warmup.", run=True)
     lr_scheduler: str = option(
         "linear",
         "Learning-rate schedule after warmup.",
         choices=("linear", "cosine", "constant", "constant_with_warmup"),
+        run=True,
     )
     head_lr_multiplier: float = option(
         1.0,
         "Learning rate of the value head relative to --lr (a new head often needs a higher "
         "one than the pretrained backbone).",
+        run=True,
     )
-    weight_decay: float = option(0.0, "AdamW weight decay.")
-    max_grad_norm: float = option(1.0, "Gradient clipping norm (0 turns clipping off).")
+    weight_decay: float = option(0.0, "AdamW weight decay.", run=True)
+    max_grad_norm: float = option(1.0, "Gradient clipping norm (0 turns clipping off).", run=True)
     augment: str | None = option(
         None,
         "Augmentations that add training pairs, comma-separated (or all): relevance (another "
         "prompt's answer loses), truncation (an answer cut off loses), filler (appended "
         "content-free or repeated text does not win), whitespace and layout (ties: the same "
         "answer re-spaced or re-laid-out scores the same). Never in the held-out split.",
+        run=True,
     )
     augment_rate: float = option(
-        0.5, "Share of training pairs each augmentation rewrites (seeded by --seed)."
+        0.5, "Share of training pairs each augmentation rewrites (seeded by --seed).", run=True
+    )
+    length_head: bool = option(
+        False,
+        "Train a second head beside the value head that absorbs response length (ODIN): the "
+        "preference is fitted by their sum, the length head is pulled towards length and the "
+        "value head away from it. Only the value head is saved.",
+        run=True,
     )
     loss: str = option(
         "bt",
         "Pairwise loss: bt (Bradley-Terry, -log sigmoid(r_c - r_r)) or hinge (max(0, 1 - "
         "(r_c - r_r))); see rmtrain.modeling.losses.",
         choices=tuple(LOSSES),
+        run=True,
     )
     center_rewards_coef: float = option(
-        0.0, "Weight of the reward-centering term mean((r_c + r_r)^2); 0 turns it off."
+        0.0, "Weight of the reward-centering term mean((r_c + r_r)^2); 0 turns it off.", run=True
     )
     lm_loss_coef: float = option(
         0.0,
         "Weight of an auxiliary LM loss on the chosen responses (multi-task regulariser, Yang "
         "et al. 2024); 0 turns it off. The saved model stays sequence classification.",
+        run=True,
     )
-    margin_column: str = option("margin", "Optional per-row margin column used when present.")
+    margin_column: str = option(
+        "margin", "Optional per-row margin column used when present.", run=True
+    )
     chat_template: str = option(
-        "auto", "Text layout: 'auto' (chat template when the tokenizer has one) or 'plain'."
+        "auto",
+        "Text layout: 'auto' (chat template when the tokenizer has one) or 'plain'.",
+        run=True,
     )
     reward_position: str = option(
         "end_of_turn",
@@ -157,6 +183,7 @@ class TrainConfig:
         "generation stops: OpenRLHF, TRL and stock forwards all read there) or template_end (the "
         "last token of the template's closing).",
         choices=REWARD_POSITIONS,
+        run=True,
     )
     pad_token: str | None = option(None, "Pad token to use when the tokenizer has none.")
     bf16: bool | None = option(None, "bf16 mixed precision (default: on for bf16-capable GPUs).")
@@ -210,11 +237,14 @@ class TrainConfig:
         "sdpa",
         "Attention kernel: sdpa, eager, flash_attention_2 (padding_free / none packing only).",
     )
-    lora_r: int = option(0, "LoRA rank (0: full fine-tuning).")
-    lora_alpha: int = option(16, "LoRA alpha.")
-    lora_dropout: float = option(0.0, "LoRA dropout.")
+    lora_r: int = option(0, "LoRA rank (0: full fine-tuning).", run=True)
+    lora_alpha: int = option(16, "LoRA alpha.", run=True)
+    lora_dropout: float = option(0.0, "LoRA dropout.", run=True)
     lora_target: list[str] | None = option(
-        None, "Modules that get adapters (default: all linear layers but the head).", nargs="+"
+        None,
+        "Modules that get adapters (default: all linear layers but the head).",
+        nargs="+",
+        run=True,
     )
     merge_lora: bool = option(False, "Save LoRA merged into an ordinary checkpoint.")
     load_in_4bit: bool = option(False, "QLoRA: load the base model in 4-bit (GPU + bitsandbytes).")
@@ -246,6 +276,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @staticmethod
+    def run_keys() -> tuple[str, ...]:
+        """Options whose change makes a checkpoint belong to a different run."""
+        return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("run"))
 
     def datasets(self) -> list[str]:
         return [self.dataset] if isinstance(self.dataset, str) else list(self.dataset)
@@ -294,6 +329,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "max_grad_norm",
         "augment",
         "augment_rate",
+        "length_head",
         "loss",
         "center_rewards_coef",
         "lm_loss_coef",

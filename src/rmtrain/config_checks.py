@@ -64,6 +64,10 @@ def _choice_problems(cfg: Any) -> list[str]:
 
 def check_ranges(cfg: Any) -> None:
     problems = _training_problems(cfg)
+    if cfg.length_head and cfg.lora_r:
+        problems.append(
+            "--length-head trains a second head beside the full model: not with --lora-r"
+        )
     if not 0 <= cfg.augment_rate <= 1:
         problems.append(f"--augment-rate must be in [0, 1], got {cfg.augment_rate}")
     if cfg.augment:

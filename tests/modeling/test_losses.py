@@ -73,3 +73,23 @@ def test_the_loss_option_trains_with_the_registered_function(tmp_path):
     assert first["bt"] == pytest.approx(math.log(2), abs=0.15)
     assert first["hinge"] == pytest.approx(1.0, abs=0.2)
     assert json.loads((out["hinge"] / "config.json").read_text())["rmtrain"]
+
+
+def test_length_terms_by_hand():
+    from rmtrain.modeling.losses import length_terms, pearson
+
+    lengths = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    # the length head follows length exactly: 1 - 1 = 0; the value head [1, 0, 0, 1] has
+    # correlation 0 with [1, 2, 3, 4] (deviations -1.5 -.5 .5 1.5 against .5 -.5 -.5 .5)
+    quality = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    part = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    got = length_terms(quality, part, lengths, torch.tensor(0.0))
+    assert got.item() == pytest.approx(0.0, abs=1e-6)
+    # value head [4, 3, 2, 1]: correlation -1, |.| = 1; cosine -0.5 adds 0.5
+    got = length_terms(torch.tensor([4.0, 3.0, 2.0, 1.0]), part, lengths, torch.tensor(-0.5))
+    assert got.item() == pytest.approx(1.5, abs=1e-6)
+    # Pearson of [1, 2, 4] and [1, 3, 2]: deviations (-4/3, -1/3, 5/3) and (-1, 1, 0):
+    # sum of products 1; norms sqrt(42/9) and sqrt(2) -> 1 / sqrt(84/9) = 0.327327
+    r = pearson(torch.tensor([1.0, 2.0, 4.0]), torch.tensor([1.0, 3.0, 2.0]))
+    assert r.item() == pytest.approx(0.327327, abs=1e-6)
+    assert pearson(torch.ones(3), lengths[:3]).item() == 0.0  # constant: no correlation

@@ -59,6 +59,7 @@ class PairCollator:
             "position_ids": position_ids_from_mask(mask),
             "margin": torch.tensor([float(f.get("margin", 0.0)) for f in features]),
             "pair_index": torch.tensor([int(f["pair_index"]) for f in features]),
+            "lengths": response_lengths(features),
         }
 
 
@@ -126,6 +127,7 @@ class PackedCollator:
         batch["rejected_index"] = torch.tensor(rejected, dtype=torch.long)
         batch["margin"] = torch.tensor([float(f.get("margin", 0.0)) for f in features])
         batch["pair_index"] = torch.tensor([int(f["pair_index"]) for f in features])
+        batch["lengths"] = response_lengths(features)
         if self.varlen and self.mode == "padding_free":
             # flash_attention_2 takes no 4-D mask: transformers finds the packed sequences
             # where position_ids restart (and builds the same block mask for sdpa / eager).
@@ -306,6 +308,8 @@ class PrefixTreeCollator:
         batch["chosen_index"] = slots[:, :, 0].reshape(-1, 2)
         batch["rejected_index"] = slots[:, :, 1].reshape(-1, 2)
         batch["margin"], batch["pair_index"] = margin.reshape(-1), index
+        if width == 1:  # one pair per item (training): rewards come in feature order
+            batch["lengths"] = response_lengths(feats)
         return batch
 
 
@@ -335,6 +339,12 @@ class _PairTrees(PrefixTreeCollator):
     every pair, in batch order)."""
 
     takes_prompt_groups = False
+
+
+def response_lengths(features: Sequence[dict[str, Any]]) -> torch.Tensor:
+    """Token counts of the responses, chosen ones first, then rejected (the rewards' order)."""
+    sizes = [len(f[k]) for k in ("chosen_ids", "rejected_ids") for f in features]
+    return torch.tensor(sizes, dtype=torch.float32)
 
 
 def pair_tokens(feature: dict[str, Any], mode: str) -> int:

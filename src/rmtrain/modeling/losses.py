@@ -56,6 +56,24 @@ def pairwise_loss(
     return total
 
 
+def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of two 1-D tensors; 0 when either is constant."""
+    x, y = x.float() - x.float().mean(), y.float() - y.float().mean()
+    denom = (x.square().sum() * y.square().sum()).sqrt()
+    return (x * y).sum() / denom if denom > 0 else x.sum() * 0.0
+
+
+def length_terms(
+    quality: torch.Tensor, length_part: torch.Tensor, lengths: torch.Tensor, cosine: torch.Tensor
+) -> torch.Tensor:
+    """ODIN's disentangling terms (arXiv 2402.07319) over a batch's responses:
+    (1 - corr(length head, length)) + |corr(value head, length)| + |cos(w_value, w_length)|.
+
+    The length head is pulled towards response length, the value head away from it, and the two
+    heads' weights towards orthogonal directions; the preference loss is taken on their sum."""
+    return (1 - pearson(length_part, lengths)) + pearson(quality, lengths).abs() + cosine.abs()
+
+
 def lm_loss(
     hidden: torch.Tensor, lm_weight: torch.Tensor, input_ids: torch.Tensor, lm_mask: torch.Tensor
 ) -> torch.Tensor:

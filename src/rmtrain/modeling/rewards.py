@@ -52,6 +52,7 @@ def token_values(
     return_hidden: bool = False,
     blocks: torch.Tensor | None = None,
     keep: torch.Tensor | None = None,
+    head_inputs: list[torch.Tensor] | None = None,
 ) -> Any:
     """The value head applied at every position: [batch, seq] (the per-token values); with
     `return_hidden`, also the final hidden states (for an auxiliary LM loss). With `keep` (flat
@@ -75,7 +76,14 @@ def token_values(
             extra = fast.attention_kwargs(input_ids.device, blocks)
     trimmed = fast.only_rows(None if return_hidden else keep) if fast else contextlib.nullcontext()
     kept: list[torch.Tensor] = []
-    hook = value_head(inner).register_forward_hook(lambda _m, _i, out: kept.append(out))
+    taps = head_inputs if head_inputs is not None else []
+
+    def keep_output(_m: Any, args: tuple, out: torch.Tensor) -> None:
+        kept.append(out)
+        if head_inputs is not None:  # what the head read: a second head can read it too
+            taps.append(args[0])
+
+    hook = value_head(inner).register_forward_hook(keep_output)
     try:
         with speed.sdpa_backends(input_ids.device), trimmed:
             out = model(
@@ -100,13 +108,20 @@ def values_at(
     blocks: torch.Tensor | None,
     rows: torch.Tensor,
     cols: torch.Tensor,
+    head_inputs: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The values at the tokens (rows[i], cols[i]) only, in that order. A token may be listed
-    more than once (prefix trees read one response for several pairs); it is computed once."""
+    more than once (prefix trees read one response for several pairs); it is computed once.
+    With `head_inputs`, the value head's inputs at those tokens are appended to it."""
     at = rows * input_ids.shape[1] + cols
+    taps: list[torch.Tensor] | None = [] if head_inputs is not None else None
     values = token_values(
-        model, input_ids, attention_mask, position_ids, blocks=blocks, keep=at.unique()
-    )
+        model, input_ids, attention_mask, position_ids, blocks=blocks, keep=at.unique(),
+        head_inputs=taps,
+    )  # fmt: skip
+    if head_inputs is not None and taps:
+        hidden = taps[-1]
+        head_inputs.append(hidden.reshape(-1, hidden.shape[-1])[at])
     return values.flatten()[at]
 
 
@@ -134,9 +149,16 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.long()).argmax(-1)
 
 
-def pair_rewards(model: Any, batch: dict[str, torch.Tensor], with_hidden: bool = False) -> Any:
+def pair_rewards(
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    with_hidden: bool = False,
+    head_inputs: list[torch.Tensor] | None = None,
+) -> Any:
     """(chosen, rejected) rewards of a collated batch in one forward pass (and the final hidden
-    states when `with_hidden`): the one place a reward is read in training.
+    states when `with_hidden`): the one place a reward is read in training. With
+    `head_inputs`, the value head's inputs at the reward tokens ([2 x pairs, hidden], chosen
+    first) are appended to it, for a second head (`--length-head`).
 
     Packed batches (`PackedCollator`) carry the (row, column) of each reward token; padded
     double batches (`PairCollator`) are read at the last real token of each row.
@@ -145,8 +167,40 @@ def pair_rewards(model: Any, batch: dict[str, torch.Tensor], with_hidden: bool =
     blocks = batch.get("attention_blocks")
     if with_hidden:
         values, hidden = token_values(*args, return_hidden=True, blocks=blocks)
+        if head_inputs is not None:
+            head_inputs.append(hidden[reward_positions(batch)])
         return (*read_rewards(values, batch), hidden)
-    return _halves(values_at(*args, blocks, *reward_positions(batch)))
+    return _halves(values_at(*args, blocks, *reward_positions(batch), head_inputs=head_inputs))
+
+
+LENGTH_HEAD = "rmtrain_length_head"  # a training-only module; never saved
+
+
+def attach_length_head(model: Any, seed: int) -> torch.nn.Module:
+    """A second scalar head beside the value head (ODIN, arXiv 2402.07319), reading the same
+    inputs: it absorbs what length explains so the value head need not. A submodule, so it
+    trains, checkpoints and resumes with the model; `detach_length_head` drops it before the
+    final save."""
+    inner = unwrap(model)
+    head = value_head(inner)
+    weight = next(head.parameters())
+    generator = torch.Generator().manual_seed(seed)
+    extra = torch.nn.Linear(weight.shape[-1], 1, bias=False)
+    with torch.no_grad():
+        extra.weight.copy_(torch.randn(extra.weight.shape, generator=generator) * 0.02)
+    setattr(inner, LENGTH_HEAD, extra.to(weight.device, weight.dtype))
+    return extra
+
+
+def length_head(model: Any) -> torch.nn.Module | None:
+    return getattr(unwrap(model), LENGTH_HEAD, None)
+
+
+def detach_length_head(model: Any) -> None:
+    """The saved model is the stock class with its value head only."""
+    inner = unwrap(model)
+    if hasattr(inner, LENGTH_HEAD):
+        delattr(inner, LENGTH_HEAD)
 
 
 def reward_positions(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,17 +20,6 @@ MARKER = "config.json"
 MARKERS = (MARKER, "adapter_config.json")  # moved last: what makes a folder look complete
 
 
-# options whose change makes a checkpoint belong to a different run
-RUN_KEYS = (
-    "model", "dataset", "dataset_split", "frac", "test_size", "seed", "max_length",
-    "min_prompt_length", "reward_position", "chat_template", "lr", "lr_scheduler",
-    "head_lr_multiplier", "epochs", "max_steps", "batch", "grad_accum", "warmup_ratio",
-    "weight_decay", "max_grad_norm", "augment", "augment_rate", "loss", "center_rewards_coef",
-    "lm_loss_coef",
-    "group_by_prompt", "lora_r", "lora_alpha", "lora_dropout", "lora_target", "margin_column",
-)  # fmt: skip
-
-
 def _has_run_state(output: Path) -> bool:
     """A finished model or a checkpoint: what a rerun must not silently replace."""
     ckpts = output / "checkpoints"
@@ -58,13 +47,15 @@ def check_output_dir(
         raise RmtrainError(f"cannot write to --output {output}: {exc}") from None
 
 
-def claim_output(output: Path, options: dict[str, Any], resume: bool) -> None:
+def claim_output(
+    output: Path, options: dict[str, Any], resume: bool, run_keys: Sequence[str] = ()
+) -> None:
     """Mark the folder as this run's (with its options); on resume, refuse a checkpoint that
-    another run wrote, naming the options that differ."""
+    another run wrote, naming the `run_keys` options that differ."""
     owner = read_owner(output)
     if resume and owner is not None:
         before = owner.get("options", {})
-        differ = [k for k in RUN_KEYS if k in before and before[k] != options.get(k)]
+        differ = [k for k in run_keys if k in before and before[k] != options.get(k)]
         if differ:
             changes = ", ".join(f"{k}: {before[k]!r} -> {options.get(k)!r}" for k in differ)
             raise RmtrainError(

@@ -30,7 +30,11 @@ from rmtrain.modeling.loading import (
     load_tokenizer,
 )
 from rmtrain.modeling.lora import apply_lora, merged, quantization_config
-from rmtrain.modeling.rewards import attention_cost_ratio
+from rmtrain.modeling.rewards import (
+    attach_length_head,
+    attention_cost_ratio,
+    detach_length_head,
+)
 from rmtrain.tracking.runs import (
     MlflowMetrics,
     finish_tracking,
@@ -131,6 +135,7 @@ def _save(trainer: Any, tokenizer: Any, cfg: TrainConfig, result: dict[str, Any]
     pad = None if adapter_only else residue_token(tokenizer, chat, cfg.reward_position)
     if pad is not None:  # the stock head then reads the end-of-turn token (see layout)
         model.config.pad_token_id = pad
+    detach_length_head(model)  # the saved folder is the stock class with its value head
     trainer.save_model(str(stage))
     trainer.accelerator.wait_for_everyone()
     if not main:
@@ -229,7 +234,7 @@ def run_train(
         check_output_dir(output, cfg.overwrite, bool(cfg.resume), _inputs(cfg))
     resume = _resume_path(cfg, output)
     if main:
-        claim_output(output, cfg.to_dict(), bool(resume))
+        claim_output(output, cfg.to_dict(), bool(resume), TrainConfig.run_keys())
     if cfg.block_attention == "flex" and not torch.cuda.is_available():
         raise RmtrainError(
             "--block-attention flex trains on a CUDA GPU only: FlexAttention has no backward on "
@@ -398,6 +403,8 @@ def build_model(cfg: TrainConfig, pad_token_id: int) -> Any:
         cfg.attn_implementation,
         quantization_config(cfg.load_in_4bit),
     )
+    if cfg.length_head:  # trained beside the value head, dropped before the final save
+        attach_length_head(model, cfg.seed)
     speed.install(model, speed_options(cfg), checkpointing(cfg, model.num_parameters()))
     if cfg.lora_r > 0:
         if cfg.load_in_4bit:

@@ -23,8 +23,8 @@ from transformers import EvalPrediction, Trainer, TrainerCallback
 from rmtrain import speed
 from rmtrain.batching.collate import group_by_prompt
 from rmtrain.evaluation.metrics import reward_metrics
-from rmtrain.modeling.losses import lm_loss, pairwise_loss
-from rmtrain.modeling.rewards import pair_rewards, value_head
+from rmtrain.modeling.losses import length_terms, lm_loss, pairwise_loss
+from rmtrain.modeling.rewards import length_head, pair_rewards, value_head
 from rmtrain.training.checkpoints import collapsed, non_finite, rotate_checkpoints
 from rmtrain.training.samplers import (
     EpochSeededLengthSampler,
@@ -113,7 +113,10 @@ class PairwiseRewardTrainer(Trainer):
         `head_lr_multiplier` x the learning rate (schedules scale every group alike)."""
         optimizer = super().create_optimizer(model)
         if self.head_lr_multiplier != 1.0:
-            head = {id(p) for p in value_head(self.model).parameters() if p.requires_grad}
+            heads = [value_head(self.model), length_head(self.model)]
+            head = {
+                id(p) for h in heads if h is not None for p in h.parameters() if p.requires_grad
+            }
             split_head_groups(optimizer, head, self.head_lr_multiplier)
         return optimizer
 
@@ -164,13 +167,22 @@ class PairwiseRewardTrainer(Trainer):
         if model.training and "num_tokens" in inputs:
             self.tokens_seen += int(inputs["num_tokens"])
         multitask = self.lm_loss_coef > 0 and model.training
+        second = length_head(model) if model.training else None
+        taps: list[torch.Tensor] | None = [] if second is not None else None
         if multitask:
-            chosen, rejected, hidden = pair_rewards(model, inputs, with_hidden=True)
+            chosen, rejected, hidden = pair_rewards(model, inputs, True, taps)
         else:
-            chosen, rejected = pair_rewards(model, inputs)
+            chosen, rejected = pair_rewards(model, inputs, head_inputs=taps)
+        terms = None
+        if second is not None and taps:  # the preference is fitted by both heads together
+            chosen, rejected, terms = self._length_head(
+                model, second, taps[-1], chosen, rejected, inputs
+            )
         loss = pairwise_loss(
             chosen, rejected, inputs.get("margin"), self.center_rewards_coef, self.loss_kind
         )
+        if terms is not None:
+            loss = loss + terms
         if multitask:
             weight = self.lm_head_weight.to(hidden.device)
             aux = lm_loss(hidden, weight, inputs["input_ids"], inputs["lm_mask"])
@@ -184,6 +196,26 @@ class PairwiseRewardTrainer(Trainer):
         if return_outputs:
             return loss, {"chosen": chosen, "rejected": rejected}
         return loss
+
+    @staticmethod
+    def _length_head(
+        model: Any,
+        second: torch.nn.Module,
+        head_in: torch.Tensor,
+        chosen: torch.Tensor,
+        rejected: torch.Tensor,
+        inputs: dict[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) as value head + length head, and ODIN's disentangling terms."""
+        part = second(head_in.to(second.weight.dtype)).squeeze(-1).float()
+        main = value_head(model).weight
+        cosine = torch.nn.functional.cosine_similarity(
+            main.flatten().float(), second.weight.flatten().float(), dim=0
+        )
+        quality = torch.cat([chosen, rejected])
+        terms = length_terms(quality, part, inputs["lengths"].to(part.device), cosine)
+        half = chosen.shape[0]
+        return chosen + part[:half], rejected + part[half:], terms
 
     _stage_root: str | None = None
 
