@@ -207,13 +207,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         header_timeout_s=cfg.header_timeout,
         max_waiting=cfg.max_waiting_connections,
     )
+    api_key = _api_key(cfg.api_key)
     folder, registered = _local_model(cfg.model)
     serve(
         model_dir=folder,
         model_name=registered or Path(cfg.model).name,
         host=cfg.host,
         port=cfg.port,
-        api_key=cfg.api_key or os.environ.get("RMTRAIN_API_KEY") or None,
+        api_key=api_key,
         normalize=cfg.normalize,
         limits=limits,
         max_length=cfg.max_length,
@@ -222,6 +223,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         speed_mode=cfg.speed,
     )
     return 0
+
+
+def _api_key(flag: str | None) -> str | None:
+    """--api-key, else $RMTRAIN_API_KEY; an empty one (an unset shell variable) or one a client
+    cannot send (HTTP headers are ASCII) is an error, never a server without auth."""
+    key, source = (flag, "--api-key") if flag is not None else (None, "")
+    if key is None and "RMTRAIN_API_KEY" in os.environ:
+        key, source = os.environ["RMTRAIN_API_KEY"], "RMTRAIN_API_KEY"
+    if key is None:
+        return None
+    if not key.strip():
+        raise RmtrainError(
+            f"{source} is empty (an unset shell variable?); set a key, or leave it out to serve "
+            "without auth on loopback"
+        )
+    if not key.isascii() or not key.isprintable() or " " in key:
+        raise RmtrainError(f"{source} must be printable ASCII without spaces (HTTP headers are)")
+    return key
 
 
 def _local_model(model: str) -> tuple[str, str | None]:

@@ -73,6 +73,13 @@ def check_output_file(
     return out
 
 
+def default_mode(folder: bool = False) -> int:
+    """The mode a new file (or folder) gets under the process umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if folder else 0o666) & ~mask
+
+
 def read_owner(folder: Path) -> dict[str, Any] | None:
     """What rmtrain wrote in its marker, or None for a folder that is not rmtrain's."""
     try:
@@ -150,6 +157,7 @@ def atomic_writer(path: Path, mode: str = "w") -> Iterator[IO]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, default_mode())  # mkstemp makes 0600: readable as any new file instead
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -248,3 +248,21 @@ def test_too_much_waiting_work_is_429(scorer):
         r = httpx.post(f"{url}/score", json={"items": items})
         assert r.status_code == 429 and "server busy" in r.text
         assert httpx.post(f"{url}/score", json={"items": items[:2]}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "flag, env, message",
+    [
+        (["--api-key", ""], {}, "--api-key is empty"),
+        ([], {"RMTRAIN_API_KEY": " "}, "RMTRAIN_API_KEY is empty"),
+        (["--api-key", "clé"], {}, "must be printable ASCII"),
+    ],
+)
+def test_an_api_key_that_cannot_work_is_an_error(flag, env, message, monkeypatch, capsys):
+    from rmtrain.cli import main
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main(["serve", "--model", "nowhere", *flag]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -106,3 +106,51 @@ def test_the_base_model_and_the_data_are_never_the_output(trained, tmp_path, cap
     assert all((before[k] == after[k]).all() for k in before)
     assert main(tiny_train_args(data, data.parent, "--max-steps", "1", "--overwrite")) == 2
     assert "holds the input" in capsys.readouterr().err
+
+
+def test_the_folder_holds_what_a_user_publishes_readable_by_all(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    data = write_demo(tmp_path / "d.jsonl", 40, seed=1)
+    out = tmp_path / "rm"
+    old = os.umask(0o022)
+    try:
+        monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
+        args = ["--max-steps", "1", "--report-to", "wandb"]
+        assert main(tiny_train_args(data, out, *args)) == 0
+    finally:
+        os.umask(old)
+    names = {p.name for p in out.iterdir()}
+    assert not names & {"training_args.bin", "checkpoints", "wandb"}, names
+    assert {"model.safetensors", "config.json", "README.md", "metrics.json"} <= names
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir() if p.is_file()}
+    assert set(modes.values()) == {0o644}, modes
+    assert (tmp_path / "wb" / "wandb").is_dir()  # W&B's files went where W&B was told
+
+
+def test_replaying_the_saved_config_never_replaces_the_model(tmp_path, monkeypatch, capsys):
+    import hashlib
+
+    import yaml
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    write_demo(work / "d.jsonl", 40, seed=1)
+    out = tmp_path / "rm"
+    args = tiny_train_args("d.jsonl", out, "--max-steps", "1", "--overwrite")
+    assert main(args) == 0
+    saved = yaml.safe_load((out / "rmtrain_config.yaml").read_text())
+    assert saved["output"]["overwrite"] is False and saved["training"]["resume"] is None
+    assert saved["data"]["dataset"] == [str(work / "d.jsonl")]
+    digest = hashlib.md5((out / "model.safetensors").read_bytes()).hexdigest()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # replayed from another folder: the data is still found
+    config = str(out / "rmtrain_config.yaml")
+    assert main(["train", "--config", config, "--max-steps", "1"]) == 2
+    assert "is not empty; pass --overwrite" in capsys.readouterr().err
+    assert hashlib.md5((out / "model.safetensors").read_bytes()).hexdigest() == digest
+    again = ["train", "--config", config, "--max-steps", "1", "--output", str(tmp_path / "b")]
+    assert main(again) == 0

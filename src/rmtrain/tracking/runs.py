@@ -52,11 +52,10 @@ def start_tracking(
     if "wandb" in chosen:
         import wandb
 
-        log_dir.mkdir(parents=True, exist_ok=True)
-        wandb.init(
+        wandb.init(  # its files go to $WANDB_DIR or ./wandb, never into the model folder
             project=os.environ.get("WANDB_PROJECT", "rmtrain"),
             name=run_name,
-            dir=str(log_dir.resolve()),
+            dir=os.environ.get("WANDB_DIR") or None,
             mode=os.environ.get("WANDB_MODE", "offline"),
             config=params,
             reinit="finish_previous",

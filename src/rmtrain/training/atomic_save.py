@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rmtrain.errors import RmtrainError
-from rmtrain.outputs import check_output_folder, read_owner, write_owner
+from rmtrain.outputs import check_output_folder, default_mode, read_owner, write_owner
 
 MARKER = "config.json"
 MARKERS = (MARKER, "adapter_config.json")  # moved last: what makes a folder look complete
@@ -76,8 +76,17 @@ def staging_dir(output: Path) -> Path:
     return stage
 
 
+NOT_PUBLISHED = ("training_args.bin",)  # a pickle of the Trainer's arguments: not a model file
+
+
 def publish(stage: Path, output: Path) -> None:
-    """Move every staged file into `output`; the marker goes last, an old marker goes first."""
+    """Move every staged file into `output`; the marker goes last, an old marker goes first.
+    Files get the mode any new file gets (some writers make 0600: another account serving the
+    model could not read it); an empty `checkpoints/` is removed."""
+    for name in NOT_PUBLISHED:
+        (stage / name).unlink(missing_ok=True)
+    for path in stage.rglob("*"):
+        path.chmod(default_mode(path.is_dir()))
     for marker in MARKERS:
         (output / marker).unlink(missing_ok=True)
     names = sorted(p.name for p in stage.iterdir())
@@ -88,3 +97,6 @@ def publish(stage: Path, output: Path) -> None:
             shutil.rmtree(target) if target.is_dir() else target.unlink()
         os.replace(stage / name, target)
     stage.rmdir()
+    ckpts = output / "checkpoints"
+    if ckpts.is_dir() and not any(ckpts.iterdir()):
+        ckpts.rmdir()

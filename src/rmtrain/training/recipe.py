@@ -6,6 +6,7 @@ PairwiseRewardTrainer -> final evaluation -> atomic save of model, tokenizer, co
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -145,10 +146,30 @@ def _save(trainer: Any, tokenizer: Any, cfg: TrainConfig, result: dict[str, Any]
         tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad)
     tokenizer.save_pretrained(str(stage))
     tokenizer.pad_token = saved_pad
-    save_config(cfg, stage / "rmtrain_config.yaml")
+    save_config(replayable(cfg), stage / "rmtrain_config.yaml")
     (stage / "metrics.json").write_text(json.dumps(result, indent=2))
     (stage / "README.md").write_text(render_model_card(cfg.to_dict(), result, REPORT_DIR))
     publish(stage, output)
+
+
+def replayable(cfg: TrainConfig) -> TrainConfig:
+    """The config as saved beside the model: local paths made absolute (it replays from any
+    folder), and never `overwrite` or `resume` (replaying it must not replace this model)."""
+
+    def absolute(spec: str) -> str:
+        path, weight = parse_dataset_spec(spec)
+        if not Path(path).expanduser().exists():
+            return spec  # a hub name or builtin
+        full = str(Path(path).expanduser().resolve())
+        return full if weight is None else f"{full}:{weight:g}"
+
+    return dataclasses.replace(
+        cfg,
+        model=absolute(cfg.model),
+        dataset=[absolute(d) for d in cfg.datasets()],
+        overwrite=False,
+        resume=None,
+    )
 
 
 def _held_out(sink: dict[str, Any], data: PreparedData, eval_out: dict, n_rows: int) -> Any:
