@@ -125,3 +125,34 @@ def test_two_hpo_studies_never_share_an_output(tmp_path, capsys):
     assert _md5(trial) == before
     assert (tmp_path / "shared" / "best_config.yaml").is_file()
     assert json.loads((tmp_path / "shared" / OWNER).read_text())["study"] == "A"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval", "--model", "m", "--dataset", "d", "--output", "o", "--max-length", "0"],
+         "--max-length must be >= 8, got 0"),
+        (["eval", "--model", "m", "--dataset", "d", "--output", "o", "--batch", "-3"],
+         "--batch must be >= 1, got -3"),
+        (["score", "--model", "m", "--input", "i", "--output", "o", "--batch", "0"],
+         "--batch must be >= 1, got 0"),
+        (["serve", "--model", "m", "--max-length", "-5"], "--max-length must be >= 8, got -5"),
+        (["serve", "--model", "m", "--batch-wait-ms", "inf"], "--batch-wait-ms must be >= 0"),
+        (["serve", "--model", "m", "--port", "70000"], "--port must be >= 1 and <= 65535"),
+        (["validate", "--dataset", "d", "--max-bad-fraction", "nan"],
+         "--max-bad-fraction must be >= 0 and <= 1, got nan"),
+        (["prepare", "stackexchange", "--input", "x", "--output", "y",
+          "--max-pairs-per-question", "-1"], "--max-pairs-per-question must be >= 1"),
+        (["train", "--head-lr-multiplier", "inf"], "--head-lr-multiplier must be > 0"),
+    ],
+)  # fmt: skip
+def test_every_option_is_range_checked_before_work(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in _error(capsys)
+
+
+def test_eval_with_no_pair_that_fits_is_one_line(trained, tmp_path, capsys):
+    model, data = trained
+    args = ["eval", "--model", str(model), "--dataset", str(data), "--max-length", "8"]
+    assert main([*args, "--output", str(tmp_path / "e")]) == 2
+    assert "fits --max-length 8" in _error(capsys)

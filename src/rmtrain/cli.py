@@ -184,18 +184,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from rmtrain.serving.server import ServeLimits, serve
 
     cfg: ServeConfig = options_from_args(args)
-    problems = [
-        f"--port must be in 1-65535, got {cfg.port}" if not 0 < cfg.port < 65536 else "",
-        f"--max-items must be at least 1, got {cfg.max_items}" if cfg.max_items < 1 else "",
-        "--max-body-bytes must be at least 1" if cfg.max_body_bytes < 1 else "",
-        f"--timeout must be above 0, got {cfg.timeout}" if not cfg.timeout > 0 else "",
-        "--body-timeout must be above 0" if not cfg.body_timeout > 0 else "",
-        "--max-per-client must be at least 1" if cfg.max_per_client < 1 else "",
-        "--header-timeout must be above 0" if not cfg.header_timeout > 0 else "",
-        "--max-waiting-connections must be at least 1" if cfg.max_waiting_connections < 1 else "",
-    ]
-    if any(problems):
-        raise RmtrainError("; ".join(p for p in problems if p))
     limits = ServeLimits(
         max_body_bytes=cfg.max_body_bytes,
         max_items=cfg.max_items,

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from rmtrain.coerce import coerce_all
-from rmtrain.config_checks import check_ranges
+from rmtrain.config_checks import bound_problems, check_ranges
 from rmtrain.data.layout import REWARD_POSITIONS
 from rmtrain.data.splits import ORIGINAL_DATASET
 from rmtrain.errors import RmtrainError
@@ -132,6 +132,8 @@ class TrainConfig:
         "Learning rate of the value head relative to --lr (a new head often needs a higher "
         "one than the pretrained backbone).",
         run=True,
+        above=0,
+        high=1e6,
     )
     weight_decay: float = option(0.0, "AdamW weight decay.", run=True)
     max_grad_norm: float = option(1.0, "Gradient clipping norm (0 turns clipping off).", run=True)
@@ -415,9 +417,13 @@ def build_config(overrides: dict[str, Any], cls: type = TrainConfig) -> Any:
     if problems:
         raise RmtrainError("bad config values: " + "; ".join(problems))
     try:
-        return cls(**values)
+        built = cls(**values)
     except TypeError as exc:
         raise RmtrainError(f"bad config value: {exc}") from None
+    problems = [] if cls is TrainConfig else bound_problems(built)  # TrainConfig checks its own
+    if problems:
+        raise RmtrainError("; ".join(problems))
+    return built
 
 
 def config_from_args(args: argparse.Namespace, cls: type = TrainConfig) -> Any:

@@ -51,6 +51,29 @@ def _training_problems(cfg: Any) -> list[str]:
     return problems
 
 
+def bound_problems(cfg: Any) -> list[str]:
+    """Options declared with `low` / `high` (inclusive) or `above` (exclusive) bounds: a value
+    outside them, or not a finite number, is named with its flag."""
+    problems = []
+    for f in dataclasses.fields(cfg):
+        low, high, above = (f.metadata.get(k) for k in ("low", "high", "above"))
+        value = getattr(cfg, f.name)
+        if value is None or (low is None and high is None and above is None):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        ok = isinstance(value, int | float) and math.isfinite(value)
+        ok = ok and (low is None or value >= low) and (high is None or value <= high)
+        ok = ok and (above is None or value > above)
+        if not ok:
+            span = [
+                f">= {low}" if low is not None else "",
+                f"> {above}" if above is not None else "",
+            ]
+            span += [f"<= {high}" if high is not None else ""]
+            problems.append(f"{flag} must be {' and '.join(x for x in span if x)}, got {value}")
+    return problems
+
+
 def _choice_problems(cfg: Any) -> list[str]:
     """Options declared with `choices` (YAML bypasses argparse's own check)."""
     problems = []
@@ -87,7 +110,7 @@ def check_ranges(cfg: Any) -> None:
         problems.append(f"--max-length must be at least 8, got {cfg.max_length}")
     if not 0 <= cfg.max_bad_fraction <= 1:
         problems.append(f"--max-bad-fraction must be in [0, 1], got {cfg.max_bad_fraction}")
-    problems += _choice_problems(cfg)
+    problems += _choice_problems(cfg) + bound_problems(cfg)
     if not cfg.head_lr_multiplier > 0:
         problems.append(f"--head-lr-multiplier must be above 0, got {cfg.head_lr_multiplier}")
     if cfg.checkpoint_every < 1:

@@ -32,8 +32,10 @@ class EvalConfig:
         required=True,
     )
     output: str = option(None, "Report folder (report.json, report.md, PNG plots).", required=True)
-    max_length: int | None = option(None, "Tokens per sequence (default: the training value).")
-    batch: int | None = option(None, "Pairs per forward pass (approximate).")
+    max_length: int | None = option(
+        None, "Tokens per sequence (default: the training value).", low=8
+    )
+    batch: int | None = option(None, "Pairs per forward pass (approximate).", low=1)
     split: str = option("train", "Split of hub data sets.")
     speed: str = option("auto", SPEED_HELP, choices=("auto", "off"))
     robustness: bool = option(
@@ -53,8 +55,8 @@ class ScoreConfig:
     model: str = option(None, MODEL_HELP, required=True)
     input: str = option(None, "JSONL: prompt + response, messages, or text.", required=True)
     output: str = option(None, "JSONL: each input row plus reward or error.", required=True)
-    batch: int = option(256, "Rows read and scored per chunk.")
-    max_length: int | None = option(None, "Tokens per row (default: the training value).")
+    batch: int = option(256, "Rows read and scored per chunk.", low=1)
+    max_length: int | None = option(None, "Tokens per row (default: the training value).", low=8)
     normalize: bool = option(False, "Apply the saved reward mean / std.")
     speed: str = option("auto", SPEED_HELP, choices=("auto", "off"))
     overwrite: bool = option(False, "Replace an existing output file (never an input).")
@@ -66,7 +68,7 @@ class ServeConfig:
 
     model: str = option(None, MODEL_HELP, required=True)
     host: str = option("127.0.0.1", "Bind address (loopback by default).")
-    port: int = option(8000, "Port.")
+    port: int = option(8000, "Port.", low=1, high=65535)
     api_key: str | None = option(
         None,
         "Bearer token required on requests. Default: $RMTRAIN_API_KEY when set (its value is "
@@ -75,20 +77,29 @@ class ServeConfig:
     )
     normalize: bool = option(False, "Apply the saved reward mean / std.")
     max_length: int | None = option(
-        None, "Tokens per item (default: the training value); longer items are cut as in training."
+        None,
+        "Tokens per item (default: the training value); longer items are cut as in training.",
+        low=8,
     )
-    max_items: int = option(64, "Items per request.")
-    max_body_bytes: int = option(2_000_000, "Request body limit in bytes.")
-    timeout: float = option(30.0, "Seconds per request.")
-    body_timeout: float = option(10.0, "Seconds a client has to send its request body.")
-    max_per_client: int = option(256, "Requests in flight per client address.")
+    max_items: int = option(64, "Items per request.", low=1)
+    max_body_bytes: int = option(2_000_000, "Request body limit in bytes.", low=1)
+    timeout: float = option(30.0, "Seconds per request.", above=0, high=86400)
+    body_timeout: float = option(
+        10.0, "Seconds a client has to send its request body.", above=0, high=86400
+    )
+    max_per_client: int = option(256, "Requests in flight per client address.", low=1)
     header_timeout: float = option(
-        10.0, "Seconds a connection has to send its request line and headers (then closed)."
+        10.0,
+        "Seconds a connection has to send its request line and headers (then closed).",
+        above=0,
+        high=3600,
     )
     max_waiting_connections: int = option(
-        1024, "Connections still sending headers; beyond it the longest-waiting is closed."
+        1024, "Connections still sending headers; beyond it the longest-waiting is closed.", low=1
     )
-    batch_wait_ms: float = option(5.0, "How long a request waits for others to batch with.")
+    batch_wait_ms: float = option(
+        5.0, "How long a request waits for others to batch with.", low=0, high=10_000
+    )
     dynamic_batching: bool = option(True, "Score concurrent requests together.")
     trust_remote_code: bool = option(False, "Allow model code from the hub (off for safety).")
     speed: str = option("auto", SPEED_HELP, choices=("auto", "off"))
@@ -99,12 +110,12 @@ class HpoConfig:
     """`rmtrain hpo`: an Optuna study over training options."""
 
     space: str = option(None, "Search space (YAML).", required=True)
-    n_trials: int = option(None, "Total trials in the study.", required=True)
+    n_trials: int = option(None, "Total trials in the study.", required=True, low=1)
     output: str = option(None, "Study folder (trials, plots, best config).", required=True)
     config: str | None = option(None, "Base training config (YAML).")
     storage: str | None = option(None, "Optuna storage URL (default: SQLite in --output).")
     study_name: str = option("rmtrain-hpo", "Study name.")
-    jobs: int = option(1, "Processes sharing the study.")
+    jobs: int = option(1, "Processes sharing the study.", low=1)
     metric: str = option("win_rate", "Held-out metric to optimise.")
     direction: str | None = option(
         None,
@@ -126,8 +137,10 @@ class ValidateConfig:
 
     dataset: str = option(None, "File or hub name (any training format).", required=True)
     model: str | None = option(None, "Tokenizer source for the length check (skipped without).")
-    max_length: int = option(512, "Token limit of the length check.")
-    max_bad_fraction: float = option(0.01, "Fail when more than this share of rows is bad.")
+    max_length: int = option(512, "Token limit of the length check.", low=8)
+    max_bad_fraction: float = option(
+        0.01, "Fail when more than this share of rows is bad.", low=0, high=1
+    )
     strict: bool = option(False, "Fail on any bad row.")
     output: str | None = option(None, "Write the JSON report (every bad row, its place) here.")
     overwrite: bool = option(False, "Replace an existing report file (never an input).")
@@ -139,7 +152,7 @@ class PrepareStackExchangeConfig:
 
     input: str = option(None, "Posts.xml or a site .7z dump.", required=True)
     output: str = option(None, "Pairs file: .jsonl or .parquet.", required=True)
-    max_pairs_per_question: int = option(10, "Cap of pairs per question.")
+    max_pairs_per_question: int = option(10, "Cap of pairs per question.", low=1)
     seed: int = option(0, "Seed for sampling capped pairs.")
     overwrite: bool = option(False, "Replace an existing pairs file (never an input).")
 

@@ -236,6 +236,11 @@ def evaluate_source(
         "malformed_total": sum(counts.malformed.values()),
     }
     res = evaluate_pairs(scorer, pairs, base)
+    if not res.report["counts"]["scored_pairs"]:
+        raise RmtrainError(
+            f"no pair of {source} fits --max-length {scorer.max_length} "
+            f"(dropped {res.report['counts']['dropped']}); raise --max-length"
+        )
     if probes:
         add_robustness(res, scorer, pairs, probes, probe_seed)
     return res

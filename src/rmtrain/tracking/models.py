@@ -233,7 +233,15 @@ def log_output_folder(
 
     if not (output / "config.json").is_file() or not (output / "metrics.json").is_file():
         raise RmtrainError(f"{output} is not an output folder of rmtrain train (no model)")
-    result = json.loads((output / "metrics.json").read_text())
+    if not list(output.glob("*.safetensors")):
+        raise RmtrainError(f"{output} holds no model weights (.safetensors); nothing to log")
+    try:
+        result = json.loads((output / "metrics.json").read_text())
+        result["metrics"].items()
+    except (ValueError, KeyError, AttributeError, TypeError):
+        raise RmtrainError(f"{output / 'metrics.json'} is not rmtrain's metrics file") from None
+    if result.get("diverged"):
+        raise RmtrainError(f"{output} is marked diverged ({result['diverged']}); not logged")
     params = saved_options(output)
     start_tracking(["mlflow"], output, run_name or output.resolve().name, params)
     failed = True
