@@ -19,6 +19,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/rmtrain train --config configs/demo.yaml
+	@echo "next: source $(VENV)/bin/activate (or call $(VENV)/bin/rmtrain); the model, its card"
+	@echo "  and eval_report/ are in outputs/demo_reward_model; 'mlflow ui' shows the run;"
+	@echo "  README 'Quick start' scores texts with it"
 
 test: $(STAMP)
 	# one worker per core, a test file per worker (module fixtures are built once)
