@@ -162,3 +162,47 @@ def atomic_writer(path: Path, mode: str = "w") -> Iterator[IO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+LOCK = ".rmtrain-lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+@contextmanager
+def output_lock(folder: Path, flag: str = "--output") -> Iterator[None]:
+    """One run at a time writes `folder`: a lock file holding the holder's pid, taken with an
+    exclusive create; a lock whose holder is dead is taken over. Released when the block ends."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and holder != os.getpid() and _alive(holder):
+                raise RmtrainError(
+                    f"{flag} {folder} is being written by another rmtrain run (pid {holder}); "
+                    "wait for it or choose another output"
+                ) from None
+            lock.unlink(missing_ok=True)  # its holder died: take it over
+    else:
+        raise RmtrainError(f"{flag} {folder}: cannot take its lock {lock}")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(str(os.getpid()))
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)

@@ -154,3 +154,26 @@ def test_replaying_the_saved_config_never_replaces_the_model(tmp_path, monkeypat
     assert hashlib.md5((out / "model.safetensors").read_bytes()).hexdigest() == digest
     again = ["train", "--config", config, "--max-steps", "1", "--output", str(tmp_path / "b")]
     assert main(again) == 0
+
+
+def test_a_live_run_holds_the_output_and_a_dead_ones_lock_is_taken_over(tmp_path, capsys):
+    import subprocess
+
+    from rmtrain.outputs import LOCK, write_owner
+
+    data = write_demo(tmp_path / "d.jsonl", 40, seed=1)
+    out = tmp_path / "rm"
+    write_owner(out, "train")
+    holder = subprocess.Popen(["sleep", "60"])  # another run, alive, holding the lock
+    try:
+        (out / LOCK).write_text(str(holder.pid))
+        args = tiny_train_args(data, out, "--max-steps", "1", "--report-to", "none")
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"being written by another rmtrain run (pid {holder.pid})" in err
+        assert sorted(p.name for p in out.iterdir()) == [".rmtrain-lock", ".rmtrain-output"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(args) == 0  # its holder is gone: the lock is taken over, then released
+    assert (out / "config.json").is_file() and not (out / LOCK).exists()

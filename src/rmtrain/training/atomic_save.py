@@ -29,15 +29,9 @@ def _has_run_state(output: Path) -> bool:
 def check_output_dir(
     output: Path, overwrite: bool, resume: bool = False, inputs: Sequence[str] = ()
 ) -> None:
-    """The output rule (`rmtrain.outputs`) for a training run, checked before anything loads.
-
-    `--overwrite` clears the old run's checkpoints (so they cannot be rotated into or resumed as
-    the new run); a failed run's leftovers (a data report, no model, no checkpoint) are cleared
-    without it."""
+    """The output rule (`rmtrain.outputs`) for a training run, checked before anything loads,
+    and a write test (an unwritable path fails at once, not after training)."""
     check_output_folder(output, "train", inputs, overwrite or resume, _has_run_state)
-    if output.is_dir() and not resume:  # nothing of the old run may mix with the new one
-        for name in ("checkpoints", STAGE_NAME):
-            shutil.rmtree(output / name, ignore_errors=True)
     try:
         output.mkdir(parents=True, exist_ok=True)
         probe = output / ".rmtrain-write-test"
@@ -45,6 +39,14 @@ def check_output_dir(
         probe.unlink()
     except OSError as exc:
         raise RmtrainError(f"cannot write to --output {output}: {exc}") from None
+
+
+def clear_previous_run(output: Path) -> None:
+    """Under the run's lock: nothing of an old run may mix with the new one. `--overwrite`
+    clears the old run's checkpoints (so they cannot be rotated into or resumed as the new
+    run); a failed run's leftovers (a data report, no model, no checkpoint) need no flag."""
+    for name in ("checkpoints", STAGE_NAME):
+        shutil.rmtree(output / name, ignore_errors=True)
 
 
 def claim_output(
