@@ -88,7 +88,7 @@ def test_best_config_round_trips_through_train(setup, tmp_path):
     out = tmp_path / "study"
     assert hpo(setup, out, 1) == 0
     best = yaml.safe_load((out / "best_config.yaml").read_text())
-    assert best["output"] == str(out / "best_model") and "lr" in best
+    assert best["output"]["output"] == str(out / "best_model") and "lr" in best["training"]
     assert main(["train", "--config", str(out / "best_config.yaml"), "--report-to", "none"]) == 0
     assert (out / "best_model" / "config.json").is_file()
 
@@ -100,9 +100,10 @@ class AlwaysPruneLater(optuna.pruners.BasePruner):
         return trial.number > 0
 
 
-def test_pruned_and_failed_trials_are_recorded(setup, tmp_path, monkeypatch):
+def test_pruned_and_failed_trials_are_recorded(setup, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(optuna.pruners, "MedianPruner", lambda **kw: AlwaysPruneLater())
-    space = dict(SPACE, max_length={"type": "categorical", "choices": [2]})  # invalid: fails
+    # a valid config whose trial fails when it runs (its data set does not exist)
+    space = dict(SPACE, dataset={"type": "categorical", "choices": [str(tmp_path / "no.jsonl")]})
     (tmp_path / "bad_space.yaml").write_text(yaml.safe_dump(space))
     out2 = tmp_path / "study2"
     assert hpo(setup, out2, 2) == 0
@@ -121,10 +122,11 @@ def test_pruned_and_failed_trials_are_recorded(setup, tmp_path, monkeypatch):
             str(out3),
         ]
     )
-    assert code == 0
+    assert code == 2  # every trial failed: the study says so and exits non-zero
     study = optuna.load_study(study_name="rmtrain-hpo", storage=f"sqlite:///{out3 / 'study.db'}")
     assert study.trials[0].state.name == "FAIL"
-    assert "--max-length" in study.trials[0].user_attrs["error"]
+    assert "no.jsonl" in study.trials[0].user_attrs["error"]
+    assert "every trial of the study failed" in capsys.readouterr().err
 
 
 def test_the_best_trial_is_registered(setup, tmp_path):
@@ -162,3 +164,35 @@ def test_a_trial_left_running_by_a_kill_is_failed_and_replaced(setup, tmp_path, 
     ]
     assert study.trials[0].user_attrs["orphaned"] is True
     assert hpo(setup, out, 2) == 0 and len(trial_numbers(out)) == 3  # nothing owed
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ("lr: {type: float, low: 1.0, high: 0.1}", "'lr' needs low < high, got 1.0 and 0.1"),
+        ("lr: {type: float, low: 0, high: 0.1, log: true}", "low must be above 0, got 0"),
+        ("lr: {type: float, low: .nan, high: 0.1}", "'lr' needs finite numbers low and high"),
+        ("batch: {type: int, low: a, high: 4}", "'batch' needs finite numbers low and high"),
+        ("lr: {type: float, low: -1.0, high: 0.1}", "lr=-1.0: --lr must be a positive number"),
+        ("nope: {type: int, low: 1, high: 2}", "'nope' is not a training option"),
+    ],
+)
+def test_a_bad_space_stops_before_the_first_trial(setup, tmp_path, space, message, capsys):
+    file = tmp_path / "space.yaml"
+    file.write_text(space + "\n")
+    args = ["hpo", "--config", str(setup / "base.yaml"), "--space", str(file)]
+    assert main([*args, "--n-trials", "2", "--output", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()  # no trial ran, no study folder
+
+
+def test_a_bad_metric_and_options_named_like_groups(setup, tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text("model: {type: categorical, choices: [builtin:tiny-qwen3]}\n")
+    args = ["hpo", "--config", str(setup / "base.yaml"), "--space", str(space)]
+    assert (
+        main([*args, "--n-trials", "1", "--output", str(tmp_path / "m"), "--metric", "bogus"]) == 2
+    )
+    assert "--metric 'bogus' is not a held-out metric" in capsys.readouterr().err
+    assert main([*args, "--n-trials", "1", "--output", str(tmp_path / "m")]) == 0

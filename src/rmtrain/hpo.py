@@ -10,6 +10,7 @@ Intermediate eval results feed a pruner (median by default). At the end: `best_c
 from __future__ import annotations
 
 import dataclasses
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -17,25 +18,81 @@ from typing import Any
 
 import yaml
 
-from rmtrain.config import TrainConfig, build_config, load_yaml
+from rmtrain.config import TrainConfig, build_config, load_yaml, save_config
 from rmtrain.errors import RmtrainError
 
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+# held-out metrics a study can optimise (what every evaluation reports)
+HPO_METRICS = ("win_rate", "kendall_tau", "loss", "margin_mean")
 
 
-def load_space(path: str) -> dict[str, dict[str, Any]]:
-    """Search space YAML: `option: {type: float|int|categorical, low, high, log, choices}`."""
-    space = load_yaml(path)
+SPEC_KEYS = {"type", "low", "high", "log", "choices", "step"}
+
+
+def _read_space(path: str) -> dict[str, Any]:
+    """The space file as written: `option: spec` (a spec is a mapping with `type`, so an option
+    named like a config group, such as `model` or `speed`, is an option here), or grouped."""
+    file = Path(path)
+    if not file.is_file():
+        raise RmtrainError(f"search space {path} does not exist; pass an existing YAML file")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise RmtrainError(f"search space {path} is not valid YAML: {str(exc)[:200]}") from None
+    if not isinstance(data, dict):
+        raise RmtrainError(f"search space {path} must map options to their ranges")
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        key = str(key).replace("-", "_")
+        is_group = isinstance(value, dict) and not (set(value) & {"type"}) and value
+        if is_group and all(isinstance(v, dict) for v in value.values()):
+            flat.update({str(k).replace("-", "_"): v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _spec_problem(key: str, spec: Any) -> str | None:
+    if not isinstance(spec, dict) or spec.get("type") not in ("float", "int", "categorical"):
+        return f"{key!r} needs type: float, int or categorical"
+    if set(spec) - SPEC_KEYS:
+        return f"{key!r} has unknown keys {sorted(set(spec) - SPEC_KEYS)}"
+    if spec["type"] == "categorical":
+        choices = spec.get("choices")
+        return None if isinstance(choices, list) and choices else f"{key!r} needs a choices list"
+    low, high = spec.get("low"), spec.get("high")
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high))
+    if not numbers or not (math.isfinite(low) and math.isfinite(high)):
+        return f"{key!r} needs finite numbers low and high"
+    if spec["type"] == "int" and not all(float(v).is_integer() for v in (low, high)):
+        return f"{key!r} is int: low and high must be whole numbers"
+    if not low < high:
+        return f"{key!r} needs low < high, got {low} and {high}"
+    if spec.get("log") and low <= 0:
+        return f"{key!r} is searched on a log scale: low must be above 0, got {low}"
+    return None
+
+
+def load_space(path: str, base: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Search space YAML: `option: {type: float|int|categorical, low, high, log, choices}`,
+    every spec checked, and every corner of the space built as a config (with the base options)
+    before the first trial: a search that cannot run stops in one line, not after training."""
+    space = _read_space(path)
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    for key, spec in space.items():
-        if key not in names:
-            raise RmtrainError(f"search space key {key!r} is not a training option")
-        if not isinstance(spec, dict) or spec.get("type") not in ("float", "int", "categorical"):
-            raise RmtrainError(f"search space {key!r} needs type: float, int or categorical")
-        if spec["type"] == "categorical" and not spec.get("choices"):
-            raise RmtrainError(f"search space {key!r} needs a non-empty choices list")
-        if spec["type"] != "categorical" and ("low" not in spec or "high" not in spec):
-            raise RmtrainError(f"search space {key!r} needs low and high")
+    problems = [f"{k!r} is not a training option" for k in space if k not in names]
+    problems += [p for k, v in space.items() if k in names for p in [_spec_problem(k, v)] if p]
+    if not problems:
+        for key, spec in space.items():
+            values = (
+                spec["choices"] if spec["type"] == "categorical" else [spec["low"], spec["high"]]
+            )
+            for value in values:
+                try:
+                    build_config({**(base or {}), key: value})
+                except RmtrainError as exc:
+                    problems.append(f"{key}={value!r}: {exc}")
+    if problems:
+        raise RmtrainError(f"search space {path}: " + "; ".join(problems))
     return space
 
 
@@ -126,10 +183,12 @@ def run_hpo(
     import optuna
 
     out = Path(output).expanduser().resolve()
-    _claim_study_folder(out, study_name, [p for p in (config, space_path) if p])
     base = load_yaml(config) if config else {}
     build_config(base)  # validates the base config before any trial starts
-    space = load_space(space_path)
+    space = load_space(space_path, base)
+    if metric not in HPO_METRICS:
+        raise RmtrainError(f"--metric {metric!r} is not a held-out metric; use {HPO_METRICS}")
+    _claim_study_folder(out, study_name, [p for p in (config, space_path) if p])
     storage = storage or f"sqlite:///{out / 'study.db'}"
     study = optuna.create_study(
         study_name=study_name,
@@ -151,6 +210,13 @@ def run_hpo(
     if worker:
         return {}
     summary = write_results(study, base, out, metric)
+    if summary["complete"] == 0 and summary["pruned"] == 0:
+        first = next(
+            (t.user_attrs.get("error") for t in study.trials if t.user_attrs.get("error")), ""
+        )
+        raise RmtrainError(
+            f"every trial of the study failed ({first[:300]}); see {out / 'trials.csv'}"
+        )
     if register_model and "best_trial" in summary:
         from rmtrain.tracking.models import log_output_folder
 
@@ -261,17 +327,19 @@ def write_results(study: Any, base: dict[str, Any], out: Path, metric: str) -> d
     if complete:
         best = study.best_trial
         values = {**base, **best.params, "output": str(out / "best_model"), "overwrite": False}
-        cfg = build_config(values)
-        (out / "best_config.yaml").write_text(
-            yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
-        )
+        save_config(build_config(values), out / "best_config.yaml")  # grouped, as --config reads
         summary.update(best_trial=best.number, best_value=best.value, best_params=best.params)
     summary["plots"] = _plots(study, out)
     (out / "summary.yaml").write_text(yaml.safe_dump(summary, sort_keys=False))
+    best = (
+        f"best {metric} = {summary['best_value']} (trial {summary['best_trial']}) -> "
+        f"{out / 'best_config.yaml'}"
+        if complete
+        else "no complete trial, so no best_config.yaml"
+    )
     print(
         f"[rmtrain] hpo: {summary['complete']} complete, {summary['pruned']} pruned, "
-        f"{summary['failed']} failed; best {metric} = {summary.get('best_value')} "
-        f"(trial {summary.get('best_trial')}) -> {out / 'best_config.yaml'}"
+        f"{summary['failed']} failed; {best}"
     )
     return summary
 

@@ -38,8 +38,15 @@ def test_metrics_baselines_and_subsets_are_exact():
     assert r["metrics"]["win_rate_ci95"] == pytest.approx([0.5 - half, 0.5 + half])
     assert r["metrics"]["win_rate_ci95"] == pytest.approx([0.1500, 0.8500], abs=1e-4)
     assert r["above_chance"] is False
+    # reward ranks [7 5.5 3.5 1.5 5.5 8 1.5 3.5], length ranks [7.5 3 3 1 5 7.5 3 6]: deviations
+    # multiply to 32; squares 40.5 and 39.5 -> 32 / sqrt(1599.75) = 0.80. Chosen shorter: pairs
+    # 1 and 3 both lost (0.0); chosen longer: pair 0 won (1.0) -> length-controlled 0.5
+    assert r["length"]["reward_length_spearman"] == pytest.approx(32 / np.sqrt(1599.75))
+    assert r["length"]["length_controlled_win_rate"] == 0.5
     assert r["flags"] == [
         "not above chance: win rate 0.500 (95% interval 0.150-0.850) includes or is below 0.5",
+        "reward is mostly length: Spearman +0.80 between reward and response length "
+        "(length-controlled win rate 0.500)",
         "not above the length baseline: win rate 0.500 <= prefer shorter 0.625",
     ]
     assert r["subsets"] == {
@@ -100,6 +107,8 @@ def test_below_chance_model_above_longer_baseline_is_flagged():
     assert r["above_chance"] is False and r["beats_length_baseline"] is False
     assert r["flags"] == [
         "not above chance: win rate 0.485 (95% interval 0.454-0.516) includes or is below 0.5",
+        "reward is mostly length: Spearman -0.61 between reward and response length "
+        "(length-controlled win rate 0.439)",
         "not above the length baseline: win rate 0.485 <= prefer shorter 0.552",
     ]
 

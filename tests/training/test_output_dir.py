@@ -51,7 +51,7 @@ def test_overwrite_clears_old_checkpoints_and_resume_checks_the_run(tmp_path, ca
     changed = [*common, "--max-steps", "2", "--save-steps", "1", "--lr", "5e-3", "--seed", "2"]
     assert main(tiny_train_args(data, out, *changed, "--resume", "latest")) == 2
     err = capsys.readouterr().err
-    assert "belong to a run with other options (lr: 0.002 -> 0.005)" in err
+    assert "was written by a run with other options (lr: 0.002 -> 0.005)" in err
     assert main(tiny_train_args(data, out, *new, "--resume", "latest")) == 0
 
 
@@ -177,3 +177,25 @@ def test_a_live_run_holds_the_output_and_a_dead_ones_lock_is_taken_over(tmp_path
         holder.wait()
     assert main(args) == 0  # its holder is gone: the lock is taken over, then released
     assert (out / "config.json").is_file() and not (out / LOCK).exists()
+
+
+def test_resume_checks_the_checkpoints_own_run_and_skips_a_damaged_one(tmp_path, capsys):
+    data = write_demo(tmp_path / "d.jsonl", 40, seed=1)
+    a = tmp_path / "a"
+    common = ["--max-steps", "4", "--save-steps", "2", "--eval-steps", "0", "--lr", "1e-3"]
+    assert main(tiny_train_args(data, a, *common)) == 0
+    assert _steps(a) == [2, 4]
+    foreign = str(a / "checkpoints" / "checkpoint-2")
+    other = [*common[:-1], "5e-2", "--resume", foreign]
+    capsys.readouterr()
+    assert main(tiny_train_args(data, tmp_path / "b", *other)) == 2
+    err = capsys.readouterr().err
+    assert "was written by a run with other options (lr: 0.001 -> 0.05)" in err
+    # a damaged newest checkpoint: the one before it is resumed, and the run says so
+    newest = a / "checkpoints" / "checkpoint-4" / "model.safetensors"
+    with newest.open("r+b") as fh:
+        fh.truncate(1000)
+    again = tiny_train_args(data, a, *common, "--resume", "latest")
+    assert main(again) == 0
+    out = capsys.readouterr().out
+    assert "skipping" in out and "checkpoint-4: model.safetensors does not read back" in out

@@ -144,11 +144,11 @@ def test_nan_gradient_is_caught(data_file, tmp_path, monkeypatch, clip):
 
     real = tr.pair_rewards
 
-    def poisoned(model, batch):
-        c, r = real(model, batch)
+    def poisoned(model, batch, *args, **kwargs):
+        c, r, *rest = real(model, batch, *args, **kwargs)
         if model.training:
             c.register_hook(hook)
-        return c, r
+        return (c, r, *rest)
 
     monkeypatch.setattr(tr, "pair_rewards", poisoned)
     with pytest.raises(RmtrainError, match="non-finite gradient at step 1"):

@@ -6,6 +6,7 @@ Output line N answers input line N, always (blank, undecodable and malformed lin
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from dataclasses import dataclass
@@ -130,7 +131,8 @@ def score_file(
         output_path, [input_path], overwrite=True
     )  # the CLI decides on existing files
     counts = ScoreCounts()
-    with src.open("rb") as fin, atomic_writer(out) as fout:
+    opener = gzip.open if src.suffix == ".gz" else open  # .jsonl.gz as train and eval read it
+    with opener(src, "rb") as fin, atomic_writer(out) as fout:
         for lines in _chunks(fin, chunk):
             for row in _score_chunk(scorer, lines, normalize):
                 counts.rows += 1

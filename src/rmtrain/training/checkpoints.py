@@ -20,7 +20,8 @@ class NonFiniteError(RmtrainError):
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:
-    """The newest complete `checkpoint-N` (complete by construction: written atomically)."""
+    """The newest `checkpoint-N` whose files all read back (written atomically, but a disk can
+    still corrupt one): a damaged newest one is skipped, with a line saying so."""
     root = Path(folder)
     if not root.is_dir():
         return None
@@ -29,7 +30,56 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
         step = p.name.removeprefix("checkpoint-")
         if p.is_dir() and step.isdigit() and (p / "trainer_state.json").is_file():
             found.append((int(step), p))
-    return max(found)[1] if found else None
+    for _, path in sorted(found, reverse=True):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        print(f"[rmtrain] skipping {path}: {problem}")
+    return None
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from (a file that does not read back), or None."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return "trainer_state.json does not read back"
+    for file in path.glob("*.safetensors"):
+        try:
+            with safe_open(str(file), "pt") as f:
+                for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+                    f.get_slice(key)
+        except Exception:  # noqa: BLE001 - any failure to read it back
+            return f"{file.name} does not read back"
+    for file in [*path.glob("*.pt"), *path.glob("*.pth"), *path.glob("*.bin")]:
+        if not zipfile.is_zipfile(file):
+            return f"{file.name} does not read back"
+    return None
+
+
+RUN_FILE = "rmtrain_run.json"  # the options of the run that wrote a checkpoint
+
+
+def check_resume_options(
+    checkpoint: Path, options: dict[str, Any], run_keys: tuple[str, ...]
+) -> None:
+    """Resuming continues the run that wrote the checkpoint: refuse other run options (the
+    saved config would describe a run that never happened)."""
+    try:
+        before = json.loads((checkpoint / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return  # a checkpoint from before this file: the output's own marker was checked
+    differ = [k for k in run_keys if k in before and before[k] != options.get(k)]
+    if differ:
+        changes = ", ".join(f"{k}: {before[k]!r} -> {options.get(k)!r}" for k in differ)
+        raise RmtrainError(
+            f"--resume {checkpoint} was written by a run with other options ({changes}); "
+            "resume with the same options or start a new run"
+        )
 
 
 def rotate_checkpoints(folder: str | Path, keep: int | None) -> None:

@@ -38,6 +38,8 @@ from rmtrain.tracking.runs import (
 )
 from rmtrain.training.atomic_save import check_output_dir, claim_output, clear_previous_run
 from rmtrain.training.checkpoints import (
+    check_resume_options,
+    checkpoint_problem,
     collapsed,
     diverged,
     divergence_reason,
@@ -68,6 +70,7 @@ from rmtrain.training.trainer import (
     CHECKS_GRAD_NORM,
     NonFiniteGuard,
     PairwiseRewardTrainer,
+    RunOptionsInCheckpoints,
     WholeSplitAtTheEnd,
     make_compute_metrics,
 )
@@ -221,6 +224,7 @@ def _make_trainer(run: Run, sink: dict[str, Any]) -> PairwiseRewardTrainer:
             *([] if CHECKS_GRAD_NORM else [NonFiniteGuard()]),
             # --keep-best: the last step's weights are a candidate, evaluated like the others
             KeepBest() if cfg.keep_best else WholeSplitAtTheEnd(),
+            RunOptionsInCheckpoints({k: cfg.to_dict()[k] for k in TrainConfig.run_keys()}),
             *run.callbacks,
         ],
         center_rewards_coef=cfg.center_rewards_coef,
@@ -268,16 +272,23 @@ def _inputs(cfg: TrainConfig) -> list[str]:
 
 
 def _resume_path(cfg: TrainConfig, output: Path) -> str | None:
+    """The checkpoint to resume from: named, or the newest one that reads back; written by a
+    run with the same options."""
     if not cfg.resume:
         return None
     if cfg.resume != "latest":
-        if not (Path(cfg.resume) / "trainer_state.json").is_file():
+        path = Path(cfg.resume)
+        if not (path / "trainer_state.json").is_file():
             raise RmtrainError(f"--resume {cfg.resume} is not a checkpoint folder")
-        return cfg.resume
-    last = latest_checkpoint(output / CHECKPOINT_DIR)
-    if last is None:
-        raise RmtrainError(
-            f"--resume: no complete checkpoint in {output / CHECKPOINT_DIR}; start without "
-            "--resume (and with --save-steps N to write checkpoints)"
-        )
-    return str(last)
+        problem = checkpoint_problem(path)
+        if problem:
+            raise RmtrainError(f"--resume {cfg.resume}: {problem}; resume from another one")
+    else:
+        path = latest_checkpoint(output / CHECKPOINT_DIR)
+        if path is None:
+            raise RmtrainError(
+                f"--resume: no complete checkpoint in {output / CHECKPOINT_DIR}; start without "
+                "--resume (and with --save-steps N to write checkpoints)"
+            )
+    check_resume_options(path, cfg.to_dict(), TrainConfig.run_keys())
+    return str(path)

@@ -8,6 +8,7 @@ eval set), and a guard that the model is called with our inputs. Data and model 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -25,7 +26,7 @@ from rmtrain.batching.collate import group_by_prompt
 from rmtrain.evaluation.metrics import reward_metrics
 from rmtrain.modeling.losses import length_terms, lm_loss, pairwise_loss
 from rmtrain.modeling.rewards import length_head, pair_rewards, value_head
-from rmtrain.training.checkpoints import collapsed, non_finite, rotate_checkpoints
+from rmtrain.training.checkpoints import RUN_FILE, collapsed, non_finite, rotate_checkpoints
 from rmtrain.training.samplers import (
     EpochSeededLengthSampler,
     EpochSeededRandomSampler,
@@ -328,6 +329,19 @@ def make_compute_metrics(
 
 # transformers releases whose Trainer has no `_get_grad_norm` step get the guard callback.
 CHECKS_GRAD_NORM = callable(getattr(Trainer, "_get_grad_norm", None))
+
+
+class RunOptionsInCheckpoints(TrainerCallback):
+    """Each checkpoint carries the options of the run that wrote it (`--resume` checks them)."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if args.should_save and os.path.isdir(folder):
+            with open(os.path.join(folder, RUN_FILE), "w") as fh:
+                json.dump(self.options, fh, default=str)
 
 
 class WholeSplitAtTheEnd(TrainerCallback):
