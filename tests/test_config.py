@@ -256,3 +256,18 @@ def test_cpu_recipes_find_their_model_and_the_shared_data():
         assert Path(package_file(cfg.model)).is_file()
         [dataset] = [(root / d).resolve() for d in cfg.datasets()]
         assert dataset.is_file() and dataset.is_relative_to(data.resolve()), dataset
+
+
+def test_the_option_reference_is_the_config():
+    """docs/options.md is generated from the field metadata: regenerate it with
+    `python -c "from rmtrain.flags import options_reference as o; print(o(), end='')" >
+    docs/options.md` when an option changes."""
+    from pathlib import Path
+
+    from rmtrain.config import GROUPS
+    from rmtrain.flags import options_reference
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "options.md"
+    assert docs.read_text() == options_reference()
+    names = [n for g in GROUPS.values() for n in g]
+    assert len(names) == len(set(names)) == len(dataclasses.fields(TrainConfig))

@@ -23,8 +23,10 @@ from rmtrain.modeling.losses import LOSSES
 
 
 def option(default: Any, help: str, run: bool = False, **extra: Any) -> Any:
-    """A dataclass field whose help text feeds the CLI. `run`: a checkpoint belongs to the run
-    only while this option is unchanged (`--resume` refuses another value)."""
+    """A dataclass field: everything about an option is declared here. `help` feeds the CLI;
+    `group` (TrainConfig) its heading in `--help`, YAML and the saved config; `choices`, `low`,
+    `high`, `above` the checks run before any work; `run`: a checkpoint belongs to the run only
+    while this option is unchanged (`--resume` refuses another value)."""
     extra = {**extra, "run": True} if run else extra
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
@@ -41,6 +43,7 @@ class TrainConfig:
         "installed package as pkg:<package>/<file>; 'builtin:tiny-qwen3' is the offline demo "
         "model.",
         run=True,
+        group="model",
     )
     dataset: list[str] = option(
         [ORIGINAL_DATASET],
@@ -48,35 +51,51 @@ class TrainConfig:
         "set). Repeat to use several; 'file:0.7' gives a mixing weight (all or none weighted).",
         action="append",
         run=True,
+        group="data",
     )
-    dataset_split: str = option("train", "Split to read from a hub data set.", run=True)
-    output: str = option("./outputs/reward_model", "Output folder for model, config and metrics.")
-    lr: float = option(5e-6, "Peak learning rate (AdamW).", run=True)
-    epochs: float = option(1.0, "Number of training epochs.", run=True)
-    batch: int = option(2, "Preference pairs per device per step.", run=True)
-    eval_batch: int | None = option(None, "Pairs per evaluation batch (default: 4 x --batch).")
-    grad_accum: int = option(1, "Gradient accumulation steps.", run=True)
+    dataset_split: str = option(
+        "train", "Split to read from a hub data set.", run=True, group="data"
+    )
+    output: str = option(
+        "./outputs/reward_model", "Output folder for model, config and metrics.", group="output"
+    )
+    lr: float = option(5e-6, "Peak learning rate (AdamW).", run=True, group="training")
+    epochs: float = option(1.0, "Number of training epochs.", run=True, group="training")
+    batch: int = option(2, "Preference pairs per device per step.", run=True, group="training")
+    eval_batch: int | None = option(
+        None, "Pairs per evaluation batch (default: 4 x --batch).", group="training"
+    )
+    grad_accum: int = option(1, "Gradient accumulation steps.", run=True, group="training")
     max_length: int = option(
-        512, "Maximum tokens of prompt + response (longer pairs are cut).", run=True
+        512, "Maximum tokens of prompt + response (longer pairs are cut).", run=True, group="data"
     )
     min_prompt_length: int | None = option(
-        None, "Prompt tokens kept before the response is cut (default: max_length // 4).", run=True
+        None,
+        "Prompt tokens kept before the response is cut (default: max_length // 4).",
+        run=True,
+        group="data",
     )
     packing: str = option(
         "prefix_sharing",
         "Batch layout: prefix_sharing ([prompt][chosen][rejected], prompt computed once), "
         "padding_free (sequences packed, no pad tokens) or none (padded double batch).",
+        group="speed",
     )
     row_budget: int | None = option(
-        None, "Tokens per packed row (default: 4 x max_length; 0 = one pair per row)."
+        None,
+        "Tokens per packed row (default: 4 x max_length; 0 = one pair per row).",
+        group="speed",
     )
-    group_by_length: bool = option(True, "Batch pairs of similar length together (less padding).")
+    group_by_length: bool = option(
+        True, "Batch pairs of similar length together (less padding).", group="training"
+    )
     group_by_prompt: bool = option(
         False,
         "Put the pairs of one prompt into the same training steps (InstructGPT-style; replaces "
         "length grouping) and compute each prompt, and an answer repeated across its pairs, once "
         "per step. Needs --packing prefix_sharing. Changes which pairs share a step.",
         run=True,
+        group="training",
     )
     prefix_trees: str = option(
         "auto",
@@ -85,6 +104,7 @@ class TrainConfig:
         "that two pairs repeat) is computed once. auto: on when training on CPU (with --speed "
         "auto); off on GPUs and with --lm-loss-coef (next-token targets need plain sequences). "
         "on / off: always / never. Same rewards and gradients either way.",
+        group="speed",
     )
     frac: float | None = option(
         None,
@@ -92,40 +112,58 @@ class TrainConfig:
         "the multi-million-pair default hub set lvwerra/stack-exchange-paired, the original "
         "recipe; all rows of any other data set).",
         run=True,
+        group="data",
     )
-    test_size: float = option(0.2, "Held-out fraction (split by prompt, deterministic).", run=True)
+    test_size: float = option(
+        0.2, "Held-out fraction (split by prompt, deterministic).", run=True, group="data"
+    )
     max_steps: int = option(
-        -1, "Stop after this many optimizer steps (-1: run all epochs).", run=True
+        -1, "Stop after this many optimizer steps (-1: run all epochs).", run=True, group="training"
     )
-    seed: int = option(42, "Seed for sampling, splitting, initialisation and shuffling.", run=True)
-    logging_steps: int = option(100, "Log loss to console / MLflow / W&B every N steps.")
+    seed: int = option(
+        42,
+        "Seed for sampling, splitting, initialisation and shuffling.",
+        run=True,
+        group="training",
+    )
+    logging_steps: int = option(
+        100, "Log loss to console / MLflow / W&B every N steps.", group="tracking"
+    )
     eval_steps: int = option(
         100,
         "Held-out win rate, Kendall's tau and loss every N steps, on --eval-sample pairs (0: "
         "only at the end, on the whole held-out split, as always).",
+        group="training",
     )
     robustness: bool = option(
         False,
         "At the end, run the robustness probes (rmtrain eval --robustness) on the held-out "
         "split; the probe table goes into the report, MLflow and W&B.",
+        group="training",
     )
     keep_best: bool = option(
         False,
         "Save the weights with the best held-out win rate seen at the --eval-steps evaluations "
         "(ties: lower held-out loss), not the last ones; says which step it kept.",
+        group="training",
     )
     eval_sample: int = option(
-        1000, "Held-out pairs (a fixed seeded sample) for the evaluations during training."
+        1000,
+        "Held-out pairs (a fixed seeded sample) for the evaluations during training.",
+        group="training",
     )
     report_to: list[str] = option(
-        ["mlflow", "wandb"], "Trackers: any of mlflow, wandb, or none.", nargs="+"
+        ["mlflow", "wandb"], "Trackers: any of mlflow, wandb, or none.", nargs="+", group="tracking"
     )
-    warmup_ratio: float = option(0.0, "Share of steps with linear learning-rate warmup.", run=True)
+    warmup_ratio: float = option(
+        0.0, "Share of steps with linear learning-rate warmup.", run=True, group="training"
+    )
     lr_scheduler: str = option(
         "linear",
         "Learning-rate schedule after warmup.",
         choices=("linear", "cosine", "constant", "constant_with_warmup"),
         run=True,
+        group="training",
     )
     head_lr_multiplier: float = option(
         1.0,
@@ -134,9 +172,12 @@ class TrainConfig:
         run=True,
         above=0,
         high=1e6,
+        group="training",
     )
-    weight_decay: float = option(0.0, "AdamW weight decay.", run=True)
-    max_grad_norm: float = option(1.0, "Gradient clipping norm (0 turns clipping off).", run=True)
+    weight_decay: float = option(0.0, "AdamW weight decay.", run=True, group="training")
+    max_grad_norm: float = option(
+        1.0, "Gradient clipping norm (0 turns clipping off).", run=True, group="training"
+    )
     augment: str | None = option(
         None,
         "Augmentations that add training pairs, comma-separated (or all): relevance (another "
@@ -144,9 +185,13 @@ class TrainConfig:
         "content-free or repeated text does not win), whitespace and layout (ties: the same "
         "answer re-spaced or re-laid-out scores the same). Never in the held-out split.",
         run=True,
+        group="training",
     )
     augment_rate: float = option(
-        0.5, "Share of training pairs each augmentation rewrites (seeded by --seed).", run=True
+        0.5,
+        "Share of training pairs each augmentation rewrites (seeded by --seed).",
+        run=True,
+        group="training",
     )
     length_head: bool = option(
         False,
@@ -154,6 +199,7 @@ class TrainConfig:
         "preference is fitted by their sum, the length head is pulled towards length and the "
         "value head away from it. Only the value head is saved.",
         run=True,
+        group="training",
     )
     loss: str = option(
         "bt",
@@ -161,23 +207,29 @@ class TrainConfig:
         "(r_c - r_r))); see rmtrain.modeling.losses.",
         choices=tuple(LOSSES),
         run=True,
+        group="training",
     )
     center_rewards_coef: float = option(
-        0.0, "Weight of the reward-centering term mean((r_c + r_r)^2); 0 turns it off.", run=True
+        0.0,
+        "Weight of the reward-centering term mean((r_c + r_r)^2); 0 turns it off.",
+        run=True,
+        group="training",
     )
     lm_loss_coef: float = option(
         0.0,
         "Weight of an auxiliary LM loss on the chosen responses (multi-task regulariser, Yang "
         "et al. 2024); 0 turns it off. The saved model stays sequence classification.",
         run=True,
+        group="training",
     )
     margin_column: str = option(
-        "margin", "Optional per-row margin column used when present.", run=True
+        "margin", "Optional per-row margin column used when present.", run=True, group="data"
     )
     chat_template: str = option(
         "auto",
         "Text layout: 'auto' (chat template when the tokenizer has one) or 'plain'.",
         run=True,
+        group="model",
     )
     reward_position: str = option(
         "end_of_turn",
@@ -186,28 +238,38 @@ class TrainConfig:
         "last token of the template's closing).",
         choices=REWARD_POSITIONS,
         run=True,
+        group="model",
     )
-    pad_token: str | None = option(None, "Pad token to use when the tokenizer has none.")
-    bf16: bool | None = option(None, "bf16 mixed precision (default: on for bf16-capable GPUs).")
-    fp16: bool = option(False, "fp16 mixed precision (GPUs without bf16).")
+    pad_token: str | None = option(
+        None, "Pad token to use when the tokenizer has none.", group="model"
+    )
+    bf16: bool | None = option(
+        None, "bf16 mixed precision (default: on for bf16-capable GPUs).", group="training"
+    )
+    fp16: bool = option(False, "fp16 mixed precision (GPUs without bf16).", group="training")
     gradient_checkpointing: bool | None = option(
-        None, "Recompute activations in backward (default: on for models over 1B parameters)."
+        None,
+        "Recompute activations in backward (default: on for models over 1B parameters).",
+        group="training",
     )
     checkpoint_every: int = option(
         1,
         "With gradient checkpointing: recompute every N-th decoder layer only (1: all; 2: half, "
         "less recomputation for more memory).",
+        group="training",
     )
     speed: str = option(
         "auto",
         "auto: rmtrain's speed-ups where they apply (each exact: same rewards and gradients to "
         "float rounding); off: the plain transformers path, to bisect a problem or compare.",
+        group="speed",
     )
     lean_activations: bool = option(
         True,
         "Keep fewer activations for backward in Llama / Qwen-style RMSNorm, SiLU MLPs and the "
         "projections reading them: same gradients, less memory, a few elementwise ops redone "
         "in backward. Turn off to compare or to bisect.",
+        group="speed",
     )
     cap_activations: bool = option(
         True,
@@ -215,18 +277,21 @@ class TrainConfig:
         "activations than the gradients take, recompute the MLPs of its first layers in backward "
         "(two matrix products each), just enough that memory peaks with the gradients, as in "
         "any trainer, not with the activations. Batches within that size recompute nothing.",
+        group="speed",
     )
     fuse_elementwise: bool = option(
         False,
         "With lean activations: compile their elementwise work (RMSNorm, SiLU gate, forward and "
         "backward) with torch.compile, once per process for any length. Off by default: no "
         "gain end to end on CPU. Without a C++ compiler it warns and runs eagerly.",
+        group="speed",
     )
     retain_freed_memory: bool = option(
         True,
         "Training on CPU with glibc: keep the memory a step frees for the next step instead of "
         "handing it back to the kernel and faulting it in again; peak memory is unchanged. "
         "Skipped where MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or GLIBC_TUNABLES is set.",
+        group="speed",
     )
     block_attention: str = option(
         "auto",
@@ -234,43 +299,63 @@ class TrainConfig:
         "whole row: auto (on CPU; on GPUs the dense call runs), on, off; or flex: one "
         "FlexAttention call per layer that skips the tiles the mask blocks (training on CUDA "
         "only: FlexAttention has no backward on CPU).",
+        group="speed",
     )
     attn_implementation: str = option(
         "sdpa",
         "Attention kernel: sdpa, eager, flash_attention_2 (padding_free / none packing only).",
+        group="model",
     )
-    lora_r: int = option(0, "LoRA rank (0: full fine-tuning).", run=True)
-    lora_alpha: int = option(16, "LoRA alpha.", run=True)
-    lora_dropout: float = option(0.0, "LoRA dropout.", run=True)
+    lora_r: int = option(0, "LoRA rank (0: full fine-tuning).", run=True, group="model")
+    lora_alpha: int = option(16, "LoRA alpha.", run=True, group="model")
+    lora_dropout: float = option(0.0, "LoRA dropout.", run=True, group="model")
     lora_target: list[str] | None = option(
         None,
         "Modules that get adapters (default: all linear layers but the head).",
         nargs="+",
         run=True,
+        group="model",
     )
-    merge_lora: bool = option(False, "Save LoRA merged into an ordinary checkpoint.")
-    load_in_4bit: bool = option(False, "QLoRA: load the base model in 4-bit (GPU + bitsandbytes).")
+    merge_lora: bool = option(False, "Save LoRA merged into an ordinary checkpoint.", group="model")
+    load_in_4bit: bool = option(
+        False, "QLoRA: load the base model in 4-bit (GPU + bitsandbytes).", group="model"
+    )
     dtype: str = option(
-        "auto", "Weights dtype: auto (fp32 on CPU, bf16 on capable GPUs), float32, ..."
+        "auto",
+        "Weights dtype: auto (fp32 on CPU, bf16 on capable GPUs), float32, ...",
+        group="model",
     )
-    trust_remote_code: bool = option(False, "Allow model code from the hub (off for safety).")
-    save_steps: int | None = option(None, "Save a resumable checkpoint every N steps.")
-    save_total_limit: int | None = option(2, "Keep only the newest K checkpoints.")
+    trust_remote_code: bool = option(
+        False, "Allow model code from the hub (off for safety).", group="model"
+    )
+    save_steps: int | None = option(
+        None, "Save a resumable checkpoint every N steps.", group="training"
+    )
+    save_total_limit: int | None = option(
+        2, "Keep only the newest K checkpoints.", group="training"
+    )
     resume: str | None = option(
         None,
         "Continue from the latest checkpoint in --output (bare --resume) or from a given path.",
         nargs="?",
         const="latest",
+        group="training",
     )
-    max_bad_fraction: float = option(0.01, "Stop when more than this share of rows is bad.")
-    strict: bool = option(False, "Stop on any bad row.")
-    overwrite: bool = option(False, "Replace an existing non-empty --output.")
-    run_name: str | None = option(None, "Run name for MLflow / W&B.")
+    max_bad_fraction: float = option(
+        0.01, "Stop when more than this share of rows is bad.", group="data"
+    )
+    strict: bool = option(False, "Stop on any bad row.", group="data")
+    overwrite: bool = option(False, "Replace an existing non-empty --output.", group="output")
+    run_name: str | None = option(None, "Run name for MLflow / W&B.", group="tracking")
     register_model: str | None = option(
-        None, "Register the logged model in the MLflow Model Registry under this name."
+        None,
+        "Register the logged model in the MLflow Model Registry under this name.",
+        group="tracking",
     )
     model_alias: str | None = option(
-        None, "With --register-model: point this alias (e.g. candidate) at the new version."
+        None,
+        "With --register-model: point this alias (e.g. candidate) at the new version.",
+        group="tracking",
     )
 
     def __post_init__(self) -> None:
@@ -288,80 +373,12 @@ class TrainConfig:
         return [self.dataset] if isinstance(self.dataset, str) else list(self.dataset)
 
 
-# How options are grouped in `--help`, in YAML files and in the saved `rmtrain_config.yaml`.
+# How options are grouped in `--help`, in YAML files and in the saved `rmtrain_config.yaml`:
+# read from each field's `group`, in field order.
+GROUP_ORDER = ("model", "data", "training", "speed", "output", "tracking")
 GROUPS: dict[str, tuple[str, ...]] = {
-    "model": (
-        "model",
-        "reward_position",
-        "pad_token",
-        "chat_template",
-        "dtype",
-        "attn_implementation",
-        "trust_remote_code",
-        "lora_r",
-        "lora_alpha",
-        "lora_dropout",
-        "lora_target",
-        "merge_lora",
-        "load_in_4bit",
-    ),
-    "data": (
-        "dataset",
-        "dataset_split",
-        "frac",
-        "test_size",
-        "max_length",
-        "min_prompt_length",
-        "margin_column",
-        "max_bad_fraction",
-        "strict",
-    ),
-    "training": (
-        "lr",
-        "epochs",
-        "batch",
-        "eval_batch",
-        "grad_accum",
-        "max_steps",
-        "seed",
-        "warmup_ratio",
-        "lr_scheduler",
-        "head_lr_multiplier",
-        "weight_decay",
-        "max_grad_norm",
-        "augment",
-        "augment_rate",
-        "length_head",
-        "loss",
-        "center_rewards_coef",
-        "lm_loss_coef",
-        "group_by_length",
-        "group_by_prompt",
-        "bf16",
-        "fp16",
-        "gradient_checkpointing",
-        "checkpoint_every",
-        "eval_steps",
-        "eval_sample",
-        "keep_best",
-        "robustness",
-        "save_steps",
-        "save_total_limit",
-        "resume",
-    ),
-    "speed": (
-        "speed",
-        "packing",
-        "row_budget",
-        "prefix_trees",
-        "block_attention",
-        "lean_activations",
-        "cap_activations",
-        "fuse_elementwise",
-        "retain_freed_memory",
-    ),
-    "output": ("output", "overwrite"),
-    "tracking": ("report_to", "logging_steps", "run_name", "register_model", "model_alias"),
+    g: tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["group"] == g)
+    for g in GROUP_ORDER
 }
 
 

@@ -64,3 +64,24 @@ def _add_flag(section: Any, f: dataclasses.Field, hint: Any) -> None:
     if f.metadata.get("required"):
         kwargs["required"] = True
     section.add_argument(flag, **kwargs)
+
+
+def options_reference() -> str:
+    """`docs/options.md`: every training option under its group, with its default and help, as
+    declared in `config.TrainConfig` (a test keeps the file equal to this)."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    lines = [
+        "# Training options",
+        "",
+        "Generated from `rmtrain.config.TrainConfig` by `rmtrain.flags.options_reference()`; "
+        "`rmtrain train --help` prints the same. In YAML, use the group as a section and the "
+        "option name with underscores.",
+    ]
+    for group, names in GROUPS.items():
+        lines += ["", f"## {group}", "", "| option | default | what it does |", "|---|---|---|"]
+        for name in names:
+            f = fields[name]
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            text = " ".join(f.metadata["help"].split()).replace("|", "\\|")
+            lines.append(f"| `--{name.replace('_', '-')}` | `{default}` | {text} |")
+    return "\n".join(lines) + "\n"
