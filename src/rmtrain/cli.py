@@ -277,6 +277,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         probes=probe_names(cfg.probes) if cfg.robustness else None,
         probe_seed=cfg.probe_seed,
         overwrite=cfg.overwrite,
+        model_name=cfg.model,
     )
     return 0
 

@@ -295,6 +295,7 @@ def run_eval(
     probes: list[str] | None = None,
     probe_seed: int = 0,
     overwrite: bool = False,
+    model_name: str | None = None,
 ) -> dict[str, Any]:
     from rmtrain.outputs import check_output_folder, write_owner
     from rmtrain.serving.scorer import load_scorer
@@ -306,8 +307,9 @@ def run_eval(
     if batch:
         scorer.token_budget = max(batch * 2 * scorer.max_length, 2 * scorer.max_length)
     results = {src: evaluate_source(scorer, src, split, probes, probe_seed) for src in datasets}
-    write_owner(out, "eval", model=model_dir)
-    report = write_report(results, out, model_dir)
+    name = model_name or model_dir  # a models:/ URI, not the folder it was fetched to
+    write_owner(out, "eval", model=name)
+    report = write_report(results, out, name)
     for name, r in report["datasets"].items():
         m, b = r["metrics"], r["baselines"]
         lo, hi = m["win_rate_ci95"]

@@ -197,10 +197,19 @@ def is_mlflow_uri(model: str) -> bool:
 
 def download_model(uri: str, tracking_uri: str) -> tuple[Path, str]:
     """The local Hugging Face folder of a logged or registered rmtrain model, and a name for it
-    ('models:/NAME/VERSION' for registered models)."""
+    ('models:/NAME/VERSION' for registered models). The download goes to a temporary folder
+    removed when the process ends (a model is gigabytes); a dead server fails in seconds."""
+    import atexit
+
+    from rmtrain.tracking.runs import HTTP_DEFAULTS
+
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     mlflow.set_tracking_uri(tracking_uri)
+    target = tempfile.mkdtemp(prefix="rmtrain-model-")
+    atexit.register(shutil.rmtree, target, True)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(uri))
+        local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=target))
     except Exception as exc:  # noqa: BLE001 - unknown name, version, alias, or no server
         raise RmtrainError(
             f"cannot fetch {uri} from MLflow at {tracking_uri} ({type(exc).__name__}: "
