@@ -194,3 +194,19 @@ def test_training_writes_the_report_and_a_model_card(trained):
     card = (model / "README.md").read_text()
     assert "AutoModelForSequenceClassification.from_pretrained" in card
     assert "builtin:tiny-qwen3" in card and "win_rate" in card
+
+
+def test_the_cards_code_gives_the_training_layouts_reward(trained):
+    """The model card's snippet, run as written on the folder, gives what rmtrain scores."""
+    from rmtrain.serving.scorer import load_scorer, score_records
+
+    model, _ = trained
+    card = (model / "README.md").read_text()
+    code = card.split("## Getting a reward", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(code.replace("PATH", repr(str(model))), scope)  # noqa: S102 - the card's own code
+    rows = [{"prompt": scope["prompt"], "response": scope["response"]}]
+    (want,) = score_records(load_scorer(str(model)), rows)
+    assert scope["reward"] == pytest.approx(want["reward"], abs=1e-5)
+    assert "malformed: none" in card and "['" not in card  # names, not a Python list
+    assert "(95% " in card and "prefer the longer answer" in card

@@ -15,9 +15,108 @@ def training_command() -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
-def render_model_card(cfg: dict[str, Any], result: dict[str, Any], report: str | None) -> str:
+METRICS = {
+    "win_rate": "share of held-out pairs whose chosen answer gets the higher reward",
+    "length_controlled_win_rate": "mean of the win rates on pairs whose chosen answer is the "
+    "shorter and the longer one (0.5 for a model that only prefers a length)",
+    "kendall_tau": "per-prompt rank agreement of rewards with the preferences, averaged",
+    "loss": "Bradley-Terry loss on the held-out pairs (ln 2 = 0.693 for a model that knows "
+    "nothing)",
+    "margin_mean": "mean reward of the chosen answer minus that of the rejected one",
+    "reward_mean": "mean reward over every held-out answer (config.json: reward_mean, mean)",
+    "reward_std": "standard deviation of those rewards (config.json: reward_std, std)",
+    "reward_length_spearman": "rank correlation of reward and answer length (near 0: the "
+    "reward does not follow length)",
+}
+
+
+def _data_lines(cfg: dict[str, Any], d: dict[str, Any]) -> list[str]:
+    def reasons(counts: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
+
+    frac = cfg["frac"] if cfg["frac"] is not None else d.get("frac", 1.0)
+    names = ", ".join(f"`{x}`" for x in cfg["dataset"])
+    return [
+        f"- data: {names} (seed {cfg['seed']}; {cfg['test_size']:.0%} of the prompts held out)",
+        f"- rows: {d['rows_read']} of {d.get('rows_in_source', d['rows_read'])} used "
+        f"(--frac {frac:g}); malformed: {reasons(d['malformed'])}; dropped: "
+        f"{reasons(d['dropped'])}; {d['truncated']} pairs cut to {cfg['max_length']} tokens"
+        + (f"; {d['not_mixed']} left out by the mixing weights" if d.get("not_mixed") else ""),
+        f"- {d['train_pairs']} training pairs"
+        + (f" (+{d['augmented_total']} augmented)" if d.get("augmented_total") else "")
+        + f", {d['test_pairs']} held-out pairs",
+    ]
+
+
+def _metric_lines(m: dict[str, Any]) -> list[str]:
+    from rmtrain.evaluation.metrics import wilson_interval
+
+    lines = ["| metric | value | meaning |", "|---|---|---|"]
+    for key, meaning in METRICS.items():
+        if key not in m:
+            continue
+        value = f"{m[key]:.4f}" if isinstance(m[key], float) else str(m[key])
+        if key == "win_rate" and m.get("num_pairs"):
+            lo, hi = wilson_interval(round(m[key] * m["num_pairs"]), m["num_pairs"])
+            value += f" (95% {lo:.3f}-{hi:.3f}, {m['num_pairs']} pairs)"
+        lines.append(f"| {key} | {value} | {meaning} |")
+    if "baseline_prefer_longer" in m:
+        lines += [
+            "",
+            f"Baselines on the same pairs: chance 0.5, prefer the longer answer "
+            f"{m['baseline_prefer_longer']:.4f}, prefer the shorter "
+            f"{m['baseline_prefer_shorter']:.4f}.",
+        ]
+    return lines
+
+
+def _loading_lines(cfg: dict[str, Any], adapter: bool) -> list[str]:
+    if adapter:
+        return [
+            "This folder holds a LoRA adapter, not merged weights (`--merge-lora` was off). "
+            "`rmtrain score` and `rmtrain serve` load it; with PEFT:",
+            "",
+            "```python",
+            "from peft import AutoPeftModelForSequenceClassification",
+            "rm = AutoPeftModelForSequenceClassification.from_pretrained(PATH)  # needs the base",
+            "```",
+            "",
+            f"The base model `{cfg['model']}` must be reachable from where it is loaded.",
+        ]
+    chat = cfg["chat_template"] != "plain"
+    text = (
+        'tok.apply_chat_template([{"role": "user", "content": prompt}, '
+        '{"role": "assistant", "content": response}], tokenize=False)'
+        if chat
+        else 'prompt + "\\n\\n" + response + tok.eos_token'
+    )
+    return [
+        "```python",
+        "import torch",
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
+        "tok = AutoTokenizer.from_pretrained(PATH)",
+        "rm = AutoModelForSequenceClassification.from_pretrained(PATH).eval()",
+        'prompt, response = "How do I boil an egg?", "Simmer it for nine minutes."',
+        f"text = {text}",
+        'batch = tok(text, return_tensors="pt", add_special_tokens=False)',
+        "with torch.no_grad():",
+        "    reward = rm(**batch).logits[:, 0].item()",
+        "```",
+        "",
+        "The reward is read at the end-of-turn token, as in training. The stock head reads the "
+        "last token that is not padding, so this folder's pad token is the one the template "
+        "writes after that token (a newline): the head skips it and reads the end-of-turn "
+        "token. `rmtrain score` and `rmtrain serve` apply exactly the training layout; "
+        "`reward_mean` / `reward_std` in `config.json` normalise rewards.",
+    ]
+
+
+def render_model_card(
+    cfg: dict[str, Any], result: dict[str, Any], report: str | None, adapter: bool = False
+) -> str:
+    """The card: what the model is, the data it saw, its held-out numbers explained, the
+    command that trained it, and how to get a reward from the folder."""
     m, d = result["metrics"], result["data"]
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
     lines = [
         "---",
         "library_name: transformers",
@@ -37,54 +136,14 @@ def render_model_card(cfg: dict[str, Any], result: dict[str, Any], report: str |
         "",
         "## Data",
         "",
-        f"- data set: `{cfg['dataset']}` (seed {cfg['seed']}, held-out share "
-        f"{cfg['test_size']}, split by prompt)",
-        f"- using {d['rows_read']} of {d.get('rows_in_source', d['rows_read'])} rows (--frac "
-        f"{cfg['frac'] if cfg['frac'] is not None else d.get('frac', 1.0)}), malformed "
-        f"{d['malformed_total']} {d['malformed']}, truncated {d['truncated']}, dropped "
-        f"{d['dropped_total']} {d['dropped']}, left out by mixing weights {d.get('not_mixed', 0)}",
-        f"- {d['train_pairs']} training pairs, {d['test_pairs']} held-out pairs, "
-        f"max length {cfg['max_length']} tokens",
+        *_data_lines(cfg, d),
         "",
         "## Held-out metrics",
         "",
-        "| metric | value |",
-        "|---|---|",
+        *_metric_lines(m),
     ]
-    for key in (
-        "win_rate",
-        "length_controlled_win_rate",
-        "kendall_tau",
-        "loss",
-        "margin_mean",
-        "reward_mean",
-        "reward_std",
-        "reward_length_spearman",
-    ):
-        if key in m:
-            lines.append(f"| {key} | {fmt(m[key])} |")
     if report:
-        lines += ["", f"Full report with baselines and plots: `{report}/report.md`."]
-    lines += [
-        "",
-        "## Training command",
-        "",
-        "```bash",
-        training_command(),
-        "```",
-        "",
-        "## Loading",
-        "",
-        "```python",
-        "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
-        "tok = AutoTokenizer.from_pretrained(PATH)",
-        "rm = AutoModelForSequenceClassification.from_pretrained(PATH)",
-        "```",
-        "",
-        "Format text as in training: the tokenizer's chat template with the prompt as the user",
-        f"turn and the response as the assistant turn ({cfg['chat_template']} layout). Rewards",
-        "can be normalised with `reward_mean` / `reward_std` from `config.json`. `rmtrain score`",
-        "and `rmtrain serve` apply exactly the training layout.",
-        "",
-    ]
+        lines += ["", f"Full report with plots (and probes, if run): `{report}/report.md`."]
+    lines += ["", "## Training command", "", "```bash", training_command(), "```", ""]
+    lines += ["## Getting a reward", "", *_loading_lines(cfg, adapter), ""]
     return "\n".join(lines)

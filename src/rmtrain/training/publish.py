@@ -61,7 +61,8 @@ def save_model_folder(
     tokenizer.save_pretrained(str(stage))
     save_config(replayable(cfg), stage / "rmtrain_config.yaml")
     (stage / "metrics.json").write_text(json.dumps(result, indent=2))
-    (stage / "README.md").write_text(render_model_card(cfg.to_dict(), result, REPORT_DIR))
+    card = render_model_card(cfg.to_dict(), result, REPORT_DIR, adapter=adapter_only)
+    (stage / "README.md").write_text(card)
     publish(stage, output)
 
 

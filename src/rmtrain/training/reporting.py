@@ -71,6 +71,9 @@ def evaluate_held_out(
     if not sections:
         sections["held-out split"] = overall
     metrics = {k.removeprefix("eval_"): v for k, v in raw.items()}
+    baselines = overall.report["baselines"]
+    metrics["baseline_prefer_longer"] = baselines["longer_response"]
+    metrics["baseline_prefer_shorter"] = baselines["shorter_response"]
     return {**metrics, **overall.report["length"]}, per, sections
 
 
