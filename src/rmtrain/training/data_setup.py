@@ -58,7 +58,9 @@ def _read(source: str, cfg: TrainConfig) -> tuple[list[Pair], DataCounts]:
     return pairs, counts
 
 
-def _encode(tokenizer: Any, pairs: list[Pair], cfg: TrainConfig, counts: DataCounts) -> tuple:
+def _features(tokenizer: Any, pairs: list[Pair], cfg: TrainConfig) -> tuple:
+    """Pairs tokenised and cut once, each feature with its token cost: (features, truncated
+    count, dropped (index, reason))."""
     feats, truncated, dropped = encode_pairs_detailed(
         tokenizer,
         pairs,
@@ -67,10 +69,15 @@ def _encode(tokenizer: Any, pairs: list[Pair], cfg: TrainConfig, counts: DataCou
         cfg.min_prompt_length,
         cfg.reward_position,
     )
-    counts.truncated += truncated
-    record_dropped(counts, pairs, dropped)
     for f in feats:
         f["length"] = pair_tokens(f, cfg.packing)
+    return feats, truncated, dropped
+
+
+def _encode(tokenizer: Any, pairs: list[Pair], cfg: TrainConfig, counts: DataCounts) -> tuple:
+    feats, truncated, dropped = _features(tokenizer, pairs, cfg)
+    counts.truncated += truncated
+    record_dropped(counts, pairs, dropped)
     return feats, truncated
 
 
@@ -79,20 +86,11 @@ def _augmented(
 ) -> list[dict[str, Any]]:
     """The augmentations' pairs, tokenised like the rest; counted apart from the rows read."""
     added, by_name = augment_pairs(pairs, names, cfg.augment_rate, cfg.seed)
-    feats, _, dropped = encode_pairs_detailed(
-        tokenizer,
-        added,
-        cfg.max_length,
-        uses_chat_template(tokenizer, cfg.chat_template),
-        cfg.min_prompt_length,
-        cfg.reward_position,
-    )
+    feats, _, dropped = _features(tokenizer, added, cfg)
     for index, _ in dropped:
         by_name[added[index].extra["augment"]] -= 1
     counts.augmented.update({k: v for k, v in by_name.items() if v})
     counts.augmented_dropped += len(dropped)
-    for f in feats:
-        f["length"] = pair_tokens(f, cfg.packing)
     return feats
 
 
