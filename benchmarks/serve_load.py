@@ -1,6 +1,8 @@
-"""Reward server under load: 200 concurrent requests of mixed sizes over loopback.
+"""Reward server under load: 200 concurrent requests of mixed sizes over loopback, or (with
+--idle N) N connections that send nothing or half a header while real clients are served.
 
     python benchmarks/serve_load.py [--model DIR] [--requests 200] [--output F]
+    python benchmarks/serve_load.py --idle 1100 [--model DIR] [--output F]
 
 The server (`rmtrain serve`) runs in its own process; this process is the client. It runs the
 same load twice, with dynamic batching on and off, and prints errors, p50/p99 latency and
@@ -146,13 +148,85 @@ def run_server(model: str, dynamic: bool) -> tuple[subprocess.Popen, str]:
     raise SystemExit("server did not start")
 
 
+def idle_load(model: str, n: int) -> dict:
+    """N sockets held open (half send nothing, half part of a header) against a server with a
+    key: the time /health and an authorised /score take meanwhile, and how many of the
+    sockets the server has closed after its header deadline."""
+    import os
+
+    key = "bench-key"
+    port = free_port()
+    cmd = [sys.executable, "-m", "rmtrain", "serve", "--model", model, "--port", str(port)]
+    cmd += ["--header-timeout", "5"]
+    env = {**os.environ, "RMTRAIN_API_KEY": key}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                raise SystemExit("server did not start")
+            time.sleep(0.3)
+        socks = []
+        for i in range(n):
+            s = socket.create_connection(("127.0.0.1", port))
+            if i % 2:
+                s.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Le")
+            socks.append(s)
+        time.sleep(0.5)
+        start = time.perf_counter()
+        health = httpx.get(f"{url}/health", timeout=30).status_code
+        health_s = time.perf_counter() - start
+        body = {"items": [{"prompt": "Hi?", "response": "Hello there."}]}
+        start = time.perf_counter()
+        auth = {"Authorization": f"Bearer {key}"}
+        score = httpx.post(f"{url}/score", json=body, headers=auth, timeout=30).status_code
+        score_s = time.perf_counter() - start
+        time.sleep(7)  # past the header deadline
+        closed = 0
+        for s in socks:
+            s.settimeout(0.05)
+            try:
+                closed += s.recv(10) == b""
+            except TimeoutError:
+                pass
+            except OSError:
+                closed += 1
+            s.close()
+        return {
+            "connections": n,
+            "health_status": health,
+            "health_s": health_s,
+            "score_status": score,
+            "score_s": score_s,
+            "closed_after_deadline": closed,
+        }
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default=None)
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--output", default=None, help="also write the result JSON here")
+    ap.add_argument("--idle", type=int, default=0, help="hold this many idle connections")
     a = ap.parse_args()
     model = a.model or demo_model()
+    if a.idle:
+        out = {"setup": setup_record({"model": model}), "idle": idle_load(model, a.idle)}
+        print(json.dumps(out))
+        if a.output:
+            Path(a.output).write_text(json.dumps(out, indent=1) + "\n")
+        return
     reqs = make_requests(a.requests)
     out: dict = {"setup": setup_record({"model": model, "requests": a.requests})}
     for dynamic in (True, False):
