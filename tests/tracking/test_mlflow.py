@@ -132,6 +132,7 @@ def test_training_logs_the_model_its_metrics_artifacts_and_registers_it(server, 
     assert version.version == "1" and version.tags["datasets"] == str(data)
     assert float(version.tags["win_rate"]) == pytest.approx(final, abs=1e-4)
     assert "rmtrain_version" in version.tags and "rmtrain" in version.description.lower()
+    assert version.description.startswith("# Reward model trained with rmtrain")  # no YAML
 
     want = _score(str(out), tmp_path, "folder")
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{rid}/model")
@@ -252,3 +253,14 @@ def test_report_to_none_never_imports_mlflow(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True
     )
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_runs_are_named_after_their_output_and_data(tmp_path):
+    import mlflow
+
+    data = write_demo(tmp_path / "prefs.jsonl", 40, seed=1)
+    out = tmp_path / "named_rm"
+    assert main(tiny_train_args(data, out, "--max-steps", "1", "--report-to", "mlflow")) == 0
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    (run,) = [r for r in runs if r.data.params.get("rmtrain.output") == str(out)]
+    assert run.info.run_name.startswith("named_rm | prefs.jsonl | ")

@@ -158,7 +158,7 @@ def register(model_uri: str, name: str, alias: str | None, output: Path) -> str:
     version = mlflow.register_model(model_uri, name, tags=_tags(output)).version
     card = output / "README.md"
     if card.is_file():
-        client.update_model_version(name, version, description=card.read_text()[:5000])
+        client.update_model_version(name, version, description=card_body(card.read_text()))
     if alias:
         client.set_registered_model_alias(name, alias, version)
     return f"{name}/{version}"
@@ -193,6 +193,14 @@ def _commit() -> str | None:
 
 def is_mlflow_uri(model: str) -> bool:
     return model.startswith(("models:/", "runs:/"))
+
+
+def card_body(card: str, limit: int = 5000) -> str:
+    """The model card without its YAML front matter (metadata for hubs, not for readers)."""
+    if card.startswith("---\n"):
+        end = card.find("\n---\n", 4)
+        card = card[end + 5 :] if end >= 0 else card
+    return card.lstrip()[:limit]
 
 
 def download_model(uri: str, tracking_uri: str) -> tuple[Path, str]:

@@ -143,7 +143,7 @@ def setup(
     check_bad_rows(data.counts, cfg.max_bad_fraction, cfg.strict, str(output / "data_report.json"))
     model = build_model(cfg, tokenizer.pad_token_id)
     check_free_disk(output, model, with_optimizer=bool(cfg.save_steps))
-    run_name = cfg.run_name or f"rmtrain-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = cfg.run_name or _run_name(cfg, output)
     trackers = (
         start_tracking(cfg.report_to, output, run_name, cfg.to_dict(), nested, mlflow_uri)
         if main
@@ -263,6 +263,12 @@ def build_model(cfg: TrainConfig, pad_token_id: int) -> Any:
             model = prepare_model_for_kbit_training(model)
         model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target)
     return model
+
+
+def _run_name(cfg: TrainConfig, output: Path) -> str:
+    """What tells runs apart in a run list: the output folder, the data, the time."""
+    data = "+".join(Path(parse_dataset_spec(d)[0]).name for d in cfg.datasets())
+    return f"{output.name} | {data[:60]} | {time.strftime('%m-%d %H:%M')}"
 
 
 def _inputs(cfg: TrainConfig) -> list[str]:
