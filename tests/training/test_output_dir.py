@@ -199,3 +199,24 @@ def test_resume_checks_the_checkpoints_own_run_and_skips_a_damaged_one(tmp_path,
     assert main(again) == 0
     out = capsys.readouterr().out
     assert "skipping" in out and "checkpoint-4: model.safetensors does not read back" in out
+
+
+def test_a_failed_overwrite_changes_nothing_of_the_finished_model(tmp_path, capsys):
+    import hashlib
+
+    good = write_demo(tmp_path / "good.jsonl", 40, seed=1)
+    out = tmp_path / "rm"
+    assert main(tiny_train_args(good, out, "--max-steps", "1")) == 0
+    before = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in out.iterdir() if p.is_file()}
+    bad = tmp_path / "bad.jsonl"
+    rows = [json.loads(x) for x in good.read_text().splitlines()]
+    rows[:10] = [{"prompt": "p", "chosen": "same", "rejected": "same"}] * 10  # 25% bad
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = tiny_train_args(bad, out, "--max-steps", "1", "--overwrite")
+    assert main(args) == 2
+    assert "see " + str(out / ".rmtrain-next" / "data_report.json") in capsys.readouterr().err
+    after = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in out.iterdir() if p.is_file()}
+    assert after == before  # data report, marker, model: all the old run's
+    assert main(tiny_train_args(good, out, "--max-steps", "2", "--overwrite")) == 0
+    assert not (out / ".rmtrain-next").exists()
+    assert json.loads((out / ".rmtrain-output").read_text())["options"]["max_steps"] == 2

@@ -45,14 +45,28 @@ def clear_previous_run(output: Path) -> None:
     """Under the run's lock: nothing of an old run may mix with the new one. `--overwrite`
     clears the old run's checkpoints (so they cannot be rotated into or resumed as the new
     run); a failed run's leftovers (a data report, no model, no checkpoint) need no flag."""
-    for name in ("checkpoints", STAGE_NAME):
+    for name in ("checkpoints", STAGE_NAME, NEXT):
         shutil.rmtree(output / name, ignore_errors=True)
+
+
+NEXT = ".rmtrain-next"  # a new run's reports while the folder still holds the old model
+
+
+def reports_dir(output: Path) -> Path:
+    """Where a run writes its reports before its model is saved: the folder itself, or beside
+    a finished model already there (`--overwrite`), so that a run that fails or is refused
+    changes nothing of that model; they move in with the new model."""
+    if not any((output / m).exists() for m in MARKERS):
+        return output
+    (output / NEXT).mkdir(parents=True, exist_ok=True)
+    return output / NEXT
 
 
 def claim_output(
     output: Path, options: dict[str, Any], resume: bool, run_keys: Sequence[str] = ()
 ) -> None:
-    """Mark the folder as this run's (with its options); on resume, refuse a checkpoint that
+    """Mark the folder as this run's (with its options), unless it still holds a finished model
+    (then the mark moves in with the new model, `publish`); on resume, refuse a checkpoint that
     another run wrote, naming the `run_keys` options that differ."""
     owner = read_owner(output)
     if resume and owner is not None:
@@ -64,7 +78,8 @@ def claim_output(
                 f"--resume: the checkpoints in {output} belong to a run with other options "
                 f"({changes}); resume with the same options or start with --overwrite"
             )
-    write_owner(output, "train", options=options)
+    if resume or reports_dir(output) == output:
+        write_owner(output, "train", options=options)
 
 
 STAGE_NAME = ".staging-final"
@@ -81,12 +96,18 @@ def staging_dir(output: Path) -> Path:
 NOT_PUBLISHED = ("training_args.bin",)  # a pickle of the Trainer's arguments: not a model file
 
 
-def publish(stage: Path, output: Path) -> None:
+def publish(stage: Path, output: Path, options: dict[str, Any] | None = None) -> None:
     """Move every staged file into `output`; the marker goes last, an old marker goes first.
     Files get the mode any new file gets (some writers make 0600: another account serving the
     model could not read it); an empty `checkpoints/` is removed."""
     for name in NOT_PUBLISHED:
         (stage / name).unlink(missing_ok=True)
+    pending = output / NEXT
+    if pending.is_dir():  # the run's reports, kept aside while the old model stood
+        for item in pending.iterdir():
+            if not (stage / item.name).exists():
+                os.replace(item, stage / item.name)
+        shutil.rmtree(pending)
     for path in stage.rglob("*"):
         path.chmod(default_mode(path.is_dir()))
     for marker in MARKERS:
@@ -102,3 +123,5 @@ def publish(stage: Path, output: Path) -> None:
     ckpts = output / "checkpoints"
     if ckpts.is_dir() and not any(ckpts.iterdir()):
         ckpts.rmdir()
+    if options is not None:
+        write_owner(output, "train", options=options)

@@ -63,7 +63,7 @@ def save_model_folder(
     (stage / "metrics.json").write_text(json.dumps(result, indent=2))
     card = render_model_card(cfg.to_dict(), result, REPORT_DIR, adapter=adapter_only)
     (stage / "README.md").write_text(card)
-    publish(stage, output)
+    publish(stage, output, cfg.to_dict())
 
 
 def replayable(cfg: TrainConfig) -> TrainConfig:

@@ -36,7 +36,12 @@ from rmtrain.tracking.runs import (
     start_tracking,
     trainer_report_to,
 )
-from rmtrain.training.atomic_save import check_output_dir, claim_output, clear_previous_run
+from rmtrain.training.atomic_save import (
+    check_output_dir,
+    claim_output,
+    clear_previous_run,
+    reports_dir,
+)
 from rmtrain.training.checkpoints import (
     check_resume_options,
     checkpoint_problem,
@@ -131,16 +136,17 @@ def setup(
     tune_allocator(cfg)
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model, cfg.pad_token, cfg.trust_remote_code)
+    report = (reports_dir(output) if main else output) / "data_report.json"
     try:
         data = prepare_data(cfg, tokenizer)
     except NoUsablePairs as exc:
         if main:  # the report says which rows are bad and why
-            write_data_report(exc.counts, output / "data_report.json")
+            write_data_report(exc.counts, report)
         raise
     print_counts(data.counts, data.per_dataset)
     if main:
-        write_data_report(data.counts, output / "data_report.json", data.per_dataset)
-    check_bad_rows(data.counts, cfg.max_bad_fraction, cfg.strict, str(output / "data_report.json"))
+        write_data_report(data.counts, report, data.per_dataset)
+    check_bad_rows(data.counts, cfg.max_bad_fraction, cfg.strict, str(report))
     model = build_model(cfg, tokenizer.pad_token_id)
     check_free_disk(output, model, with_optimizer=bool(cfg.save_steps))
     run_name = cfg.run_name or _run_name(cfg, output)
@@ -181,7 +187,7 @@ def train_and_publish(run: Run) -> dict[str, Any]:
         logs = trainer.state.log_history  # training losses and the evaluations during training
         result["log_history"] = [h for h in logs if "loss" in h or "eval_win_rate" in h]
         if trainer.is_world_process_zero():
-            write_report(sections, output / REPORT_DIR, cfg.model)
+            write_report(sections, reports_dir(output) / REPORT_DIR, cfg.model)
         save_model_folder(trainer, run.tokenizer, cfg, result, output)
         if why:
             raise diverged(why, cfg.lr, output)
