@@ -220,3 +220,19 @@ def test_a_failed_overwrite_changes_nothing_of_the_finished_model(tmp_path, caps
     assert main(tiny_train_args(good, out, "--max-steps", "2", "--overwrite")) == 0
     assert not (out / ".rmtrain-next").exists()
     assert json.loads((out / ".rmtrain-output").read_text())["options"]["max_steps"] == 2
+
+
+def test_the_free_space_check_counts_the_tokenizer(tmp_path):
+    import shutil
+
+    import pytest
+    import torch
+
+    from rmtrain.errors import RmtrainError
+    from rmtrain.training.resources import check_free_disk
+
+    model = torch.nn.Linear(256, 256)  # 65,792 fp32 weights: 263,168 bytes
+    free = shutil.disk_usage(tmp_path).free
+    check_free_disk(tmp_path, model, False, tokenizer_bytes=0)
+    with pytest.raises(RmtrainError, match="MiB free"):
+        check_free_disk(tmp_path, model, False, tokenizer_bytes=free)  # weights + it > free

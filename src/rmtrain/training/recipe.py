@@ -148,7 +148,7 @@ def setup(
         write_data_report(data.counts, report, data.per_dataset)
     check_bad_rows(data.counts, cfg.max_bad_fraction, cfg.strict, str(report))
     model = build_model(cfg, tokenizer.pad_token_id)
-    check_free_disk(output, model, with_optimizer=bool(cfg.save_steps))
+    check_free_disk(output, model, bool(cfg.save_steps), _tokenizer_bytes(tokenizer))
     run_name = cfg.run_name or _run_name(cfg, output)
     trackers = (
         start_tracking(cfg.report_to, output, run_name, cfg.to_dict(), nested, mlflow_uri)
@@ -269,6 +269,12 @@ def build_model(cfg: TrainConfig, pad_token_id: int) -> Any:
             model = prepare_model_for_kbit_training(model)
         model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target)
     return model
+
+
+def _tokenizer_bytes(tokenizer: Any) -> int:
+    """About what `save_pretrained` writes for the tokenizer (its vocabulary as JSON)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return len(backend.to_str(pretty=True).encode()) if backend is not None else 0
 
 
 def _run_name(cfg: TrainConfig, output: Path) -> str:

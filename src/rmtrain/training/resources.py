@@ -27,10 +27,14 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def check_free_disk(output: Path, model: Any, with_optimizer: bool) -> None:
-    """Fail before training when the disk cannot hold one checkpoint (weights + AdamW state)."""
+def check_free_disk(
+    output: Path, model: Any, with_optimizer: bool, tokenizer_bytes: int = 0
+) -> None:
+    """Fail before training when the disk cannot hold one checkpoint (weights + AdamW state)
+    and the final folder (weights, tokenizer files, reports: a margin of 5% and 1 MiB)."""
     n_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    need = n_bytes * (3 if with_optimizer else 1)
+    need = n_bytes * (3 if with_optimizer else 1) + tokenizer_bytes
+    need = int(need * 1.05) + 2**20
     free = shutil.disk_usage(output).free
     if free < need:
         raise RmtrainError(
