@@ -229,7 +229,7 @@ def _make_trainer(run: Run, sink: dict[str, Any]) -> PairwiseRewardTrainer:
         callbacks=[
             *([] if CHECKS_GRAD_NORM else [NonFiniteGuard()]),
             # --keep-best: the last step's weights are a candidate, evaluated like the others
-            KeepBest() if cfg.keep_best else WholeSplitAtTheEnd(),
+            KeepBest(run.resume) if cfg.keep_best else WholeSplitAtTheEnd(),
             RunOptionsInCheckpoints({k: cfg.to_dict()[k] for k in TrainConfig.run_keys()}),
             *run.callbacks,
         ],
