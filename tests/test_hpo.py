@@ -162,7 +162,7 @@ def test_a_trial_left_running_by_a_kill_is_failed_and_replaced(setup, tmp_path, 
         (1, "COMPLETE"),
         (2, "COMPLETE"),
     ]
-    assert study.trials[0].user_attrs["orphaned"] is True
+    assert study.user_attrs["orphaned"] == [0]
     assert hpo(setup, out, 2) == 0 and len(trial_numbers(out)) == 3  # nothing owed
 
 

@@ -139,8 +139,8 @@ def check_ranges(cfg: Any) -> None:
         problems.append(f"--block-attention must be auto, on, off or flex: {cfg.block_attention!r}")
     attn = ("sdpa", "eager", "flash_attention_2")
     if cfg.attn_implementation in ("flex", "flex_attention"):
-        # Measured with torch 2.13 CPU: no FlexAttention backward on CPU (NotImplementedError),
-        # and its unfused fallback with a packed 4-D mask aborted the process (double free).
+        # FlexAttention has no backward on CPU, and its unfused fallback does not take the
+        # packed 4-D masks; on GPUs it is unverified (docs/speed.md).
         problems.append(
             "--attn-implementation flex is not supported yet (no backward on CPU, unverified "
             "on GPU); use sdpa (prefix sharing, the default) or flash_attention_2 with "

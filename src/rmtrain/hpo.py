@@ -248,20 +248,23 @@ def _fail_orphans(study: Any) -> int:
     from optuna.trial import TrialState
 
     orphans = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+    if orphans:
+        known = list(study.user_attrs.get(ORPHAN, []))
+        study.set_user_attr(ORPHAN, known + [t.number for t in orphans])
     for t in orphans:
-        study._storage.set_trial_user_attr(t._trial_id, ORPHAN, True)
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.tell(t.number, state=TrialState.FAIL)
     if orphans:
         print(f"[rmtrain] {len(orphans)} trial(s) left running by a stopped search marked failed")
     return len(orphans)
 
 
-def _counted(trial: Any) -> bool:
-    return trial.state.name in FINISHED and not trial.user_attrs.get(ORPHAN)
+def _counted(trial: Any, orphans: set[int]) -> bool:
+    return trial.state.name in FINISHED and trial.number not in orphans
 
 
 def _finished(study: Any) -> int:
-    return sum(_counted(t) for t in study.get_trials(deepcopy=False))
+    orphans = set(study.user_attrs.get(ORPHAN, []))
+    return sum(_counted(t, orphans) for t in study.get_trials(deepcopy=False))
 
 
 class _StopAfter:
@@ -273,7 +276,8 @@ class _StopAfter:
 
     def __call__(self, study: Any, trial: Any) -> None:
         trials = study.get_trials(deepcopy=False)
-        if sum(_counted(t) or t.state.name == "RUNNING" for t in trials) >= self.n:
+        orphans = set(study.user_attrs.get(ORPHAN, []))
+        if sum(_counted(t, orphans) or t.state.name == "RUNNING" for t in trials) >= self.n:
             study.stop()
 
 

@@ -14,9 +14,10 @@ once per batch from the row's 4-D mask: the kernel skips the 128 x 128 tiles the
 entirely, in one launch per layer (for GPUs, where many small SDPA calls are launch-bound;
 FlexAttention has no backward on CPU, and unfused there it is for scoring only).
 
-transformers picks the attention function by name at every call; `install()` wraps its "sdpa"
-entry. A call without `attention_blocks` or `attention_flex` runs the stock function unchanged,
-so other models in the process, and rmtrain's padded path, see plain SDPA.
+transformers picks the attention function by the name in a model's config at every call:
+`select(model)` registers `block_sdpa` under its own name and points only that model at it (no
+global entry is replaced), and `deselect` points it back. A call without `attention_blocks` or
+`attention_flex` runs stock SDPA, so rmtrain's padded path sees plain SDPA.
 """
 
 from __future__ import annotations
