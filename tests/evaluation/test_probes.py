@@ -148,3 +148,22 @@ def test_the_probe_table_goes_to_mlflow(tmp_path, mlflow_store):
     table = json.loads(Path(local).read_text())
     rows = table["data"]
     assert len(rows) == len(PROBES) and {r[1] for r in rows} == set(PROBES)
+
+
+def test_one_prompt_sets_give_no_verdicts_and_strict_json(trained, tmp_path):
+    import json
+
+    from rmtrain.cli import main
+
+    model, data = trained
+    one = tmp_path / "one.jsonl"
+    one.write_text(data.read_text().splitlines()[0] + "\n")
+    args = ["eval", "--model", str(model), "--dataset", str(one), "--robustness", "true"]
+    assert main([*args, "--output", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r" / "report.json").read_text()
+    assert "NaN" not in text
+    section = json.loads(text)["datasets"][str(one)]
+    robust = section["robustness"]
+    assert robust["offtopic"]["skipped"] == "applies to none of these pairs"
+    assert all(not v["flags"] for v in robust.values())  # one pair: no interval, no verdict
+    assert not any(f.startswith("reward is mostly length") for f in section["flags"])

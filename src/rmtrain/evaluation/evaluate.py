@@ -69,7 +69,7 @@ def quality_flags(report: dict[str, Any]) -> list[str]:
             "includes or is below 0.5"
         )
     rho = report["length"]["reward_length_spearman"]
-    if abs(rho) >= LENGTH_FLAG_SPEARMAN:
+    if m["num_pairs"] >= 10 and abs(rho) >= LENGTH_FLAG_SPEARMAN:  # few pairs: no verdict
         controlled = report["length"]["length_controlled_win_rate"]
         flags.append(
             f"reward is mostly length: Spearman {rho:+.2f} between reward and response length "
@@ -131,6 +131,21 @@ def summarise(
     if seconds is not None:
         report["scoring"] = {"seconds": seconds, "pairs_per_s": len(pairs) / max(seconds, 1e-9)}
     return DatasetEval(report, chosen, rejected, c_len, r_len)
+
+
+def _no_nan(value: Any) -> Any:
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_no_nan(v) for v in value]
+    return value
+
+
+def report_json(report: dict[str, Any]) -> str:
+    """report.json as strict JSON: a number that cannot be computed (too few pairs) is null."""
+    return json.dumps(_no_nan(report), indent=2, allow_nan=False)
 
 
 def text_scorer(scorer: Any) -> Any:
@@ -196,7 +211,7 @@ def add_robustness_to_report(
         changes = _add_probes(part, scorer, pairs, probes, seed)
         slug = part["plots"][0].removesuffix("_rewards_hist.png")  # the section's own prefix
         part["plots"].append(plot_robustness(changes, report_dir, slug, short_name(name)))
-    (report_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (report_dir / "report.json").write_text(report_json(report))
     (report_dir / "report.md").write_text(render_markdown(report))
 
 
@@ -260,7 +275,7 @@ def write_report(results: dict[str, DatasetEval], output: Path, model: str) -> d
         if res.probe_changes:
             plots.append(plot_robustness(res.probe_changes, output, slug, short))
         report["datasets"][name] = {**res.report, "plots": plots}
-    (output / "report.json").write_text(json.dumps(report, indent=2))
+    (output / "report.json").write_text(report_json(report))
     (output / "report.md").write_text(render_markdown(report))
     return report
 

@@ -96,9 +96,9 @@ def _flattery(prompt: str, response: str, rng: random.Random, ctx: Context) -> s
 
 
 @probe("offtopic", "fall", "the chosen response of a different prompt")
-def _offtopic(prompt: str, response: str, rng: random.Random, ctx: Context) -> str:
+def _offtopic(prompt: str, response: str, rng: random.Random, ctx: Context) -> str | None:
     others = [r for r in ctx.pool if r != response]
-    return rng.choice(others) if others else response
+    return rng.choice(others) if others else None  # one prompt only: nothing to swap in
 
 
 @probe("whitespace", "none", "trailing spaces and newlines, doubled blank lines")
@@ -151,6 +151,8 @@ def mean_interval(x: np.ndarray) -> tuple[float, float]:
 
 def judge(name: str, expect: str, changes: np.ndarray, scale: float) -> list[str]:
     """The probe's flags in words: a result that goes the wrong way, with its interval."""
+    if len(changes) < 2:
+        return []  # no interval from fewer than two pairs: nothing to flag
     lo, hi = mean_interval(changes)
     mean = float(np.mean(changes))
     span = f"mean change {mean:+.3f} (95% {lo:+.3f} to {hi:+.3f})"
@@ -175,8 +177,8 @@ def run_probes(
     rewritten = rewrite_pairs(pairs, names, seed)
     prompts = [p.prompt for p in pairs]
     texts = [_text(p.chosen) for p in pairs] + [_text(p.rejected) for p in pairs]
-    for name in names:
-        texts += rewritten[name]
+    for name in names:  # a probe that does not apply to a pair (None) is not scored there
+        texts += [t if t is not None else "" for t in rewritten[name]]
     rewards = np.asarray(score(prompts * (2 + len(names)), texts), dtype=float)
     n = len(pairs)
     chosen, rejected = rewards[:n], rewards[n : 2 * n]
@@ -184,9 +186,14 @@ def run_probes(
     out = {}
     for i, name in enumerate(names):
         after = rewards[(2 + i) * n : (3 + i) * n]
-        ok = np.isfinite(after) & np.isfinite(chosen)  # a text that could not be scored
+        applies = np.array([t is not None for t in rewritten[name]], dtype=bool)
+        ok = np.isfinite(after) & np.isfinite(chosen) & applies  # scored, and applicable
         changes = after[ok] - chosen[ok]
         expect = PROBES[name].expect
+        if not ok.any():
+            out[name] = {"expect": expect, "doc": PROBES[name].doc, "pairs": 0, "flags": [],
+                         "skipped": "applies to none of these pairs", "changes": []}  # fmt: skip
+            continue
         out[name] = {
             "expect": expect,
             "doc": PROBES[name].doc,

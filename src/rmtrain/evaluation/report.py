@@ -128,7 +128,13 @@ def robustness_markdown(section: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in section.items():
+        if r.get("skipped"):
+            lines.append(f"| {name} | {r['doc']} | {EXPECT_WORDS[r['expect']]} | - | - | - | - | "
+                         f"{r['skipped']} |")  # fmt: skip
+            continue
         lo, hi = r["mean_change_ci95"]
+        if r["pairs"] < 2:
+            lo = hi = float("nan")
         mark = "**wrong way**" if r["flags"] else "ok"
         lines.append(
             f"| {name} | {r['doc']} | {EXPECT_WORDS[r['expect']]} | {r['mean_change']:+.3f} "
