@@ -151,10 +151,6 @@ def test_the_probe_table_goes_to_mlflow(tmp_path, mlflow_store):
 
 
 def test_one_prompt_sets_give_no_verdicts_and_strict_json(trained, tmp_path):
-    import json
-
-    from rmtrain.cli import main
-
     model, data = trained
     one = tmp_path / "one.jsonl"
     one.write_text(data.read_text().splitlines()[0] + "\n")
