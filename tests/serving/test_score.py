@@ -160,3 +160,13 @@ def test_the_prompt_floor_reaches_scoring_and_serving(trained, tmp_path):
     assert cut and len(ids) == 64 and ids[:10] == head_ids[-10:]
     # the full text through /get_reward's path is cut the same way
     assert encode_items(scorer, [Item(text=head + long_answer)])[0][0] == ids
+
+
+def test_an_unknown_message_role_is_an_error_not_a_dropped_turn():
+    from rmtrain.serving.scorer import parse_item
+
+    row = {"prompt": [{"role": "human", "content": "Hi?"}], "response": "Hello."}
+    assert parse_item(row) == "unknown message roles ['human']: use system, user, assistant or tool"
+    ok = {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+          "response": "Hello."}  # fmt: skip
+    assert not isinstance(parse_item(ok), str)

@@ -248,12 +248,32 @@ def _all_text(value: Any) -> bool:
     return True
 
 
+ROLES = ("system", "user", "assistant", "tool")  # what chat templates render
+
+
+def _unknown_roles(obj: Any) -> list[str]:
+    """Roles a template would drop without a word (the reward then misses that turn)."""
+    if not isinstance(obj, dict):
+        return []
+    found = [
+        m.get("role")
+        for k in ("prompt", "response", "messages")
+        if isinstance(obj.get(k), list)
+        for m in obj[k]
+        if isinstance(m, dict) and m.get("role") not in ROLES
+    ]
+    return sorted({str(r) for r in found})
+
+
 def parse_item(obj: Any) -> Item | str:
     """An `Item`, or the reason the object cannot be scored (reported, never dropped)."""
     if not isinstance(obj, dict):
         return "item must be a JSON object"
     if not all(_all_text(obj.get(k)) for k in ("prompt", "response", "messages", "text")):
         return "text holds an unpaired surrogate (like \\ud800): send valid unicode"
+    roles = _unknown_roles(obj)
+    if roles:
+        return f"unknown message roles {roles}: use system, user, assistant or tool"
     if "response" in obj:
         prompt, response = obj.get("prompt", ""), obj["response"]
         if not (isinstance(prompt, str) or is_messages(prompt)):
