@@ -87,12 +87,17 @@ def render(tokenizer: Any, prompt: Text, response: Text, chat: bool) -> tuple[st
     return head, full[len(head) :], ""
 
 
-def _tokenize_many(tokenizer: Any, texts: list[str], special: bool) -> list[list[int]]:
-    """Batched tokenisation with de-duplication (tails and shared prompts repeat a lot)."""
+def _tokenize_many(
+    tokenizer: Any, texts: list[str], special: bool, split_special: bool = False
+) -> list[list[int]]:
+    """Batched tokenisation with de-duplication (tails and shared prompts repeat a lot).
+    `split_special`: special-token strings in the text are plain text (a response cannot write
+    the template's turn markers and forge a turn)."""
     unique = list(dict.fromkeys(texts))
     if not unique:
         return []
-    ids = tokenizer(unique, add_special_tokens=special)["input_ids"]
+    extra = {"split_special_tokens": True} if split_special else {}
+    ids = tokenizer(unique, add_special_tokens=special, **extra)["input_ids"]
     table = dict(zip(unique, ids, strict=True))
     return [list(table[t]) for t in texts]
 
@@ -136,7 +141,7 @@ def encode_batch(
     """Encode prompt/response texts in one batched call per part."""
     parts = [render(tokenizer, p, r, chat) for p, r in zip(prompts, responses, strict=True)]
     head_ids = _tokenize_many(tokenizer, [p[0] for p in parts], special=not chat)
-    body_ids = _tokenize_many(tokenizer, [p[1] for p in parts], special=False)
+    body_ids = _tokenize_many(tokenizer, [p[1] for p in parts], special=False, split_special=True)
     tail_ids = _tokenize_many(tokenizer, [p[2] for p in parts], special=False)
     tails: dict[tuple[int, ...], list[int]] = {}  # one cut per distinct closing, not per text
     for t in tail_ids:
@@ -232,7 +237,7 @@ def encode_text(
     elif tokenizer.eos_token and response.endswith(tokenizer.eos_token):
         response = response[: -len(tokenizer.eos_token)]
     head_ids = tokenizer(head, add_special_tokens=not chat)["input_ids"] if head else []
-    body_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    body_ids = tokenizer(response, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     tail = reward_tail(tokenizer, frame.closing, position)
     return _closed(tokenizer, list(head_ids), list(body_ids), tail)
 
