@@ -139,6 +139,17 @@ def test_training_logs_the_model_its_metrics_artifacts_and_registers_it(server, 
     # a frame of prompt / response rows, and one of chat messages
     got = [*pyfunc.predict(pd.DataFrame(ROWS[:2])), *pyfunc.predict(pd.DataFrame(ROWS[2:]))]
     assert max(abs(a - b) for a, b in zip(got, want, strict=True)) < 1e-5
+    # a full text, as `rmtrain score` takes it, and a bad row named by its index and reason
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    chat = [{"role": "user", "content": ROWS[0]["prompt"]}]
+    chat.append({"role": "assistant", "content": ROWS[0]["response"]})
+    text = tok.apply_chat_template(chat, tokenize=False)
+    (as_text,) = pyfunc.predict(pd.DataFrame([{"text": text}]))
+    assert as_text == pytest.approx(want[0], abs=1e-5)
+    with pytest.raises(Exception, match="row 1: 'response' must be a non-empty string"):
+        pyfunc.predict(pd.DataFrame([ROWS[0], {"prompt": "p", "response": " "}]))
     registered = _score("models:/demo-rm@candidate", tmp_path, "registry")
     assert max(abs(a - b) for a, b in zip(registered, want, strict=True)) < 1e-5
     from rmtrain.cli import _local_model

@@ -38,13 +38,23 @@ class RewardModel(mlflow.pyfunc.PythonModel):
         self.scorer = load_scorer(context.artifacts["model_dir"])
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> np.ndarray:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
         from rmtrain.serving.scorer import score_records
 
+        known = {"prompt", "response", "messages", "text"}
+        if len(model_input) and not known & set(model_input.columns):
+            raise MlflowException(
+                f"no column rmtrain scores in {sorted(map(str, model_input.columns))}: send "
+                "prompt + response, messages, or text",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
         records = [_plain(row) for row in model_input.to_dict(orient="records")]
         results = score_records(self.scorer, records)
         bad = [f"row {i}: {r['error']}" for i, r in enumerate(results) if "error" in r]
-        if bad:
-            raise ValueError("; ".join(bad[:5]))
+        if bad:  # the client sees which rows and why (a 400 with this message when served)
+            raise MlflowException("; ".join(bad[:5]), error_code=INVALID_PARAMETER_VALUE)
         return np.asarray([r["reward"] for r in results], dtype=np.float64)
 
 
@@ -71,6 +81,7 @@ def _signature() -> Any:
             ColSpec("string", "prompt", required=False),
             ColSpec("string", "response", required=False),
             ColSpec(Array(message), "messages", required=False),
+            ColSpec("string", "text", required=False),
         ]
     )
     outputs = Schema([TensorSpec(np.dtype("float64"), (-1,))])
