@@ -93,3 +93,21 @@ def test_margins_stay_with_their_pairs_in_every_layout(layout):
             want.append(pairwise_loss(c, r, torch.tensor([f["margin"]])).item())
     assert got == pytest.approx(sum(want) / len(want), abs=1e-5)
     assert sorted(batch["margin"].tolist()) == sorted(f["margin"] for f in feats)
+
+
+def test_packing_none_trains_on_the_same_batches_as_the_default(tmp_path):
+    """`--packing none` is an exact off switch with length grouping on (the default): the
+    sampler sorts by a cost that does not depend on the layout."""
+    import json
+
+    from rmtrain.cli import main
+    from tests.conftest import tiny_train_args, write_demo
+    from tests.helpers import assert_trains_the_same
+
+    data = write_demo(tmp_path / "d.jsonl", 60, seed=1)
+    args = ["--max-steps", "4", "--logging-steps", "1", "--lr", "3e-3", "--eval-steps", "0"]
+    folders = [tmp_path / "default", tmp_path / "none"]
+    assert main(tiny_train_args(data, folders[0], *args)) == 0
+    assert main(tiny_train_args(data, folders[1], *args, "--packing", "none")) == 0
+    results = [json.loads((f / "metrics.json").read_text()) for f in folders]
+    assert_trains_the_same(results, folders)

@@ -69,8 +69,8 @@ def _features(tokenizer: Any, pairs: list[Pair], cfg: TrainConfig) -> tuple:
         cfg.min_prompt_length,
         cfg.reward_position,
     )
-    for f in feats:
-        f["length"] = pair_tokens(f, cfg.packing)
+    for f in feats:  # what length grouping sorts by: the same in every --packing mode, so that
+        f["length"] = pair_tokens(f, "prefix_sharing")  # the modes train on the same batches
     return feats, truncated, dropped
 
 
