@@ -71,7 +71,23 @@ def added_share(name: str, extra: list[str], settings: dict[str, Any]) -> float:
     return len(added) / len(train)
 
 
-def run_variant(name: str, variant: str, settings: dict[str, Any]) -> dict[str, Any]:
+def probe_sample(name: str, n: int | None) -> Path:
+    """The test pairs the probes run on: all, or a seeded sample of `n` (written once)."""
+    test = path(name, "test")
+    if not n:
+        return test
+    from rmtrain.data.splits import seeded_sample
+
+    rows = test.read_text().splitlines()
+    file = WORK / f"robust_{name}_probe_{n}.jsonl"
+    picked = seeded_sample(len(rows), min(n, len(rows)), 0)
+    file.write_text("".join(rows[i] + "\n" for i in picked))
+    return file
+
+
+def run_variant(
+    name: str, variant: str, settings: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
     extra = VARIANTS[variant]
     share = added_share(name, extra, settings)
     spec = {
@@ -87,11 +103,14 @@ def run_variant(name: str, variant: str, settings: dict[str, Any]) -> dict[str, 
         "steps": None,
     }
     result = _run(spec)
-    result["eval"] = evaluate(spec["out"], ["hh", "se"])
-    section = probe(Path(spec["out"]), path(name, "test"), WORK / f"robust_{name}_{variant}_eval")
+    other = "se" if name == "hh" else "hh"
+    result["eval"] = evaluate(spec["out"], [name, other] if args.cross_domain else [name])
+    sample = probe_sample(name, args.probe_pairs)
+    section = probe(Path(spec["out"]), sample, WORK / f"robust_{name}_{variant}_eval", args.probes)
     return {
         "variant": variant,
         "options": extra,
+        "probe_pairs": section["counts"]["scored_pairs"],
         "batch": spec["batch"],
         "added_pairs_per_pair": share,
         **result,
@@ -108,7 +127,8 @@ def markdown(record: dict[str, Any]) -> str:
     head += "reward-length rho | train s | steps | " + " | ".join(probes) + " |"
     lines = [head, "|" + "---|" * (7 + len(probes))]
     for run in record["runs"]:
-        e, x, ln = run["eval"][name], run["eval"][other], run["length"]
+        e, ln = run["eval"][name], run["length"]
+        x = run["eval"].get(other, {"win_rate": float("nan")})
         lo, hi = e["win_rate_ci95"]
         cells = [
             run["variant"],
@@ -125,11 +145,12 @@ def markdown(record: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if record["runs"]:
         e = record["runs"][0]["eval"]
+        base = [f"{k} {v['prefer_longer']:.3f} / {v['prefer_shorter']:.3f}" for k, v in e.items()]
         lines += [
             "",
-            f"Length baselines (prefer longer / shorter): {name} {e[name]['prefer_longer']:.3f} / "
-            f"{e[name]['prefer_shorter']:.3f}; {other} {e[other]['prefer_longer']:.3f} / "
-            f"{e[other]['prefer_shorter']:.3f}. Probe cells: mean reward change (95% interval).",
+            f"Length baselines (prefer longer / shorter): {'; '.join(base)}. Length numbers "
+            f"and probe cells (mean reward change, 95% interval) on "
+            f"{record['runs'][0]['probe_pairs']} {name} test pairs.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -139,6 +160,9 @@ def main() -> None:
     ap.add_argument("--set", required=True, choices=sorted(RECIPES))
     ap.add_argument("--variants", nargs="+", default=["plain", "augment"], choices=list(VARIANTS))
     ap.add_argument("--name", help="result file name (default robust_<set>)")
+    ap.add_argument("--probe-pairs", type=int, help="probe a seeded sample of the test pairs")
+    ap.add_argument("--probes", help="comma-separated probes (default: all)")
+    ap.add_argument("--no-cross-domain", dest="cross_domain", action="store_false")
     args = ap.parse_args()
     if not (DATA / f"{args.set}_test.jsonl").is_file():
         raise SystemExit("run python benchmarks/quality_data.py first")
@@ -147,7 +171,7 @@ def main() -> None:
     file = RESULTS / f"{args.name or 'robust_' + args.set}"
     runs: list[dict[str, Any]] = []
     for variant in args.variants:
-        runs.append(run_variant(args.set, variant, settings))
+        runs.append(run_variant(args.set, variant, settings, args))
         record = setup_record({"set": args.set, "model": "smollm2", "settings": settings,
                                "augment_rate": AUGMENT_RATE, "runs": runs})  # fmt: skip
         file.with_suffix(".json").write_text(json.dumps(record, indent=2))

@@ -37,12 +37,13 @@ def quality_run(name: str, train_set: str) -> tuple[dict[str, Any], dict[str, An
     return record, runs[-1]
 
 
-def probe(model: Path, test_file: Path, output: Path) -> dict[str, Any]:
+def probe(model: Path, test_file: Path, output: Path, probes: str | None = None) -> dict[str, Any]:
     """The held-out section of `rmtrain eval --robustness` (the command a user runs)."""
     from rmtrain.cli import main
 
     argv = ["eval", "--model", str(model), "--dataset", str(test_file)]
     argv += ["--output", str(output), "--robustness", "true", "--overwrite"]
+    argv += ["--probes", probes] if probes else []
     if main(argv) != 0:
         raise SystemExit("rmtrain eval failed")
     report = json.loads((output / "report.json").read_text())
