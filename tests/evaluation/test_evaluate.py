@@ -45,10 +45,8 @@ def test_metrics_baselines_and_subsets_are_exact():
     assert r["length"]["length_controlled_win_rate"] == 0.5
     assert r["flags"] == [
         "not above chance: win rate 0.500 (95% interval 0.150-0.850) includes or is below 0.5",
-        "reward is mostly length: Spearman +0.80 between reward and response length "
-        "(length-controlled win rate 0.500)",
         "not above the length baseline: win rate 0.500 <= prefer shorter 0.625",
-    ]
+    ]  # a Spearman of 0.80 from four pairs is no verdict (the length flag needs ten)
     assert r["subsets"] == {
         "chat": {"win_rate": 0.5, "pairs": 2},
         "math": {"win_rate": 0.5, "pairs": 2},

@@ -69,6 +69,7 @@ def test_a_resumed_run_keeps_the_best_weights_seen_before_it_stopped(tmp_path):
 
     data = write_demo(tmp_path / "d.jsonl", 60, seed=2)
     opts = ["--max-steps", "8", "--eval-steps", "2", "--keep-best", "--save-steps", "2"]
+    opts += ["--save-total-limit", "8"]  # every checkpoint kept: the copy is cut back to 4
     opts += ["--lr", "0.05", "--logging-steps", "1", "--seed", "3"]
     whole = tmp_path / "whole"
     assert main(tiny_train_args(data, whole, *opts)) == 0
@@ -79,8 +80,8 @@ def test_a_resumed_run_keeps_the_best_weights_seen_before_it_stopped(tmp_path):
     for item in stopped.iterdir():
         if item.name not in (".rmtrain-output", "checkpoints", "data_report.json"):
             shutil.rmtree(item) if item.is_dir() else item.unlink()
-    for ckpt in (stopped / "checkpoints").iterdir():
-        if int(ckpt.name.split("-")[1]) > 4:
+    for ckpt in (stopped / "checkpoints").glob("checkpoint-*"):
+        if int(ckpt.name.removeprefix("checkpoint-")) > 4:
             shutil.rmtree(ckpt)
     assert main(tiny_train_args(data, stopped, *opts, "--resume")) == 0
     again = json.loads((stopped / "metrics.json").read_text())["metrics"]
