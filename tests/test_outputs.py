@@ -174,3 +174,26 @@ def test_an_unreachable_hub_is_one_line_naming_the_offline_models(tmp_path, monk
     line = _error(capsys)
     assert "could not be fetched from the Hugging Face Hub" in line
     assert "offline here: builtin:tiny-qwen3" in line
+
+
+def test_score_reads_gzip_and_prepare_writes_what_its_name_says(trained, tmp_path, capsys):
+    import gzip
+
+    model, _ = trained
+    rows = [{"prompt": "Hi?", "response": "Hello!"}, {"prompt": "Hi?", "response": "Go away."}]
+    plain = write_jsonl(tmp_path / "in.jsonl", rows)
+    packed = tmp_path / "in.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    outs = []
+    for src in (plain, packed):
+        out = tmp_path / f"{src.name}.scored.jsonl"
+        args = ["score", "--model", str(model), "--input", str(src), "--output", str(out)]
+        assert main(args) == 0
+        outs.append([json.loads(x)["reward"] for x in out.read_text().splitlines()])
+    assert outs[0] == outs[1] and len(outs[0]) == 2
+    xml = tmp_path / "Posts.xml"
+    xml.write_text('<?xml version="1.0"?>\n<posts>\n</posts>\n')
+    base = ["prepare", "stackexchange", "--input", str(xml)]
+    assert main([*base, "--output", str(tmp_path / "se.jsonl.gz")]) == 2
+    assert "write .jsonl or .parquet" in _error(capsys)
+    assert not (tmp_path / "se.jsonl.gz").exists()

@@ -207,9 +207,9 @@ def prepare_stackexchange(
     src = Path(input_path)
     if not src.is_file():
         raise RmtrainError(f"{src} does not exist; pass a Posts.xml or a site .7z dump")
-    out = check_output_file(
-        output_path, [input_path], overwrite=True
-    )  # the CLI decides on existing files
+    out = check_output_file(output_path, [input_path], overwrite=True)  # the CLI: existing files
+    if out.suffix not in (".jsonl", ".parquet"):
+        raise RmtrainError(f"--output {output_path}: write .jsonl or .parquet (what it writes)")
     counts = PrepareCounts()
     with _posts_xml(src) as xml:
         rows = iter_pairs(xml, max_pairs, seed, counts)
