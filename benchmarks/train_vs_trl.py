@@ -223,7 +223,7 @@ def _block_attention(flags: list[str]) -> str:
 
 def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int]) -> Any:
     from rmtrain import speed
-    from rmtrain.batching.collate import make_eval_collator, pair_tokens
+    from rmtrain.batching.collate import grouping_length, make_eval_collator
     from rmtrain.config import TrainConfig
     from rmtrain.modeling.rewards import attention_cost_ratio
     from rmtrain.training.settings import (
@@ -269,7 +269,7 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
     tune_allocator(cfg)
     speed.install(model, speed_options(cfg), checkpointing(cfg, model.num_parameters()))
     for f in train + evals:
-        f["length"] = pair_tokens(f, cfg.packing)
+        f["length"] = grouping_length(f)  # as training sorts them
     evals.sort(key=lambda f: -f["length"])
     for i, f in enumerate(evals):
         f["pair_index"] = i

@@ -284,10 +284,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_prepare_se(args: argparse.Namespace) -> int:
     from rmtrain.data.stackexchange import prepare_stackexchange
-
-    cfg: PrepareStackExchangeConfig = options_from_args(args)
     from rmtrain.outputs import check_output_file
 
+    cfg: PrepareStackExchangeConfig = options_from_args(args)
     check_output_file(cfg.output, [cfg.input], "--output", cfg.overwrite)
     counts = prepare_stackexchange(cfg.input, cfg.output, cfg.max_pairs_per_question, cfg.seed)
     print(

@@ -192,6 +192,8 @@ class TrainConfig:
         "Share of training pairs each augmentation rewrites (seeded by --seed).",
         run=True,
         group="training",
+        low=0,
+        high=1,
     )
     length_head: bool = option(
         False,

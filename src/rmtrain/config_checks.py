@@ -91,8 +91,6 @@ def check_ranges(cfg: Any) -> None:
         problems.append(
             "--length-head trains a second head beside the full model: not with --lora-r"
         )
-    if not 0 <= cfg.augment_rate <= 1:
-        problems.append(f"--augment-rate must be in [0, 1], got {cfg.augment_rate}")
     if cfg.augment:
         from rmtrain.data.augment import augmentation_names
 
@@ -111,8 +109,6 @@ def check_ranges(cfg: Any) -> None:
     if not 0 <= cfg.max_bad_fraction <= 1:
         problems.append(f"--max-bad-fraction must be in [0, 1], got {cfg.max_bad_fraction}")
     problems += _choice_problems(cfg) + bound_problems(cfg)
-    if not cfg.head_lr_multiplier > 0:
-        problems.append(f"--head-lr-multiplier must be above 0, got {cfg.head_lr_multiplier}")
     if cfg.checkpoint_every < 1:
         problems.append(f"--checkpoint-every must be at least 1, got {cfg.checkpoint_every}")
     if cfg.save_steps is not None and cfg.save_steps < 1:

@@ -347,6 +347,12 @@ def response_lengths(features: Sequence[dict[str, Any]]) -> torch.Tensor:
     return torch.tensor(sizes, dtype=torch.float32)
 
 
+def grouping_length(feature: dict[str, Any]) -> int:
+    """What length grouping sorts by: a pair's tokens with its prompt once, the same in every
+    --packing mode, so that the modes train on the same batches."""
+    return pair_tokens(feature, "prefix_sharing")
+
+
 def pair_tokens(feature: dict[str, Any], mode: str) -> int:
     """Tokens one pair costs in a mode (what length-grouping and packing budgets count)."""
     p, c, r = (len(feature[k]) for k in ("prompt_ids", "chosen_ids", "rejected_ids"))

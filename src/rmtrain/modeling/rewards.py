@@ -76,12 +76,11 @@ def token_values(
             extra = fast.attention_kwargs(input_ids.device, blocks)
     trimmed = fast.only_rows(None if return_hidden else keep) if fast else contextlib.nullcontext()
     kept: list[torch.Tensor] = []
-    taps = head_inputs if head_inputs is not None else []
 
     def keep_output(_m: Any, args: tuple, out: torch.Tensor) -> None:
         kept.append(out)
         if head_inputs is not None:  # what the head read: a second head can read it too
-            taps.append(args[0])
+            head_inputs.append(args[0])
 
     hook = value_head(inner).register_forward_hook(keep_output)
     try:

@@ -20,10 +20,14 @@ MARKER = "config.json"
 MARKERS = (MARKER, "adapter_config.json")  # moved last: what makes a folder look complete
 
 
+def _has_model(output: Path) -> bool:
+    return any((output / m).exists() for m in MARKERS)
+
+
 def _has_run_state(output: Path) -> bool:
     """A finished model or a checkpoint: what a rerun must not silently replace."""
     ckpts = output / "checkpoints"
-    return any((output / m).exists() for m in MARKERS) or (ckpts.is_dir() and any(ckpts.iterdir()))
+    return _has_model(output) or (ckpts.is_dir() and any(ckpts.iterdir()))
 
 
 def check_output_dir(
@@ -56,7 +60,7 @@ def reports_dir(output: Path) -> Path:
     """Where a run writes its reports before its model is saved: the folder itself, or beside
     a finished model already there (`--overwrite`), so that a run that fails or is refused
     changes nothing of that model; they move in with the new model."""
-    if not any((output / m).exists() for m in MARKERS):
+    if not _has_model(output):
         return output
     (output / NEXT).mkdir(parents=True, exist_ok=True)
     return output / NEXT
@@ -69,17 +73,20 @@ def claim_output(
     (then the mark moves in with the new model, `publish`); on resume, refuse a checkpoint that
     another run wrote, naming the `run_keys` options that differ."""
     owner = read_owner(output)
-    if resume and owner is not None:
-        before = owner.get("options", {})
-        differ = [k for k in run_keys if k in before and before[k] != options.get(k)]
-        if differ:
-            changes = ", ".join(f"{k}: {before[k]!r} -> {options.get(k)!r}" for k in differ)
-            raise RmtrainError(
-                f"--resume: the checkpoints in {output} belong to a run with other options "
-                f"({changes}); resume with the same options or start with --overwrite"
-            )
-    if resume or reports_dir(output) == output:
+    changes = option_changes(owner.get("options", {}), options, run_keys) if owner else ""
+    if resume and changes:
+        raise RmtrainError(
+            f"--resume: the checkpoints in {output} belong to a run with other options "
+            f"({changes}); resume with the same options or start with --overwrite"
+        )
+    if resume or not _has_model(output):
         write_owner(output, "train", options=options)
+
+
+def option_changes(before: dict[str, Any], options: dict[str, Any], keys: Sequence[str]) -> str:
+    """`key: old -> new` for each of `keys` whose value differs from the recorded run's."""
+    differ = [k for k in keys if k in before and before[k] != options.get(k)]
+    return ", ".join(f"{k}: {before[k]!r} -> {options.get(k)!r}" for k in differ)
 
 
 STAGE_NAME = ".staging-final"

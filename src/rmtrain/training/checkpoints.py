@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from rmtrain.errors import RmtrainError
+from rmtrain.training.atomic_save import option_changes
 
 MAX_SANE_WEIGHT = 1e4  # far beyond any trained weight; 1e30 is finite but diverged
 
@@ -64,6 +66,13 @@ def checkpoint_problem(path: Path) -> str | None:
 RUN_FILE = "rmtrain_run.json"  # the options of the run that wrote a checkpoint
 
 
+def saved_checkpoint(args: Any, state: Any) -> str | None:
+    """The checkpoint folder the Trainer has just written (`on_save`), where this process may
+    add files to it (the main process); None otherwise."""
+    folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+    return folder if args.should_save and os.path.isdir(folder) else None
+
+
 def check_resume_options(
     checkpoint: Path, options: dict[str, Any], run_keys: tuple[str, ...]
 ) -> None:
@@ -73,9 +82,8 @@ def check_resume_options(
         before = json.loads((checkpoint / RUN_FILE).read_text())
     except (OSError, ValueError):
         return  # a checkpoint from before this file: the output's own marker was checked
-    differ = [k for k in run_keys if k in before and before[k] != options.get(k)]
-    if differ:
-        changes = ", ".join(f"{k}: {before[k]!r} -> {options.get(k)!r}" for k in differ)
+    changes = option_changes(before, options, run_keys)
+    if changes:
         raise RmtrainError(
             f"--resume {checkpoint} was written by a run with other options ({changes}); "
             "resume with the same options or start a new run"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from rmtrain.batching.collate import pair_tokens
+from rmtrain.batching.collate import grouping_length
 from rmtrain.config import TrainConfig
 from rmtrain.data.augment import augment_pairs, augmentation_names
 from rmtrain.data.layout import encode_pairs_detailed, uses_chat_template
@@ -69,8 +69,8 @@ def _features(tokenizer: Any, pairs: list[Pair], cfg: TrainConfig) -> tuple:
         cfg.min_prompt_length,
         cfg.reward_position,
     )
-    for f in feats:  # what length grouping sorts by: the same in every --packing mode, so that
-        f["length"] = pair_tokens(f, "prefix_sharing")  # the modes train on the same batches
+    for f in feats:
+        f["length"] = grouping_length(f)
     return feats, truncated, dropped
 
 

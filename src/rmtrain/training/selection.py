@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from rmtrain.training.checkpoints import saved_checkpoint
+
 BEST_FILE = "keep_best.pt"  # in each checkpoint: the best weights so far, and their score
 
 
@@ -35,8 +37,8 @@ class KeepBest(TrainerCallback):
             self.best_metrics = json.loads(saved["metrics"])
 
     def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if self.weights is None or not args.should_save or not os.path.isdir(folder):
+        folder = saved_checkpoint(args, state)
+        if self.weights is None or folder is None:
             return
         record = {
             "weights": self.weights,

@@ -26,7 +26,13 @@ from rmtrain.batching.collate import group_by_prompt
 from rmtrain.evaluation.metrics import reward_metrics
 from rmtrain.modeling.losses import length_terms, lm_loss, pairwise_loss
 from rmtrain.modeling.rewards import length_head, pair_rewards, value_head
-from rmtrain.training.checkpoints import RUN_FILE, collapsed, non_finite, rotate_checkpoints
+from rmtrain.training.checkpoints import (
+    RUN_FILE,
+    collapsed,
+    non_finite,
+    rotate_checkpoints,
+    saved_checkpoint,
+)
 from rmtrain.training.samplers import (
     EpochSeededLengthSampler,
     EpochSeededRandomSampler,
@@ -51,21 +57,20 @@ class LossTrace:
     so the end of a run can say whether its loss rose, whatever --logging-steps is."""
 
     def __init__(self, window: int = 8) -> None:
-        self.first: list[torch.Tensor] = []
+        self.first: torch.Tensor | None = None
         self.last: deque[torch.Tensor] = deque(maxlen=window)
-        self.window = window
 
     def add(self, loss: torch.Tensor) -> None:
-        if len(self.first) < self.window:
-            self.first.append(loss)
+        if self.first is None:
+            self.first = loss
         self.last.append(loss)
 
     def ends(self) -> list[float]:
-        """[the first loss (before any update), mean of the latest ones]."""
-        if not self.last:
+        """[the first loss (before any update), mean of the latest half-window of losses]."""
+        if self.first is None:
             return []
-        k = max(1, min(self.window, (len(self.first) + len(self.last)) // 4))
-        return [self.first[0].item(), torch.stack(list(self.last)[-k:]).float().mean().item()]
+        k = max(1, len(self.last) // 2)
+        return [self.first.item(), torch.stack(list(self.last)[-k:]).float().mean().item()]
 
 
 ZERO_GRAD_STEPS = 3  # no real batch gives an exactly zero gradient; a saturated model does
@@ -338,8 +343,8 @@ class RunOptionsInCheckpoints(TrainerCallback):
         self.options = options
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if args.should_save and os.path.isdir(folder):
+        folder = saved_checkpoint(args, state)
+        if folder:
             with open(os.path.join(folder, RUN_FILE), "w") as fh:
                 json.dump(self.options, fh, default=str)
 
