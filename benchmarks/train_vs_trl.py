@@ -286,8 +286,6 @@ def _rm_trainer(spec: dict[str, Any], train: list, evals: list, tokens: list[int
         data_collator=_count_tokens(collator, tokens),
         eval_collator=_count_tokens(eval_collator, tokens),
         compute_metrics=make_compute_metrics([str(i) for i in range(len(evals))]),
-        group_by_prompt=cfg.group_by_prompt,
-        fold_clipping=cfg.speed == "auto",
     )
 
 

@@ -80,15 +80,14 @@ def test_folds_only_into_a_fused_adam_on_cpu():
 def test_trainer_folds_clipping_with_the_same_weights_and_logged_norm(tmp_path, monkeypatch):
     """PairwiseRewardTrainer on CPU folds clipping into fused AdamW; with folding turned off it
     clips as Trainer does: the same grad norms in the log and the same weights."""
-    from transformers import TrainingArguments
-
     from rmtrain.batching.collate import PairCollator
+    from rmtrain.training.arguments import RewardTrainingArguments
     from rmtrain.training.trainer import PairwiseRewardTrainer
     from tests.helpers import FEATURES, make_model
 
     def train(fold: bool) -> tuple:
         model, pad = make_model("llama", "sdpa")
-        args = TrainingArguments(
+        args = RewardTrainingArguments(
             output_dir=str(tmp_path / str(fold)),
             use_cpu=True,
             report_to=[],
@@ -100,13 +99,10 @@ def test_trainer_folds_clipping_with_the_same_weights_and_logged_norm(tmp_path, 
             logging_steps=1,
             optim="adamw_torch_fused",
             save_strategy="no",
+            fold_clipping=fold,
         )
         trainer = PairwiseRewardTrainer(
-            model=model,
-            args=args,
-            train_dataset=FEATURES[:3],
-            data_collator=PairCollator(pad),
-            fold_clipping=fold,
+            model=model, args=args, train_dataset=FEATURES[:3], data_collator=PairCollator(pad)
         )
         trainer.train()
         norms = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]

@@ -16,6 +16,7 @@ from rmtrain.cli import main
 from rmtrain.config import build_config
 from rmtrain.data.builtin import demo_rows
 from rmtrain.errors import RmtrainError
+from rmtrain.training.checkpoints import RUN_FILE
 from rmtrain.training.recipe import run_train
 from tests.conftest import count_calls, tiny_train_args, write_demo
 
@@ -71,7 +72,8 @@ def test_sigkill_then_resume_equals_uninterrupted(data_file, tmp_path, kill_at, 
     out = tmp_path / "killed"
     proc = cli(train_args(data_file, out, *extra))
     deadline = time.time() + 300
-    while not (out / "checkpoints" / f"checkpoint-{kill_at}").exists():
+    seal = out / "checkpoints" / f"checkpoint-{kill_at}" / RUN_FILE
+    while not seal.exists():  # checkpoint kill_at written whole; killed somewhere after
         assert proc.poll() is None and time.time() < deadline, "run ended before the kill"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -82,29 +84,27 @@ def test_sigkill_then_resume_equals_uninterrupted(data_file, tmp_path, kill_at, 
     same_model(tmp_path / "ref", out)
 
 
-def test_kill_while_saving_a_checkpoint_leaves_a_resumable_state(data_file, tmp_path, monkeypatch):
-    from transformers import Trainer
-
-    real = Trainer._save_rng_state
-
-    def dies_at_step_6(self, output_dir):
-        if self.state.global_step == 6:
-            raise KeyboardInterrupt("killed while writing checkpoint-6")
-        return real(self, output_dir)
-
-    out = tmp_path / "run"
-    monkeypatch.setattr(Trainer, "_save_rng_state", dies_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
-        run_train(build_config(_as_config(train_args(data_file, out))))
-    monkeypatch.setattr(Trainer, "_save_rng_state", real)
-    ckpts = out / "checkpoints"
-    assert sorted(p.name for p in ckpts.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
-    assert (ckpts / ".staging" / "checkpoint-6" / "model.safetensors").exists()  # the broken one
+def test_a_checkpoint_is_sealed_last_and_an_unsealed_one_is_never_resumed(data_file, tmp_path):
+    """A kill while saving leaves the checkpoint being written without its seal (the run
+    file, written after every other file): resuming takes the newest sealed one, and the run
+    removes the unsealed folder before it trains."""
     from rmtrain.training.checkpoints import latest_checkpoint
 
-    assert latest_checkpoint(ckpts).name == "checkpoint-4"
-    assert main(train_args(data_file, out, "--resume")) == 0
+    out = tmp_path / "run"
+    assert main(train_args(data_file, out, "--save-total-limit", "2")) == 0
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("checkpoint-*")) == ["checkpoint-6", "checkpoint-8"]
+    for name in ("checkpoint-6", "checkpoint-8"):
+        written = {p.name for p in (ckpts / name).iterdir()}
+        assert {RUN_FILE, "trainer_state.json", "model.safetensors"} <= written
+        assert not any(n.endswith(".tmp") for n in written)
+    (ckpts / "checkpoint-8" / RUN_FILE).unlink()  # what a kill before the seal leaves
+    assert latest_checkpoint(ckpts).name == "checkpoint-6"
+    (out / "config.json").unlink()  # the run did not finish
+    (out / "model.safetensors").unlink()
+    assert main(train_args(data_file, out, "--save-total-limit", "2", "--resume")) == 0
     assert (out / "config.json").is_file()
+    assert (ckpts / "checkpoint-8" / RUN_FILE).is_file()  # written again, whole
 
 
 def _as_config(args):
@@ -167,22 +167,6 @@ def test_one_pass_over_the_gradients_for_the_norm_per_step(data_file, tmp_path, 
     args = tiny_train_args(data_file, tmp_path / "n", "--max-steps", "3")
     run_train(build_config(_as_config(args)))
     assert len(passes) == 3 and foreach == []
-
-
-def test_guard_callback_stops_at_a_non_finite_gradient(tmp_path):
-    """The fallback for Trainer releases without `_get_grad_norm`."""
-    from types import SimpleNamespace
-
-    from rmtrain.training.trainer import NonFiniteGuard
-
-    model = torch.nn.Linear(2, 1)
-    model.weight.grad = torch.tensor([[1.0, float("inf")]])
-    args = SimpleNamespace(output_dir=str(tmp_path), learning_rate=1e-3)
-    state = SimpleNamespace(global_step=4)
-    with pytest.raises(RmtrainError, match="non-finite gradient at step 5"):
-        NonFiniteGuard().on_pre_optimizer_step(args, state, None, model=model)
-    model.weight.grad = torch.ones(1, 2)
-    NonFiniteGuard().on_pre_optimizer_step(args, state, None, model=model)
 
 
 BAD_ROWS = [

@@ -276,23 +276,25 @@ def test_activations_are_capped_by_default_unless_something_else_sets_the_memory
     assert [getattr(m, "_rmtrain_recompute", False) for m in mlps] == [capped, capped]
 
 
-def test_several_gpus_in_one_process_train_on_one(tmp_path, capsys):
-    """Without a launcher the Trainer would wrap the model in nn.DataParallel, which splits a
-    batch's packed rows across replicas (wrong rewards): one process keeps one device."""
+def test_several_gpus_in_one_process_train_on_one(tmp_path, capsys, monkeypatch):
+    """Without a launcher the Trainer would wrap the model in nn.DataParallel (when
+    `args.n_gpu` > 1), which splits a batch's packed rows across replicas (wrong rewards):
+    one process keeps one device, and says how to use them all."""
     from transformers import TrainingArguments
 
-    from rmtrain.training.settings import one_device_per_process
+    from rmtrain.training.arguments import RewardTrainingArguments
+    from rmtrain.training.settings import say_one_device
 
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=2)
-    assert str(args.device) == "cpu"  # device set up; now pretend it found 4 GPUs
-    args._n_gpu = 4
-    assert args.train_batch_size == 8
-    assert one_device_per_process(args) is args
-    assert args.n_gpu == 1 and args.train_batch_size == 2
+    args = RewardTrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, per_device_train_batch_size=2
+    )
+    assert args.n_gpu == 0 and args.train_batch_size == 2
+    say_one_device(args)
+    assert capsys.readouterr().out == ""  # CPU: nothing to change, nothing said
+    monkeypatch.setattr(TrainingArguments, "n_gpu", property(lambda self: 4))
+    assert args.visible_gpus == 4 and args.n_gpu == 1 and args.train_batch_size == 2
+    say_one_device(args)
     assert "4 GPUs visible in one process" in capsys.readouterr().out
-    args._n_gpu = 0  # CPU: nothing to change, nothing said
-    assert one_device_per_process(args).n_gpu == 0
-    assert capsys.readouterr().out == ""
 
 
 @pytest.mark.parametrize(

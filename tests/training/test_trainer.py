@@ -32,10 +32,9 @@ def test_training_step_runs_backward_under_the_attention_backends(tmp_path, monk
     hold there too, so the whole step, backward included, runs inside `speed.sdpa_backends`."""
     import contextlib
 
-    from transformers import TrainingArguments
-
     import rmtrain.training.trainer as trainer_mod
     from rmtrain.batching.collate import PairCollator
+    from rmtrain.training.arguments import RewardTrainingArguments
     from rmtrain.training.trainer import PairwiseRewardTrainer
     from tests.helpers import FEATURES, make_model
 
@@ -54,7 +53,7 @@ def test_training_step_runs_backward_under_the_attention_backends(tmp_path, monk
     model.model.embed_tokens.weight.register_hook(
         lambda g: state["grad_seen_inside"].append(state["inside"] > 0)
     )
-    args = TrainingArguments(
+    args = RewardTrainingArguments(
         output_dir=str(tmp_path), use_cpu=True, report_to=[], remove_unused_columns=False
     )
     trainer = PairwiseRewardTrainer(model=model, args=args, data_collator=PairCollator(pad))

@@ -21,17 +21,52 @@ class NonFiniteError(RmtrainError):
     """Training produced a NaN or infinite loss or gradient."""
 
 
-def latest_checkpoint(folder: str | Path) -> Path | None:
-    """The newest `checkpoint-N` whose files all read back (written atomically, but a disk can
-    still corrupt one): a damaged newest one is skipped, with a line saying so."""
+RUN_FILE = "rmtrain_run.json"  # the options of the run that wrote a checkpoint; its seal
+
+
+def checkpoints(folder: str | Path) -> list[tuple[int, Path]]:
+    """Every `checkpoint-N` folder, by step."""
     root = Path(folder)
     if not root.is_dir():
-        return None
-    found = []
-    for p in root.iterdir():
-        step = p.name.removeprefix("checkpoint-")
-        if p.is_dir() and step.isdigit() and (p / "trainer_state.json").is_file():
-            found.append((int(step), p))
+        return []
+    found = [(p.name.removeprefix("checkpoint-"), p) for p in root.iterdir() if p.is_dir()]
+    return sorted((int(step), p) for step, p in found if step.isdigit())
+
+
+def sealed(path: Path) -> bool:
+    """Written to the end: `seal_checkpoint` writes the run file last, after every file of the
+    Trainer and of the other callbacks."""
+    return (path / RUN_FILE).is_file() and (path / "trainer_state.json").is_file()
+
+
+def seal_checkpoint(folder: str, options: dict[str, Any], keep: int | None) -> None:
+    """Mark a just-written checkpoint complete (the run file, written whole by a rename), then
+    delete all but the newest `keep` sealed ones: a run killed while saving leaves its
+    previous checkpoints and an unsealed folder that resuming skips."""
+    tmp = os.path.join(folder, RUN_FILE + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(options, fh, default=str)
+    os.replace(tmp, os.path.join(folder, RUN_FILE))
+    if keep and keep >= 1:
+        done = [p for _, p in checkpoints(Path(folder).parent) if sealed(p)]
+        for path in done[:-keep]:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_unsealed(folder: str | Path, keep: str | None) -> None:
+    """Delete the checkpoint folders a killed run left half-written (all but `keep`, the one
+    being resumed from), with a line each."""
+    kept = Path(keep).resolve() if keep else None
+    for _, path in checkpoints(folder):
+        if not sealed(path) and path.resolve() != kept:
+            print(f"[rmtrain] removing {path}: its run stopped while writing it")
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest sealed `checkpoint-N` whose files all read back (a disk can still corrupt
+    one): a damaged newest one is skipped, with a line saying so."""
+    found = [(step, p) for step, p in checkpoints(folder) if sealed(p)]
     for _, path in sorted(found, reverse=True):
         problem = checkpoint_problem(path)
         if problem is None:
@@ -63,9 +98,6 @@ def checkpoint_problem(path: Path) -> str | None:
     return None
 
 
-RUN_FILE = "rmtrain_run.json"  # the options of the run that wrote a checkpoint
-
-
 def saved_checkpoint(args: Any, state: Any) -> str | None:
     """The checkpoint folder the Trainer has just written (`on_save`), where this process may
     add files to it (the main process); None otherwise."""
@@ -88,20 +120,6 @@ def check_resume_options(
             f"--resume {checkpoint} was written by a run with other options ({changes}); "
             "resume with the same options or start a new run"
         )
-
-
-def rotate_checkpoints(folder: str | Path, keep: int | None) -> None:
-    """Delete all but the newest `keep` checkpoints."""
-    if not keep or keep < 1:
-        return
-    root = Path(folder)
-    steps = sorted(
-        (int(p.name.split("-")[1]), p)
-        for p in root.glob("checkpoint-*")
-        if p.is_dir() and p.name.split("-")[1].isdigit()
-    )
-    for _, path in steps[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def non_finite(what: str, step: int, args: Any) -> NonFiniteError:
@@ -142,18 +160,9 @@ def checkpoint_is_good(path: Path) -> bool:
 
 
 def good_checkpoint(folder: str | Path) -> Path | None:
-    """The newest complete checkpoint whose weights and loss are sane."""
-    root = Path(folder)
-    if not root.is_dir():
-        return None
-    steps = sorted(
-        (int(p.name.removeprefix("checkpoint-")), p)
-        for p in root.iterdir()
-        if p.is_dir()
-        and p.name.removeprefix("checkpoint-").isdigit()
-        and (p / "trainer_state.json").is_file()
-    )
-    return next((p for _, p in reversed(steps) if checkpoint_is_good(p)), None)
+    """The newest sealed checkpoint whose weights and loss are sane."""
+    steps = [p for _, p in checkpoints(folder) if sealed(p)]
+    return next((p for p in reversed(steps) if checkpoint_is_good(p)), None)
 
 
 class CollapseError(RmtrainError):

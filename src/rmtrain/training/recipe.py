@@ -49,6 +49,7 @@ from rmtrain.training.checkpoints import (
     diverged,
     divergence_reason,
     latest_checkpoint,
+    remove_unsealed,
 )
 from rmtrain.training.console import ConsoleProgress
 from rmtrain.training.data_setup import NoUsablePairs, PreparedData, eval_sample, prepare_data
@@ -72,10 +73,8 @@ from rmtrain.training.settings import (
     tune_allocator,
 )
 from rmtrain.training.trainer import (
-    CHECKS_GRAD_NORM,
-    NonFiniteGuard,
     PairwiseRewardTrainer,
-    RunOptionsInCheckpoints,
+    SealCheckpoints,
     WholeSplitAtTheEnd,
     make_compute_metrics,
 )
@@ -127,6 +126,7 @@ def setup(
         clear_previous_run(output)
     resume = _resume_path(cfg, output)
     if main:
+        remove_unsealed(output / CHECKPOINT_DIR, resume)
         claim_output(output, cfg.to_dict(), bool(resume), TrainConfig.run_keys())
     if cfg.block_attention == "flex" and not torch.cuda.is_available():
         raise RmtrainError(
@@ -211,11 +211,13 @@ def _make_trainer(run: Run, sink: dict[str, Any]) -> PairwiseRewardTrainer:
     pad = run.tokenizer.pad_token_id
     varlen = cfg.attn_implementation == "flash_attention_2"
     cost = attention_cost_ratio(model.config)
+    args = training_arguments(
+        cfg, run.output, trainer_report_to(run.trackers), model.num_parameters()
+    )
+    run_options = {k: cfg.to_dict()[k] for k in TrainConfig.run_keys()}
     trainer = PairwiseRewardTrainer(
         model=model,
-        args=training_arguments(
-            cfg, run.output, trainer_report_to(run.trackers), model.num_parameters()
-        ),
+        args=args,
         train_dataset=data.train,
         eval_dataset=eval_sample(data.test, cfg.eval_sample, cfg.seed),
         data_collator=train_collator(cfg, pad, cost),
@@ -224,24 +226,16 @@ def _make_trainer(run: Run, sink: dict[str, Any]) -> PairwiseRewardTrainer:
             [p.group for p in data.test_pairs],
             sink,
             [p.margin for p in data.test_pairs],
-            cfg.center_rewards_coef,
+            args.center_rewards_coef,
+            args.loss,
         ),
         callbacks=[
-            *([] if CHECKS_GRAD_NORM else [NonFiniteGuard()]),
             # --keep-best: the last step's weights are a candidate, evaluated like the others
             KeepBest(run.resume) if cfg.keep_best else WholeSplitAtTheEnd(),
-            RunOptionsInCheckpoints({k: cfg.to_dict()[k] for k in TrainConfig.run_keys()}),
             *run.callbacks,
+            SealCheckpoints(run_options, cfg.save_total_limit),  # after all that write there
         ],
-        center_rewards_coef=cfg.center_rewards_coef,
-        loss_kind=cfg.loss,
-        lm_loss_coef=cfg.lm_loss_coef,
         lm_head_weight=lm_head_weight(model, cfg.model) if cfg.lm_loss_coef > 0 else None,
-        # augmented pairs train beside their source pair: its prompt is computed once
-        group_by_prompt=cfg.group_by_prompt or bool(cfg.augment),
-        fold_clipping=cfg.speed == "auto",
-        head_lr_multiplier=cfg.head_lr_multiplier,
-        warmup_ratio=cfg.warmup_ratio,
     )
     if trainer.pop_callback(ProgressCallback) is not None:  # the console's own lines
         trainer.add_callback(ConsoleProgress)

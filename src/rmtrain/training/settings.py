@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import TrainingArguments
 
 from rmtrain import speed
 from rmtrain.batching.collate import make_collator
 from rmtrain.config import TrainConfig
 from rmtrain.modeling.loading import resolve_dtype
+from rmtrain.training.arguments import RewardTrainingArguments
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -25,11 +25,11 @@ def checkpointing(cfg: TrainConfig, n_params: int) -> bool:
 
 def training_arguments(
     cfg: TrainConfig, output: Path, report_to: list[str], n_params: int = 0
-) -> TrainingArguments:
+) -> RewardTrainingArguments:
     on_gpu = torch.cuda.is_available()
     auto_bf16 = cfg.dtype == "auto" and on_gpu and torch.cuda.is_bf16_supported()
     mixed_bf16 = auto_bf16 and not cfg.fp16 if cfg.bf16 is None else cfg.bf16
-    args = TrainingArguments(
+    args = RewardTrainingArguments(
         output_dir=str(output / CHECKPOINT_DIR),
         learning_rate=cfg.lr,
         num_train_epochs=cfg.epochs,
@@ -37,7 +37,7 @@ def training_arguments(
         per_device_train_batch_size=cfg.batch,
         per_device_eval_batch_size=cfg.eval_batch or 4 * cfg.batch,
         gradient_accumulation_steps=cfg.grad_accum,
-        warmup_steps=0,  # the trainer sets ceil(warmup_ratio x total steps) (`warmup_ratio`)
+        warmup_ratio=cfg.warmup_ratio,
         lr_scheduler_type=cfg.lr_scheduler,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
@@ -47,7 +47,7 @@ def training_arguments(
         eval_steps=cfg.eval_steps or None,
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500,
-        save_total_limit=cfg.save_total_limit,
+        save_total_limit=None,  # `SealCheckpoints` rotates, after a checkpoint is sealed
         report_to=report_to,
         run_name=cfg.run_name,
         seed=cfg.seed,
@@ -65,24 +65,27 @@ def training_arguments(
         dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         disable_tqdm=False,
+        loss=cfg.loss,
+        center_rewards_coef=cfg.center_rewards_coef,
+        lm_loss_coef=cfg.lm_loss_coef,
+        head_lr_multiplier=cfg.head_lr_multiplier,
+        # augmented pairs train beside their source pair: its prompt is computed once
+        group_by_prompt=cfg.group_by_prompt or bool(cfg.augment),
+        fold_clipping=cfg.speed == "auto",
     )
-    return one_device_per_process(args)
+    say_one_device(args)
+    return args
 
 
-def one_device_per_process(args: TrainingArguments) -> TrainingArguments:
-    """With several GPUs visible and no launcher, the Trainer wraps the model in
-    `nn.DataParallel`, which splits a batch's rows across replicas: packed rows carry per-batch
-    block sizes and reward positions, and the value hook would see one replica's values, so
-    rewards would be wrong. One process drives one GPU; several go through `accelerate launch`
-    or torchrun (DDP, FSDP, DeepSpeed), as the README's multi-GPU section says."""
-    if args.n_gpu > 1:
+def say_one_device(args: RewardTrainingArguments) -> None:
+    """One process drives one GPU (`RewardTrainingArguments.n_gpu`); say so where it sees
+    several, and how to use them all."""
+    if args.visible_gpus > 1:
         print(
-            f"[rmtrain] {args.n_gpu} GPUs visible in one process: training on {args.device} "
-            "only; launch with `accelerate launch` or torchrun to use them all",
+            f"[rmtrain] {args.visible_gpus} GPUs visible in one process: training on "
+            f"{args.device} only; launch with `accelerate launch` or torchrun to use them all",
             flush=True,
         )
-        args._n_gpu = 1
-    return args
 
 
 def speed_options(cfg: TrainConfig, training: bool = True) -> speed.SpeedOptions:

@@ -1,24 +1,22 @@
 """`PairwiseRewardTrainer`: transformers' `Trainer` with the pairwise loss and reward metrics.
 
-Only the hooks that differ are overridden: the loss (one forward over chosen + rejected), the
-prediction step (returns per-pair rewards and pair indices, so metrics are exact over the whole
-eval set), and a guard that the model is called with our inputs. Data and model logic live in
-`batching/` and `modeling/`.
+Public hooks carry the differences: the loss (one forward over chosen + rejected), the
+prediction step (per-pair rewards and pair indices, so metrics are exact over the whole eval
+set), the eval dataloader (the eval collator, in order), the optimizer (the head's learning
+rate) and callbacks (sealed checkpoints); the options come in `RewardTrainingArguments`. Data
+and model logic live in `batching/` and `modeling/`.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import SequentialSampler
+from torch.utils.data import DataLoader
 from transformers import EvalPrediction, Trainer, TrainerCallback
 
 from rmtrain import speed
@@ -26,12 +24,12 @@ from rmtrain.batching.collate import group_by_prompt
 from rmtrain.evaluation.metrics import reward_metrics
 from rmtrain.modeling.losses import length_terms, lm_loss, pairwise_loss
 from rmtrain.modeling.rewards import length_head, pair_rewards, value_head
+from rmtrain.training.arguments import RewardTrainingArguments
 from rmtrain.training.checkpoints import (
-    RUN_FILE,
     collapsed,
     non_finite,
-    rotate_checkpoints,
     saved_checkpoint,
+    seal_checkpoint,
 )
 from rmtrain.training.samplers import (
     EpochSeededLengthSampler,
@@ -77,34 +75,33 @@ ZERO_GRAD_STEPS = 3  # no real batch gives an exactly zero gradient; a saturated
 
 
 class PairwiseRewardTrainer(Trainer):
-    """Bradley-Terry reward-model training on `PairCollator` batches."""
+    """Bradley-Terry reward-model training on `PairCollator` batches, configured by
+    `RewardTrainingArguments`.
+
+    Private `Trainer` methods are overridden only where no public hook exists, each named in
+    `PRIVATE_OVERRIDES` with its reason; tests/training/test_transformers_contract.py fails if
+    transformers changes what they rely on."""
+
+    args: RewardTrainingArguments
 
     def __init__(
         self,
         *args: Any,
-        center_rewards_coef: float = 0.0,
-        loss_kind: str = "bt",
-        lm_loss_coef: float = 0.0,
-        lm_head_weight: torch.Tensor | None = None,
         eval_collator: Any = None,
-        group_by_prompt: bool = False,
-        fold_clipping: bool = True,
-        head_lr_multiplier: float = 1.0,
-        warmup_ratio: float = 0.0,
+        lm_head_weight: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.head_lr_multiplier, self.warmup_ratio = head_lr_multiplier, warmup_ratio
+        if not isinstance(self.args, RewardTrainingArguments):
+            raise TypeError("PairwiseRewardTrainer takes RewardTrainingArguments")
+        self.eval_collator, self.lm_head_weight = eval_collator, lm_head_weight
         self._zero_grad_steps = 0  # consecutive steps with an exactly zero gradient
-        self.eval_collator, self.group_by_prompt = eval_collator, group_by_prompt
-        self.center_rewards_coef, self.loss_kind = center_rewards_coef, loss_kind
-        self.lm_loss_coef, self.lm_head_weight = lm_loss_coef, lm_head_weight
         self._parts: dict[str, list[float]] = {"rm_loss": [], "lm_loss": []}
         self.tokens_seen = 0  # real (non-pad) tokens computed in training, for tokens/s and MFU
         self.loss_trace = LossTrace()  # the run's first and last losses: did it learn?
         # clipping folded into a fused Adam(W) step where it applies (`speed.folded_clip`),
         # decided at the first clipping; False: the Trainer's own
-        self._folded_clip: Any = None if fold_clipping else False
+        self._folded_clip: Any = None if self.args.fold_clipping else False
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         """Add the mean reward-model and LM losses since the last log (multi-task runs)."""
@@ -118,19 +115,13 @@ class PairwiseRewardTrainer(Trainer):
         """The Trainer's optimizer, with the value head in groups of its own at
         `head_lr_multiplier` x the learning rate (schedules scale every group alike)."""
         optimizer = super().create_optimizer(model)
-        if self.head_lr_multiplier != 1.0:
+        if self.args.head_lr_multiplier != 1.0:
             heads = [value_head(self.model), length_head(self.model)]
             head = {
                 id(p) for h in heads if h is not None for p in h.parameters() if p.requires_grad
             }
-            split_head_groups(optimizer, head, self.head_lr_multiplier)
+            split_head_groups(optimizer, head, self.args.head_lr_multiplier)
         return optimizer
-
-    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
-        """Warmup as a share of the run's steps (transformers reads a `warmup_steps` of 1 or
-        more as a step count, so a ratio of 1.0 would warm up for one step)."""
-        self.args.warmup_steps = math.ceil(self.warmup_ratio * num_training_steps)
-        return super().create_scheduler(num_training_steps, optimizer)
 
     def _clip_grad_norm(self, model: Any) -> Any:
         """Trainer's clipping, folded into the step of a fused Adam(W) on CPU in a single
@@ -145,8 +136,8 @@ class PairwiseRewardTrainer(Trainer):
 
     def _get_grad_norm(self, model: Any, grad_norm: Any = None) -> Any:
         """Trainer's gradient norm, which it computes every step (for clipping, else for the
-        log), checked before the optimizer step: a non-finite one stops training there. This
-        is `NonFiniteGuard`'s check without a second pass over every gradient."""
+        log), checked before the optimizer step: a non-finite one stops training there, with
+        no second pass over every gradient."""
         norm = super()._get_grad_norm(model, grad_norm=grad_norm)
         if norm is not None and not math.isfinite(float(norm)):
             raise non_finite("gradient", self.state.global_step + 1, self.args)
@@ -172,7 +163,7 @@ class PairwiseRewardTrainer(Trainer):
     ) -> Any:
         if model.training and "num_tokens" in inputs:
             self.tokens_seen += int(inputs["num_tokens"])
-        multitask = self.lm_loss_coef > 0 and model.training
+        multitask = self.args.lm_loss_coef > 0 and model.training
         second = length_head(model) if model.training else None
         taps: list[torch.Tensor] | None = [] if second is not None else None
         if multitask:
@@ -185,7 +176,7 @@ class PairwiseRewardTrainer(Trainer):
                 model, second, taps[-1], chosen, rejected, inputs
             )
         loss = pairwise_loss(
-            chosen, rejected, inputs.get("margin"), self.center_rewards_coef, self.loss_kind
+            chosen, rejected, inputs.get("margin"), self.args.center_rewards_coef, self.args.loss
         )
         if terms is not None:
             loss = loss + terms
@@ -194,7 +185,7 @@ class PairwiseRewardTrainer(Trainer):
             aux = lm_loss(hidden, weight, inputs["input_ids"], inputs["lm_mask"])
             self._parts["rm_loss"].append(loss.item())
             self._parts["lm_loss"].append(aux.item())
-            loss = loss + self.lm_loss_coef * aux
+            loss = loss + self.args.lm_loss_coef * aux
         if model.training and not torch.isfinite(loss):
             raise non_finite("loss", self.state.global_step + 1, self.args)
         if model.training:
@@ -223,35 +214,11 @@ class PairwiseRewardTrainer(Trainer):
         half = chosen.shape[0]
         return chosen + part[:half], rejected + part[half:], terms
 
-    _stage_root: str | None = None
-
-    def _get_output_dir(self, trial: Any) -> str:
-        return self._stage_root or super()._get_output_dir(trial)
-
-    def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        """Write the checkpoint in a staging folder, then rename it into place: a kill during
-        saving leaves the previous checkpoints intact and no half-written one that looks done."""
-        final_root = super()._get_output_dir(trial)
-        self._stage_root = os.path.join(final_root, ".staging")
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._stage_root = None
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            name = f"checkpoint-{self.state.global_step}"
-            target = os.path.join(final_root, name)
-            if os.path.exists(target):
-                shutil.rmtree(target)
-            os.replace(os.path.join(final_root, ".staging", name), target)
-            rotate_checkpoints(final_root, self.args.save_total_limit)
-        self.accelerator.wait_for_everyone()
-
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         """Length grouping from each feature's token count (the features carry no input_ids)."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        if self.group_by_prompt:
+        if self.args.group_by_prompt:
             return PromptGroupedSampler([tuple(f["prompt_ids"]) for f in dataset], seed)
         if self.args.train_sampling_strategy == "random":
             return EpochSeededRandomSampler(len(dataset), seed)
@@ -263,26 +230,26 @@ class PairwiseRewardTrainer(Trainer):
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
         )
 
-    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-        """Evaluate with the eval collator: without gradients, prefix trees (each prompt and
-        each repeated response computed once) or one pair per row of a length-sorted batch; long
+    def get_eval_dataloader(self, eval_dataset: Any = None) -> Any:
+        """Batches of the eval collator, in the given order (rmtrain sorts eval pairs by
+        length; ranks shard it as usual): without gradients, prefix trees (each prompt and each
+        repeated response computed once) or one pair per row of a length-sorted batch; long
         packed rows cost more in attention than they save when there is no backward pass."""
-        train_collator = self.data_collator
-        self.data_collator = self.eval_collator or train_collator
+        if self.eval_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if isinstance(eval_dataset, str):
+            dataset = self.eval_dataset[eval_dataset]
         if getattr(self.eval_collator, "takes_prompt_groups", False):
-            dataset = kwargs.get("eval_dataset")
-            dataset = self.eval_dataset if dataset is None else dataset
-            kwargs["eval_dataset"] = group_by_prompt(dataset)
-        try:
-            return super().evaluate(*args, **kwargs)
-        finally:
-            self.data_collator = train_collator
-
-    def _get_eval_sampler(self, eval_dataset: Any) -> Any:
-        """Keep the given order (rmtrain sorts eval pairs by length); ranks shard it as usual."""
-        if self.args.world_size <= 1:
-            return SequentialSampler(eval_dataset)
-        return None
+            dataset = group_by_prompt(dataset)
+        loader = DataLoader(
+            dataset,
+            batch_size=self.args.eval_batch_size,
+            collate_fn=self.eval_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare(loader)
 
     def prediction_step(
         self,
@@ -291,7 +258,8 @@ class PairwiseRewardTrainer(Trainer):
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        inputs = self._prepare_inputs(inputs)
+        device = self.args.device
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         with torch.no_grad():
             loss, out = self.compute_loss(model, inputs, return_outputs=True)
         index = inputs["pair_index"]  # [pairs], or [items, pairs per item] for prompt groups
@@ -307,6 +275,7 @@ def make_compute_metrics(
     sink: dict[str, np.ndarray] | None = None,
     margins: Sequence[float] | None = None,
     center_coef: float = 0.0,
+    loss_kind: str = "bt",
 ) -> Callable[[EvalPrediction], dict[str, float]]:
     """Metrics over the whole eval set; `label_ids` hold each prediction's pair index.
 
@@ -326,27 +295,32 @@ def make_compute_metrics(
         metrics = reward_metrics(rewards[:, 0], rewards[:, 1], [groups[i] for i in index])
         margin = torch.tensor([margins[i] for i in index]) if margins is not None else None
         chosen, rejected = torch.from_numpy(rewards[:, 0]), torch.from_numpy(rewards[:, 1])
-        metrics["loss"] = float(pairwise_loss(chosen, rejected, margin, center_coef))
+        metrics["loss"] = float(pairwise_loss(chosen, rejected, margin, center_coef, loss_kind))
         return metrics
 
     return compute
 
 
-# transformers releases whose Trainer has no `_get_grad_norm` step get the guard callback.
-CHECKS_GRAD_NORM = callable(getattr(Trainer, "_get_grad_norm", None))
+# The private Trainer methods overridden above, and why no public hook serves.
+PRIVATE_OVERRIDES = {
+    "_clip_grad_norm": "no public hook clips; a fused Adam(W) step folds clipping in",
+    "_get_grad_norm": "no public hook sees the norm; it stops a run at a non-finite one",
+    "_get_train_sampler": "no public hook picks the training sampler short of a dataloader",
+}
 
 
-class RunOptionsInCheckpoints(TrainerCallback):
-    """Each checkpoint carries the options of the run that wrote it (`--resume` checks them)."""
+class SealCheckpoints(TrainerCallback):
+    """Each checkpoint carries the options of the run that wrote it (`--resume` checks them),
+    written last as its seal; then the oldest sealed ones beyond `keep` go. Add it after every
+    other callback that writes into checkpoints."""
 
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.options = options
+    def __init__(self, options: dict[str, Any], keep: int | None) -> None:
+        self.options, self.keep = options, keep
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         folder = saved_checkpoint(args, state)
         if folder:
-            with open(os.path.join(folder, RUN_FILE), "w") as fh:
-                json.dump(self.options, fh, default=str)
+            seal_checkpoint(folder, self.options, self.keep)
 
 
 class WholeSplitAtTheEnd(TrainerCallback):
@@ -357,14 +331,3 @@ class WholeSplitAtTheEnd(TrainerCallback):
         if state.global_step >= state.max_steps:
             control.should_evaluate = False
         return control
-
-
-class NonFiniteGuard(TrainerCallback):
-    """Stops at the first non-finite gradient, naming the step and the last good checkpoint
-    (with its own pass over the gradients: only where `CHECKS_GRAD_NORM` is false)."""
-
-    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        model = kw.get("model")
-        grads = [p.grad for p in model.parameters() if p.grad is not None] if model else []
-        if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
-            raise non_finite("gradient", state.global_step + 1, args)
