@@ -3,12 +3,13 @@ pyproject.toml declares, inside its range: a fresh clone gets the versions the s
 with, and raising a range in pyproject without `make lock` fails here."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+tomllib = pytest.importorskip("tomllib", reason="tomllib is Python 3.11+")
 ROOT = Path(__file__).resolve().parents[1]
 EXTRAS = ("dev", "bench", "clients")  # what the Makefile installs
 

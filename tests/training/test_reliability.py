@@ -62,23 +62,32 @@ SEVERAL = ("--group-by-prompt", "true", "--grad-accum", "2", "--frac", "0.5")
 SEVERAL += ("--max-steps", "-1", "--epochs", "2")
 
 
+def _killed_after(args: list[str], seal: Path) -> None:
+    """Run `rmtrain` and SIGKILL it once `seal` exists: that checkpoint is written whole, and
+    the kill lands somewhere in the steps after it."""
+    proc = cli(args)
+    deadline = time.time() + 300
+    while not seal.exists():
+        assert proc.poll() is None and time.time() < deadline, "run ended before the kill"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(("kill_at", "extra"), [(2, ()), (6, ()), (6, SEVERAL)])
-def test_sigkill_then_resume_equals_uninterrupted(data_file, tmp_path, kill_at, extra):
+@pytest.mark.parametrize(("kills", "extra"), [((2, 6), ()), ((6,), SEVERAL)])
+def test_sigkill_then_resume_equals_uninterrupted(data_file, tmp_path, kills, extra):
+    """Killed after checkpoint 2 and, resumed, killed again after checkpoint 6 (or once, in
+    the second epoch of a grouped, accumulating run): the end equals an uninterrupted run."""
     ref = cli(train_args(data_file, tmp_path / "ref", *extra))
     assert ref.wait(300) == 0, ref.stderr.read()
     steps = json.loads((tmp_path / "ref" / "metrics.json").read_text())["metrics"]["train_steps"]
     assert steps == 8
     out = tmp_path / "killed"
-    proc = cli(train_args(data_file, out, *extra))
-    deadline = time.time() + 300
-    seal = out / "checkpoints" / f"checkpoint-{kill_at}" / RUN_FILE
-    while not seal.exists():  # checkpoint kill_at written whole; killed somewhere after
-        assert proc.poll() is None and time.time() < deadline, "run ended before the kill"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "config.json").exists()  # no finished model after the kill
+    for i, step in enumerate(kills):
+        args = train_args(data_file, out, *extra, *(["--resume"] if i else []))
+        _killed_after(args, out / "checkpoints" / f"checkpoint-{step}" / RUN_FILE)
+        assert not (out / "config.json").exists()  # no finished model after the kill
     resumed = cli(train_args(data_file, out, *extra, "--resume"))
     assert resumed.wait(300) == 0, resumed.stderr.read()
     same_model(tmp_path / "ref", out)
