@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -25,7 +23,7 @@ os.environ.setdefault("WANDB_DIR", tempfile.mkdtemp(prefix="rmtrain-tests-wandb-
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(THREADS, torch.get_num_threads()))  # a lower OMP_NUM_THREADS wins
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from tests.helpers import SHARED_DATA, tiny_qwen3, tiny_train_args, write_demo  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -52,90 +50,9 @@ def qwen_tokenizer():
     return load_tokenizer("builtin:tiny-qwen3")
 
 
-def tiny_qwen3(tokenizer, seed: int = 0, **overrides):
-    from transformers import Qwen3ForSequenceClassification
-
-    from rmtrain.data.builtin import tiny_qwen3_config
-
-    torch.manual_seed(seed)
-    config = tiny_qwen3_config(len(tokenizer), tokenizer.pad_token_id, **overrides)
-    return Qwen3ForSequenceClassification(config).eval()
-
-
-def tiny_llama(vocab_size: int, pad_token_id: int, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        num_labels=1,
-        pad_token_id=pad_token_id,
-        use_cache=False,
-    )
-    return LlamaForSequenceClassification(config).eval()
-
-
 @pytest.fixture
 def qwen_model(qwen_tokenizer):
     return tiny_qwen3(qwen_tokenizer)
-
-
-def count_calls(monkeypatch, owner, name: str) -> list[int]:
-    """Replace `owner.name` with a wrapper that records each call (one entry per call)."""
-    calls, real = [], getattr(owner, name)
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(owner, name, counting)
-    return calls
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def write_demo(path: Path, n: int, seed: int) -> Path:
-    """`n` rows of the generated demo preference set as a local JSONL file."""
-    from rmtrain.data.builtin import demo_rows
-
-    return write_jsonl(path, demo_rows(n, seed=seed))
-
-
-def tiny_train_args(data: Path, out: Path, *extra: str) -> list[str]:
-    """`rmtrain train` argv for the tiny Qwen3 on a local file; later flags in `extra` win."""
-    return [
-        "train",
-        "--model",
-        "builtin:tiny-qwen3",
-        "--dataset",
-        str(data),
-        "--output",
-        str(out),
-        "--frac",
-        "1.0",
-        "--max-length",
-        "96",
-        "--batch",
-        "4",
-        "--report-to",
-        "none",
-        *extra,
-    ]
-
-
-def shared_data_or_skip() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data samples not found at {SHARED_DATA} (only on dev machines)")
-    return SHARED_DATA
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ Tests import from here (never from each other); benchmarks import only the packa
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +23,6 @@ import torch
 from rmtrain.batching.collate import make_collator
 from rmtrain.modeling.losses import pairwise_loss
 from rmtrain.modeling.rewards import pair_rewards
-from tests.conftest import tiny_llama, tiny_qwen3
 
 FEATURES = [
     {
@@ -196,3 +197,87 @@ class Server:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(10)
+
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def tiny_qwen3(tokenizer, seed: int = 0, **overrides):
+    from transformers import Qwen3ForSequenceClassification
+
+    from rmtrain.data.builtin import tiny_qwen3_config
+
+    torch.manual_seed(seed)
+    config = tiny_qwen3_config(len(tokenizer), tokenizer.pad_token_id, **overrides)
+    return Qwen3ForSequenceClassification(config).eval()
+
+
+def tiny_llama(vocab_size: int, pad_token_id: int, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        num_labels=1,
+        pad_token_id=pad_token_id,
+        use_cache=False,
+    )
+    return LlamaForSequenceClassification(config).eval()
+
+
+def count_calls(monkeypatch, owner, name: str) -> list[int]:
+    """Replace `owner.name` with a wrapper that records each call (one entry per call)."""
+    calls, real = [], getattr(owner, name)
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counting)
+    return calls
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_demo(path: Path, n: int, seed: int) -> Path:
+    """`n` rows of the generated demo preference set as a local JSONL file."""
+    from rmtrain.data.builtin import demo_rows
+
+    return write_jsonl(path, demo_rows(n, seed=seed))
+
+
+def tiny_train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    """`rmtrain train` argv for the tiny Qwen3 on a local file; later flags in `extra` win."""
+    return [
+        "train",
+        "--model",
+        "builtin:tiny-qwen3",
+        "--dataset",
+        str(data),
+        "--output",
+        str(out),
+        "--frac",
+        "1.0",
+        "--max-length",
+        "96",
+        "--batch",
+        "4",
+        "--report-to",
+        "none",
+        *extra,
+    ]
+
+
+def shared_data_or_skip() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data samples not found at {SHARED_DATA} (only on dev machines)")
+    return SHARED_DATA

@@ -247,7 +247,7 @@ def test_cpu_recipes_find_their_model_and_the_shared_data():
 
     from rmtrain.config import build_config, load_yaml
     from rmtrain.modeling.loading import package_file
-    from tests.conftest import shared_data_or_skip
+    from tests.helpers import shared_data_or_skip
 
     data = shared_data_or_skip()
     root = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from rmtrain.cli import main
-from tests.conftest import write_demo
+from tests.helpers import write_demo
 
 SPACE = {
     "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},

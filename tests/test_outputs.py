@@ -14,7 +14,7 @@ import pytest
 
 from rmtrain.cli import main
 from rmtrain.outputs import OWNER, read_owner
-from tests.conftest import write_demo, write_jsonl
+from tests.helpers import write_demo, write_jsonl
 
 
 def _md5(path: Path) -> str:

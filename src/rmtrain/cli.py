@@ -134,23 +134,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_hpo(args: argparse.Namespace) -> int:
     from rmtrain.hpo import run_hpo
 
-    cfg: HpoConfig = options_from_args(args)
-    direction = cfg.direction or ("minimize" if cfg.metric == "loss" else "maximize")
-    run_hpo(
-        config=cfg.config,
-        space_path=cfg.space,
-        n_trials=cfg.n_trials,
-        output=cfg.output,
-        storage=cfg.storage,
-        study_name=cfg.study_name,
-        jobs=cfg.jobs,
-        metric=cfg.metric,
-        direction=direction,
-        pruner=cfg.pruner,
-        worker=args.worker,
-        register_model=cfg.register_model,
-        model_alias=cfg.model_alias,
-    )
+    run_hpo(options_from_args(args), worker=args.worker)
     return 0
 
 

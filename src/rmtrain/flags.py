@@ -9,6 +9,7 @@ import types
 import typing
 from typing import Any
 
+from rmtrain.coerce import parse_bool
 from rmtrain.config import GROUPS, TrainConfig
 
 
@@ -24,11 +25,11 @@ def _base_type(tp: Any) -> Any:
 
 
 def _parse_bool(text: str) -> bool:
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+    """The YAML reader's words (`coerce.parse_bool`), as argparse reports a bad value."""
+    try:
+        return parse_bool(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, got {text!r}") from None
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:

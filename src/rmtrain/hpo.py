@@ -20,6 +20,7 @@ import yaml
 
 from rmtrain.config import TrainConfig, build_config, load_yaml, save_config
 from rmtrain.errors import RmtrainError
+from rmtrain.options import HpoConfig
 
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 # held-out metrics a study can optimise (what every evaluation reports)
@@ -165,31 +166,22 @@ def make_objective(
     return objective
 
 
-def run_hpo(
-    config: str | None,
-    space_path: str,
-    n_trials: int,
-    output: str,
-    storage: str | None = None,
-    study_name: str = "rmtrain-hpo",
-    jobs: int = 1,
-    metric: str = "win_rate",
-    direction: str = "maximize",
-    pruner: str = "median",
-    worker: bool = False,
-    register_model: str | None = None,
-    model_alias: str | None = None,
-) -> dict[str, Any]:
+def run_hpo(cfg: HpoConfig, worker: bool = False) -> dict[str, Any]:
+    """The study `cfg` describes (one process of it with `worker`); returns its summary."""
     import optuna
 
-    out = Path(output).expanduser().resolve()
+    config, space_path, n_trials, metric = cfg.config, cfg.space, cfg.n_trials, cfg.metric
+    study_name, jobs, pruner = cfg.study_name, cfg.jobs, cfg.pruner
+    register_model, model_alias = cfg.register_model, cfg.model_alias
+    direction = cfg.direction or ("minimize" if metric == "loss" else "maximize")
+    out = Path(cfg.output).expanduser().resolve()
     base = load_yaml(config) if config else {}
     build_config(base)  # validates the base config before any trial starts
     space = load_space(space_path, base)
     if metric not in HPO_METRICS:
         raise RmtrainError(f"--metric {metric!r} is not a held-out metric; use {HPO_METRICS}")
     _claim_study_folder(out, study_name, [p for p in (config, space_path) if p])
-    storage = storage or f"sqlite:///{out / 'study.db'}"
+    storage = cfg.storage or f"sqlite:///{out / 'study.db'}"
     study = optuna.create_study(
         study_name=study_name,
         storage=storage,

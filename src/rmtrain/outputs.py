@@ -20,6 +20,8 @@ from typing import IO, Any
 
 from rmtrain.errors import RmtrainError
 
+REPORT_DIR = "eval_report"  # in a trained model's folder: the held-out evaluation report
+
 
 def same_file(a: Path, b: Path) -> bool:
     """True when both name one file (also through a symlink or a hard link)."""

@@ -101,8 +101,7 @@ def test_packing_none_trains_on_the_same_batches_as_the_default(tmp_path):
     import json
 
     from rmtrain.cli import main
-    from tests.conftest import tiny_train_args, write_demo
-    from tests.helpers import assert_trains_the_same
+    from tests.helpers import assert_trains_the_same, tiny_train_args, write_demo
 
     data = write_demo(tmp_path / "d.jsonl", 60, seed=1)
     args = ["--max-steps", "4", "--logging-steps", "1", "--lr", "3e-3", "--eval-steps", "0"]

@@ -120,7 +120,7 @@ def test_augmented_pairs_train_only_and_share_the_prompt(tmp_path, qwen_tokenize
     from rmtrain.batching.collate import make_collator
     from rmtrain.config import build_config
     from rmtrain.training.data_setup import prepare_data
-    from tests.conftest import write_demo
+    from tests.helpers import write_demo
 
     data = write_demo(tmp_path / "d.jsonl", 60, seed=2)
     base = {"model": "builtin:tiny-qwen3", "dataset": [str(data)], "max_length": 128}

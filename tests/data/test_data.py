@@ -8,7 +8,7 @@ from rmtrain.data.pairs import read_pairs
 from rmtrain.data.reading import load_rows
 from rmtrain.data.splits import sample_indices, split_by_group
 from rmtrain.errors import RmtrainError
-from tests.conftest import write_jsonl
+from tests.helpers import write_jsonl
 
 
 def test_stack_exchange_columns(tmp_path):
@@ -151,7 +151,7 @@ def test_frac_sample_and_split_are_the_same_in_any_process(tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import write_demo
+    from tests.helpers import write_demo
 
     data = write_demo(tmp_path / "d.jsonl", 200, seed=5)
     code = (

@@ -83,7 +83,7 @@ def test_encode_pairs_counts_truncated_and_dropped(qwen_tokenizer):
     ]
     feats, truncated, dropped = encode_pairs(qwen_tokenizer, pairs, 64, chat=True)
     assert [f["pair_index"] for f in feats] == [0, 1]
-    assert truncated == 1 and dropped == {"identical_after_truncation": 1}
+    assert truncated == 1 and dropped == [(2, "identical_after_truncation")]
     for f in feats:
         assert len(f["prompt_ids"]) + len(f["chosen_ids"]) <= 64
         # end_of_turn: the reward is read at <|im_end|>, the template's newline left out

@@ -16,7 +16,7 @@ from rmtrain.data.pairs import Pair
 from rmtrain.data.splits import mix_weighted, parse_dataset_spec
 from rmtrain.errors import RmtrainError
 from rmtrain.modeling.losses import lm_loss
-from tests.conftest import tiny_train_args, write_demo
+from tests.helpers import tiny_train_args, write_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 

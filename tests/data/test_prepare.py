@@ -7,7 +7,7 @@ from rmtrain.data.pairs import read_pairs
 from rmtrain.data.reading import load_rows
 from rmtrain.data.stackexchange import answer_score, html_to_markdown, iter_pairs
 from rmtrain.errors import RmtrainError
-from tests.conftest import shared_data_or_skip
+from tests.helpers import shared_data_or_skip
 
 POSTS = """<?xml version="1.0" encoding="utf-8"?>
 <posts>

@@ -113,7 +113,7 @@ def test_eval_robustness_writes_the_section_table_and_plot(trained, tmp_path):
 
 
 def test_train_robustness_adds_the_probes_to_the_held_out_report(tmp_path):
-    from tests.conftest import tiny_train_args, write_demo
+    from tests.helpers import tiny_train_args, write_demo
 
     data = write_demo(tmp_path / "d.jsonl", 60, seed=1)
     out = tmp_path / "m"
@@ -130,7 +130,7 @@ def test_train_robustness_adds_the_probes_to_the_held_out_report(tmp_path):
 def test_the_probe_table_goes_to_mlflow(tmp_path, mlflow_store):
     from mlflow import MlflowClient
 
-    from tests.conftest import tiny_train_args, write_demo
+    from tests.helpers import tiny_train_args, write_demo
 
     data = write_demo(tmp_path / "d.jsonl", 60, seed=1)
     out = tmp_path / "m"

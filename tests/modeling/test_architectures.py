@@ -12,7 +12,7 @@ import transformers as tf
 from rmtrain.cli import main
 from rmtrain.modeling.loading import load_tokenizer
 from rmtrain.serving.scorer import Item, encode_items, load_scorer
-from tests.conftest import write_demo
+from tests.helpers import write_demo
 
 SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
 HEADS = {"num_attention_heads": 4, "num_key_value_heads": 2}

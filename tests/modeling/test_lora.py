@@ -12,7 +12,7 @@ from rmtrain.modeling.loading import load_reward_model, load_tokenizer
 from rmtrain.modeling.lora import load_adapter_model
 from rmtrain.serving.scorer import load_scorer
 from rmtrain.training.recipe import prepare_data
-from tests.conftest import tiny_train_args, write_demo
+from tests.helpers import tiny_train_args, write_demo
 
 
 @pytest.fixture(scope="module")

@@ -58,7 +58,7 @@ def test_the_loss_option_trains_with_the_registered_function(tmp_path):
     import json
 
     from rmtrain.cli import main
-    from tests.conftest import tiny_train_args, write_demo
+    from tests.helpers import tiny_train_args, write_demo
 
     data = write_demo(tmp_path / "d.jsonl", 40, seed=1)
     out = {k: tmp_path / k for k in ("bt", "hinge")}

@@ -8,8 +8,8 @@ from transformers import AutoModelForSequenceClassification
 from rmtrain.batching.collate import PairCollator, pad_sequences
 from rmtrain.modeling.loading import choose_pad_token
 from rmtrain.modeling.rewards import last_token_index, pair_rewards, token_values
-from tests.conftest import tiny_llama, tiny_qwen3
 from tests.helpers import FEATURES as ALL_FEATURES
+from tests.helpers import tiny_llama, tiny_qwen3
 
 FEATURES = ALL_FEATURES[:3]  # the first three shared features
 

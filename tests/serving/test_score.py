@@ -142,7 +142,7 @@ def test_scoring_in_several_passes_equals_the_stock_forward(trained):
 def test_the_prompt_floor_reaches_scoring_and_serving(trained, tmp_path):
     """The training prompt floor (default max_length // 4, or --min-prompt-length) is the one
     scoring and serving cut with: a long prompt keeps exactly that many tokens."""
-    from tests.conftest import tiny_train_args
+    from tests.helpers import tiny_train_args
 
     default = load_scorer(str(trained[0]))
     assert default.prompt_floor == 96 // 4

@@ -15,8 +15,7 @@ import pytest
 
 from rmtrain.serving.scorer import load_scorer, score_records
 from rmtrain.serving.server import create_app
-from tests.conftest import tiny_qwen3
-from tests.helpers import Server
+from tests.helpers import Server, tiny_qwen3
 
 CASES = [
     ("How do I get started with bread?", "Start with flour, water, salt and a little yeast."),

@@ -8,8 +8,7 @@ from rmtrain.modeling.losses import pairwise_loss
 from rmtrain.modeling.rewards import pair_rewards, token_values
 from rmtrain.speed import attention
 from rmtrain.speed import flash as flash_module
-from tests.conftest import count_calls, tiny_llama
-from tests.helpers import FEATURES, prepared
+from tests.helpers import FEATURES, count_calls, prepared, tiny_llama
 from tests.helpers import prepared_model as make_model
 
 
@@ -327,7 +326,7 @@ def test_flex_setting_scores_with_one_call_per_layer_and_one_block_mask(arch, mo
 
 def test_flex_refuses_to_train_on_cpu(tmp_path, capsys, monkeypatch):
     from rmtrain.cli import main
-    from tests.conftest import tiny_train_args
+    from tests.helpers import tiny_train_args
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     out = tmp_path / "out"

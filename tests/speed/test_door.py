@@ -59,7 +59,7 @@ def test_speed_off_installs_nothing():
 def test_train_with_speed_auto_and_off_logs_the_same_losses(tmp_path):
     """End to end through the CLI at a learning rate that moves the model."""
     from rmtrain.cli import main
-    from tests.conftest import tiny_train_args, write_demo
+    from tests.helpers import tiny_train_args, write_demo
 
     data = write_demo(tmp_path / "prefs.jsonl", 60, seed=2)
     logs = {}
@@ -113,7 +113,7 @@ def test_a_stock_model_after_rmtrain_train_is_bit_identical_to_a_fresh_process(t
     bit-identical logits and gradients to one loaded in a fresh process."""
     from rmtrain.data.builtin import tiny_qwen3_config
     from rmtrain.modeling.loading import load_tokenizer
-    from tests.conftest import tiny_train_args, write_demo
+    from tests.helpers import tiny_train_args, write_demo
 
     tok = load_tokenizer("builtin:tiny-qwen3")
     from transformers import Qwen3ForSequenceClassification

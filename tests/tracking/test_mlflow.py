@@ -19,7 +19,7 @@ import pytest
 from transformers import TrainerCallback
 
 from rmtrain.cli import main
-from tests.conftest import tiny_train_args, write_demo
+from tests.helpers import tiny_train_args, write_demo
 
 pytestmark = pytest.mark.slow
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from rmtrain.cli import main
-from tests.conftest import tiny_train_args, write_demo
+from tests.helpers import tiny_train_args, write_demo
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_train_args, write_demo
+from tests.helpers import tiny_train_args, write_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ import pytest
 
 from rmtrain.cli import main
 from rmtrain.training.checkpoints import divergence_reason
-from tests.conftest import tiny_train_args, write_demo
+from tests.helpers import tiny_train_args, write_demo
 
 
 def test_divergence_rules_by_hand():

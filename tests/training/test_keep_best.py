@@ -11,7 +11,7 @@ from transformers import TrainerCallback
 from rmtrain.cli import main
 from rmtrain.config import build_config
 from rmtrain.training.recipe import run_train
-from tests.conftest import tiny_train_args, write_demo
+from tests.helpers import tiny_train_args, write_demo
 
 
 class Snapshots(TrainerCallback):

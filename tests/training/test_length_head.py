@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from rmtrain.cli import main
-from tests.conftest import tiny_train_args, write_demo
+from tests.helpers import tiny_train_args, write_demo
 
 
 def test_length_head_trains_and_the_folder_is_a_plain_checkpoint(tmp_path):
@@ -46,8 +46,7 @@ def test_length_head_is_refused_with_lora(tmp_path, capsys):
 def test_length_head_reads_the_value_heads_inputs(qwen_tokenizer, packing):
     from rmtrain.batching.collate import make_collator
     from rmtrain.modeling.rewards import attach_length_head, pair_rewards, value_head
-    from tests.conftest import tiny_qwen3
-    from tests.helpers import FEATURES
+    from tests.helpers import FEATURES, tiny_qwen3
 
     model = tiny_qwen3(qwen_tokenizer)
     attach_length_head(model, seed=0)

@@ -5,7 +5,7 @@ the corrected rerun."""
 import json
 
 from rmtrain.cli import main
-from tests.conftest import tiny_train_args, write_demo
+from tests.helpers import tiny_train_args, write_demo
 
 
 def test_empty_output_never_replaces_the_working_directory(tmp_path, monkeypatch, capsys):

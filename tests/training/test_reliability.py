@@ -18,7 +18,7 @@ from rmtrain.data.builtin import demo_rows
 from rmtrain.errors import RmtrainError
 from rmtrain.training.checkpoints import RUN_FILE
 from rmtrain.training.recipe import run_train
-from tests.conftest import count_calls, tiny_train_args, write_demo
+from tests.helpers import count_calls, tiny_train_args, write_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 EVAL_KEYS = ("win_rate", "kendall_tau", "loss", "reward_mean", "reward_std", "margin_mean")

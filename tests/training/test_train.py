@@ -14,8 +14,7 @@ from rmtrain.data.builtin import demo_rows
 from rmtrain.data.layout import encode_pairs
 from rmtrain.data.pairs import Pair
 from rmtrain.modeling.rewards import pair_rewards
-from tests.conftest import tiny_train_args
-from tests.helpers import assert_trains_the_same
+from tests.helpers import assert_trains_the_same, tiny_train_args
 
 # a learning rate that moves the model, every step logged: equal runs are compared step by step
 MOVING = ("--max-steps", "3", "--lr", "1e-3", "--logging-steps", "1")
@@ -117,7 +116,7 @@ def test_checkpointing_every_other_layer_keeps_the_result(tmp_path):
     from rmtrain.cli import build_parser
     from rmtrain.config import TrainConfig, config_from_args
     from rmtrain.training.recipe import run_train
-    from tests.conftest import write_demo
+    from tests.helpers import write_demo
 
     data = write_demo(tmp_path / "d.jsonl", 40, seed=3)
     flags: list[list[bool]] = []
@@ -147,7 +146,7 @@ def test_group_by_prompt_trains_on_prefix_trees(tmp_path):
     from rmtrain.config import TrainConfig, config_from_args
     from rmtrain.training.recipe import run_train
     from rmtrain.training.samplers import PromptGroupedSampler
-    from tests.conftest import write_demo
+    from tests.helpers import write_demo
 
     data = write_demo(tmp_path / "d.jsonl", 40, seed=3)
     samplers = {}
@@ -180,7 +179,7 @@ def test_prefix_trees_train_the_same_on_fewer_tokens(tmp_path):
     from rmtrain.cli import build_parser
     from rmtrain.config import TrainConfig, config_from_args
     from rmtrain.training.recipe import run_train
-    from tests.conftest import write_demo
+    from tests.helpers import write_demo
 
     data = write_demo(tmp_path / "d.jsonl", 40, seed=3)
     results = {}
@@ -227,7 +226,7 @@ def test_fused_elementwise_trains_the_same(tmp_path):
     from rmtrain.cli import build_parser
     from rmtrain.config import TrainConfig, config_from_args
     from rmtrain.training.recipe import run_train
-    from tests.conftest import write_demo
+    from tests.helpers import write_demo
 
     data = write_demo(tmp_path / "d.jsonl", 40, seed=3)
     fused: list[set[bool]] = []
@@ -266,7 +265,7 @@ def test_activations_are_capped_by_default_unless_something_else_sets_the_memory
     from rmtrain.cli import build_parser
     from rmtrain.config import TrainConfig, config_from_args
     from rmtrain.training.settings import checkpointing, speed_options
-    from tests.conftest import tiny_llama
+    from tests.helpers import tiny_llama
 
     model = tiny_llama(200, 0)
     cfg = config_from_args(build_parser().parse_args(["train", *flags]), TrainConfig)

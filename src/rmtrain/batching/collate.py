@@ -359,11 +359,17 @@ def pair_tokens(feature: dict[str, Any], mode: str) -> int:
     return p + c + r if mode == "prefix_sharing" else 2 * p + c + r
 
 
+def tree_cap(max_length: int) -> int:
+    """Tokens a prefix tree may hold: two max lengths, so any pair (its prompt and both
+    responses) fits one tree."""
+    return 2 * max_length
+
+
 def make_eval_collator(
     mode: str, pad_id: int, max_length: int, varlen: bool = False, attention_cost: float = 0.0
 ) -> Any:
     """Scoring layout for a `--packing` mode: `prefix_sharing` scores prefix trees of up to two
     max lengths (any pair fits one tree); the other modes score one pair per row."""
     if mode == "prefix_sharing":
-        return PrefixTreeCollator(pad_id, 2 * max_length, attention_cost)
+        return PrefixTreeCollator(pad_id, tree_cap(max_length), attention_cost)
     return make_collator(mode, pad_id, 0, varlen)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-Text = str | list[dict[str, str]]
+from rmtrain.data.pairs import Text
 
 
 @dataclass(frozen=True)
@@ -304,30 +304,13 @@ def encode_pairs(
     chat: bool,
     prompt_floor: int | None = None,
     position: str = "end_of_turn",
-) -> tuple[list[dict[str, Any]], int, dict[str, int]]:
-    """Tokenise and fit pairs once: (features, truncated count, dropped counts by reason).
+) -> tuple[list[dict[str, Any]], int, list[tuple[int, str]]]:
+    """Tokenise and fit pairs once: (features, truncated count, dropped pairs as (pair index,
+    reason)).
 
     Each feature keeps `pair_index`, the position of its pair in `pairs`, so that metrics can
     find the pair's prompt group whatever order batches come in.
     """
-    features, truncated, dropped = encode_pairs_detailed(
-        tokenizer, pairs, max_length, chat, prompt_floor, position
-    )
-    counts: dict[str, int] = {}
-    for _, reason in dropped:
-        counts[reason] = counts.get(reason, 0) + 1
-    return features, truncated, counts
-
-
-def encode_pairs_detailed(
-    tokenizer: Any,
-    pairs: Sequence[Any],
-    max_length: int,
-    chat: bool,
-    prompt_floor: int | None = None,
-    position: str = "end_of_turn",
-) -> tuple[list[dict[str, Any]], int, list[tuple[int, str]]]:
-    """As `encode_pairs`, with the dropped pairs as (pair index, reason)."""
     prompts = [p.prompt for p in pairs]
     chosen = encode_batch(tokenizer, prompts, [p.chosen for p in pairs], chat, position)
     rejected = encode_batch(tokenizer, prompts, [p.rejected for p in pairs], chat, position)

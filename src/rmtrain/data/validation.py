@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from rmtrain.data.layout import encode_pairs_detailed
+from rmtrain.data.layout import encode_pairs
 from rmtrain.data.pairs import DataCounts, Pair, read_pairs
 from rmtrain.data.reading import load_rows
 from rmtrain.errors import RmtrainError
@@ -100,7 +100,7 @@ def validate_dataset(
     except RmtrainError as exc:
         raise RmtrainError(exc.args[0] if source in str(exc) else f"{source}: {exc}") from None
     if tokenizer is not None and pairs:
-        _, truncated, dropped = encode_pairs_detailed(tokenizer, pairs, max_length, chat)
+        _, truncated, dropped = encode_pairs(tokenizer, pairs, max_length, chat)
         counts.truncated = truncated
         record_dropped(counts, pairs, dropped)
     return counts

@@ -8,6 +8,7 @@ gradients.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from rmtrain import speed
-from rmtrain.batching.collate import pack_trees, sequence_ends
+from rmtrain.batching.collate import pack_trees, sequence_ends, tree_cap
 from rmtrain.batching.prefix_tree import build_trees
 from rmtrain.data.formats import is_messages
 from rmtrain.data.layout import (
@@ -96,7 +97,7 @@ class RewardScorer:
             self.tokenizer, pairs, self.max_length, self.chat, self.prompt_floor, self.position
         )
         chosen, rejected = self.score_features(feats, progress)
-        return ScoredPairs(feats, chosen, rejected, truncated, dropped)
+        return ScoredPairs(feats, chosen, rejected, truncated, Counter(r for _, r in dropped))
 
     def encode_texts(
         self, prompts: Sequence[Any], responses: Sequence[Any]
@@ -130,7 +131,7 @@ class RewardScorer:
         responses, or a repeated text, is computed once), largest trees first, as many trees
         per forward as `token_budget` allows, one tree per row."""
         cost = attention_cost_ratio(self.model.config)
-        trees, _ = build_trees(seqs, 2 * self.max_length, cost)
+        trees, _ = build_trees(seqs, tree_cap(self.max_length), cost)
         out = np.zeros(len(seqs))
         for group in _batches_by_budget([len(t) for t in trees], self.token_budget):
             batch_trees = [trees[t] for t in group]
@@ -213,7 +214,7 @@ def load_scorer(
         max_length=max_length,
         chat=uses_chat_template(tok, settings.get("chat_template", "auto")),
         prompt_floor=settings.get("prompt_floor"),
-        token_budget=max(token_budget, 2 * max_length),
+        token_budget=max(token_budget, tree_cap(max_length)),  # a tree fits one forward
         reward_mean=getattr(model.config, "reward_mean", None),
         reward_std=getattr(model.config, "reward_std", None),
         # models saved without it were trained (and stock heads read) at the template's end

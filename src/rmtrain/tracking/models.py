@@ -22,6 +22,7 @@ import pandas as pd
 
 from rmtrain import __version__
 from rmtrain.errors import RmtrainError
+from rmtrain.outputs import REPORT_DIR
 
 MODEL_NAME = "model"  # the logged model's name in its run: runs:/<run>/model
 ARTIFACT_FILES = ("metrics.json", "data_report.json", "rmtrain_config.yaml", "README.md")
@@ -202,10 +203,6 @@ def _commit() -> str | None:
     return done.stdout.strip() or None if done.returncode == 0 else None
 
 
-def is_mlflow_uri(model: str) -> bool:
-    return model.startswith(("models:/", "runs:/"))
-
-
 def card_body(card: str, limit: int = 5000) -> str:
     """The model card without its YAML front matter (metadata for hubs, not for readers)."""
     if card.startswith("---\n"):
@@ -276,7 +273,7 @@ def log_output_folder(
     try:
         step = int(result.get("metrics", {}).get("train_steps", 0))
         log_final(["mlflow"], result.get("metrics", {}), result.get("data", {}), step)
-        uri = log_run_outputs(output, "eval_report")
+        uri = log_run_outputs(output, REPORT_DIR)
         print(f"[rmtrain] logged the model to MLflow at {tracking_uri()}: {uri}")
         if register_model:
             print(f"[rmtrain] registered models:/{register(uri, register_model, alias, output)}")

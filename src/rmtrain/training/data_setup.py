@@ -9,7 +9,7 @@ from typing import Any
 from rmtrain.batching.collate import grouping_length
 from rmtrain.config import TrainConfig
 from rmtrain.data.augment import augment_pairs, augmentation_names
-from rmtrain.data.layout import encode_pairs_detailed, uses_chat_template
+from rmtrain.data.layout import encode_pairs, uses_chat_template
 from rmtrain.data.pairs import DataCounts, Pair, read_pairs
 from rmtrain.data.reading import load_rows
 from rmtrain.data.splits import (
@@ -61,7 +61,7 @@ def _read(source: str, cfg: TrainConfig) -> tuple[list[Pair], DataCounts]:
 def _features(tokenizer: Any, pairs: list[Pair], cfg: TrainConfig) -> tuple:
     """Pairs tokenised and cut once, each feature with its token cost: (features, truncated
     count, dropped (index, reason))."""
-    feats, truncated, dropped = encode_pairs_detailed(
+    feats, truncated, dropped = encode_pairs(
         tokenizer,
         pairs,
         cfg.max_length,

@@ -16,10 +16,9 @@ from rmtrain.data.splits import parse_dataset_spec
 from rmtrain.evaluation.model_card import render_model_card
 from rmtrain.modeling.lora import merged
 from rmtrain.modeling.rewards import detach_length_head
+from rmtrain.outputs import REPORT_DIR
 from rmtrain.tracking.runs import log_report_to_wandb
 from rmtrain.training.atomic_save import STAGE_NAME, publish, staging_dir
-
-REPORT_DIR = "eval_report"
 
 
 def save_model_folder(

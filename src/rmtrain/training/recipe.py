@@ -28,7 +28,7 @@ from rmtrain.evaluation.evaluate import write_report
 from rmtrain.modeling.loading import lm_head_weight, load_reward_model, load_tokenizer
 from rmtrain.modeling.lora import apply_lora, quantization_config
 from rmtrain.modeling.rewards import attach_length_head, attention_cost_ratio
-from rmtrain.outputs import output_lock
+from rmtrain.outputs import REPORT_DIR, output_lock
 from rmtrain.tracking.runs import (
     MlflowMetrics,
     finish_tracking,
@@ -53,7 +53,7 @@ from rmtrain.training.checkpoints import (
 )
 from rmtrain.training.console import ConsoleProgress
 from rmtrain.training.data_setup import NoUsablePairs, PreparedData, eval_sample, prepare_data
-from rmtrain.training.publish import REPORT_DIR, log_to_trackers, save_model_folder
+from rmtrain.training.publish import log_to_trackers, save_model_folder
 from rmtrain.training.reporting import (
     evaluate_held_out,
     final_metrics,

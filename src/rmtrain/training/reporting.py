@@ -8,8 +8,8 @@ from typing import Any
 
 from rmtrain.data.pairs import DataCounts
 from rmtrain.evaluation.evaluate import summarise
+from rmtrain.outputs import REPORT_DIR
 from rmtrain.training.data_setup import PreparedData
-from rmtrain.training.publish import REPORT_DIR
 from rmtrain.training.resources import peak_memory_gib
 from rmtrain.training.selection import KeepBest
 

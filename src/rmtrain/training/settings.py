@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from rmtrain import speed
-from rmtrain.batching.collate import make_collator
+from rmtrain.batching.collate import make_collator, tree_cap
 from rmtrain.config import TrainConfig
 from rmtrain.modeling.loading import resolve_dtype
 from rmtrain.training.arguments import RewardTrainingArguments
@@ -112,11 +112,11 @@ def train_collator(cfg: TrainConfig, pad_id: int, attention_cost: float) -> Any:
     never widens it: every shared prefix is shared (no attention cost weighed against it)."""
     varlen = cfg.attn_implementation == "flash_attention_2"
     trees = trains_on_trees(cfg)
-    tree_cap = 2 * cfg.max_length if trees else 0
+    cap = tree_cap(cfg.max_length) if trees else 0
     per_block = cfg.speed == "auto" and cfg.block_attention in ("auto", "on")
     cpu = not torch.cuda.is_available() and per_block
     cost = 0.0 if trees and cpu else attention_cost
-    return make_collator(cfg.packing, pad_id, row_budget(cfg), varlen, tree_cap, cost)
+    return make_collator(cfg.packing, pad_id, row_budget(cfg), varlen, cap, cost)
 
 
 def trains_on_trees(cfg: TrainConfig) -> bool:
