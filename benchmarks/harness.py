@@ -34,7 +34,7 @@ def model_id(name: str) -> str:
 
 # ----------------------------------------------------------------------------- data (parent)
 def load_pairs(dataset: str) -> list[Any]:
-    from rmtrain.data.pairs import read_pairs
+    from rmtrain.data.formats import read_pairs
     from rmtrain.data.reading import load_rows
     from rmtrain.data.stackexchange import iter_pairs
 

@@ -43,7 +43,7 @@ SEED = 0
 
 def _pairs(file: Path, frac: float = 1.0) -> list[Any]:
     """The pairs rmtrain reads from `file` with `--frac frac` (same sample, same order)."""
-    from rmtrain.data.pairs import read_pairs
+    from rmtrain.data.formats import read_pairs
     from rmtrain.data.reading import load_rows
 
     return read_pairs(load_rows(str(file)), frac, SEED)[0]

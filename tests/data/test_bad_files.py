@@ -9,7 +9,7 @@ import json
 import pytest
 
 from rmtrain.cli import main
-from rmtrain.data.pairs import read_pairs
+from rmtrain.data.formats import read_pairs
 from rmtrain.data.reading import load_rows
 
 ROW = {"prompt": "p", "chosen": "good answer", "rejected": "bad answer"}

@@ -3,8 +3,7 @@ import json
 
 import pytest
 
-from rmtrain.data.formats import detect_format, parse_hh_transcript, split_common_prefix
-from rmtrain.data.pairs import read_pairs
+from rmtrain.data.formats import detect_format, parse_hh_transcript, read_pairs, split_common_prefix
 from rmtrain.data.reading import load_rows
 from rmtrain.data.splits import sample_indices, split_by_group
 from rmtrain.errors import RmtrainError
@@ -131,13 +130,13 @@ def test_parse_hh_transcript_rejects_other_text():
 def test_a_jsonl_line_that_looks_like_an_array_is_one_row(tmp_path, line):
     """Found by the line-preservation property: a .jsonl file whose first line opens a JSON
     array was read as an array, which failed on `[` and swallowed or split lines otherwise."""
-    from rmtrain.data.reading import _InvalidJson, read_json_rows
+    from rmtrain.data.reading import InvalidRow, read_json_rows
 
     path = tmp_path / "x.jsonl"
     path.write_text(line + "\n" + json.dumps({"prompt": "p"}) + "\n")
     rows = read_json_rows(path)
     assert len(rows) == 2 and rows[1] == {"prompt": "p"}
-    assert isinstance(rows[0], _InvalidJson) == (line == "[")
+    assert isinstance(rows[0], InvalidRow) == (line == "[")
     array = tmp_path / "x.json"  # a .json file may still hold one array
     array.write_text('[{"prompt": "a"}, {"prompt": "b"}]')
     assert read_json_rows(array) == [{"prompt": "a"}, {"prompt": "b"}]
@@ -156,7 +155,7 @@ def test_frac_sample_and_split_are_the_same_in_any_process(tmp_path):
     data = write_demo(tmp_path / "d.jsonl", 200, seed=5)
     code = (
         "import json, sys\n"
-        "from rmtrain.data.pairs import read_pairs\n"
+        "from rmtrain.data.formats import read_pairs\n"
         "from rmtrain.data.reading import load_rows\n"
         "from rmtrain.data.splits import split_by_group\n"
         "pairs, _ = read_pairs(load_rows(sys.argv[1]), 0.3, 7)\n"

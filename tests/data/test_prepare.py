@@ -3,7 +3,7 @@ import json
 import pytest
 
 from rmtrain.cli import main
-from rmtrain.data.pairs import read_pairs
+from rmtrain.data.formats import read_pairs
 from rmtrain.data.reading import load_rows
 from rmtrain.data.stackexchange import answer_score, html_to_markdown, iter_pairs
 from rmtrain.errors import RmtrainError

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from rmtrain.batching.collate import PackedCollator, PairCollator
+from rmtrain.data.formats import read_pairs
 from rmtrain.data.layout import encode_pairs
-from rmtrain.data.pairs import read_pairs
 from rmtrain.data.reading import read_json_rows
 from rmtrain.errors import RmtrainError
 
@@ -41,7 +41,9 @@ def test_random_rows_are_all_accounted_for(qwen_tokenizer, rows, max_length):
     assert len(pairs) + sum(counts.malformed.values()) == len(rows)
     assert len(counts.bad_rows) == sum(counts.malformed.values())
     feats, _, dropped = encode_pairs(qwen_tokenizer, pairs, max_length, chat=True)
-    assert len(feats) + sum(dropped.values()) == len(pairs)
+    assert len(feats) + len(dropped) == len(pairs)
+    kept = {f["pair_index"] for f in feats}
+    assert sorted(kept | {i for i, _ in dropped}) == list(range(len(pairs)))
     for f in feats:
         assert (
             len(f["prompt_ids"]) + max(len(f["chosen_ids"]), len(f["rejected_ids"])) <= max_length

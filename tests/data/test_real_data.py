@@ -2,8 +2,8 @@
 
 import json
 
+from rmtrain.data.formats import read_pairs
 from rmtrain.data.layout import encode_pairs
-from rmtrain.data.pairs import read_pairs
 from rmtrain.data.reading import load_rows
 from rmtrain.data.stackexchange import iter_pairs
 from tests.helpers import shared_data_or_skip

@@ -38,7 +38,7 @@ def test_writes_every_output(trained):
 
 
 def test_metrics_and_counts(trained):
-    from rmtrain.data.pairs import read_pairs
+    from rmtrain.data.formats import read_pairs
     from rmtrain.data.reading import load_rows
     from rmtrain.data.splits import split_by_group
     from rmtrain.evaluation.metrics import reward_metrics

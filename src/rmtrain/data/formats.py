@@ -2,19 +2,21 @@
 
 A new format is one `@register(name, columns)` function here: `detect_format` picks the first
 registered format whose columns a data set carries, and `row_to_pair` validates the texts and
-builds the `Pair`.
+builds the `Pair`. `read_pairs` is the reading pipeline: rows (from `reading`) sampled and
+normalised into pairs (types in `pairs`), every malformed row counted.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rmtrain.data.pairs import Messages, Pair, Text
-from rmtrain.data.reading import _InvalidJson
+from rmtrain.data.pairs import DataCounts, Messages, Pair, Text
+from rmtrain.data.reading import InvalidRow, columns
+from rmtrain.data.splits import sample_indices
 from rmtrain.errors import RmtrainError
 
 
@@ -74,7 +76,7 @@ def detect_format(columns: set[str]) -> str:
 
 def row_to_pair(row: Any, index: int, fmt: str, margin_column: str) -> Pair | str:
     """A `Pair`, or the reason the row is malformed."""
-    if isinstance(row, _InvalidJson):
+    if isinstance(row, InvalidRow):
         return row.reason
     if not isinstance(row, dict):
         return "not_a_mapping"
@@ -194,3 +196,30 @@ def _implicit_to_pair(chosen: Any, rejected: Any) -> tuple[Text, Text, Text]:
 
 def _group_key(prompt: Text) -> str:
     return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+
+
+def read_pairs(
+    rows: Sequence[Any], frac: float, seed: int, margin_column: str = "margin"
+) -> tuple[list[Pair], DataCounts]:
+    """Sample rows and normalise them, counting every malformed row by reason."""
+    fmt = detect_format(columns(rows))
+    indices = sample_indices(len(rows), frac, seed)
+    if hasattr(rows, "select"):
+        picked = rows.select(indices).to_list()
+    else:
+        picked = [rows[i] for i in indices]
+    counts = DataCounts(
+        rows_read=len(picked),
+        rows_in_source=len(rows),
+        frac=frac,
+        lines=getattr(rows, "lines", None) or None,
+    )
+    pairs: list[Pair] = []
+    for index, row in zip(indices, picked, strict=True):
+        result = row_to_pair(row, index, fmt, margin_column)
+        if isinstance(result, str):
+            counts.malformed[result] += 1
+            counts.bad_rows.append((index, result))
+        else:
+            pairs.append(result)
+    return pairs, counts

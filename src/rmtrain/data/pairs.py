@@ -6,7 +6,6 @@ Every row read is accounted for: it becomes a `Pair` or is counted as malformed 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,34 +72,3 @@ class DataCounts:
             "prompts_in_several_datasets": self.shared_prompts,
             "test_pairs": self.test_pairs,
         }
-
-
-def read_pairs(
-    rows: Sequence[Any], frac: float, seed: int, margin_column: str = "margin"
-) -> tuple[list[Pair], DataCounts]:
-    """Sample rows and normalise them, counting every malformed row by reason."""
-    from rmtrain.data.formats import detect_format, row_to_pair
-    from rmtrain.data.reading import _columns
-    from rmtrain.data.splits import sample_indices
-
-    fmt = detect_format(_columns(rows))
-    indices = sample_indices(len(rows), frac, seed)
-    if hasattr(rows, "select"):
-        picked = rows.select(indices).to_list()
-    else:
-        picked = [rows[i] for i in indices]
-    counts = DataCounts(
-        rows_read=len(picked),
-        rows_in_source=len(rows),
-        frac=frac,
-        lines=getattr(rows, "lines", None) or None,
-    )
-    pairs: list[Pair] = []
-    for index, row in zip(indices, picked, strict=True):
-        result = row_to_pair(row, index, fmt, margin_column)
-        if isinstance(result, str):
-            counts.malformed[result] += 1
-            counts.bad_rows.append((index, result))
-        else:
-            pairs.append(result)
-    return pairs, counts

@@ -100,9 +100,9 @@ def read_json_rows(path: Path) -> list[Any]:
         try:
             rows.append(json.loads(raw.decode("utf-8")))
         except UnicodeDecodeError:
-            rows.append(_InvalidJson("invalid_utf8"))
+            rows.append(InvalidRow("invalid_utf8"))
         except (json.JSONDecodeError, RecursionError):
-            rows.append(_InvalidJson("invalid_json"))
+            rows.append(InvalidRow("invalid_json"))
     rows.lines = lines
     return _with_objects(path, rows)
 
@@ -116,7 +116,7 @@ def _with_objects(path: Path, rows: Rows) -> Rows:
     return rows
 
 
-class _InvalidJson:
+class InvalidRow:
     """Placeholder for a line that did not parse; counted as malformed with its reason."""
 
     def __init__(self, reason: str = "invalid_json") -> None:
@@ -197,7 +197,7 @@ def _load_hub(name: str, split: str) -> Sequence[Any]:
         raise RmtrainError(f"cannot load data set {name!r} split {split!r}: {exc}") from None
 
 
-def _columns(rows: Sequence[Any]) -> set[str]:
+def columns(rows: Sequence[Any]) -> set[str]:
     names = getattr(rows, "column_names", None)
     if names is not None:
         return set(names)

@@ -14,8 +14,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from rmtrain.data.formats import read_pairs
 from rmtrain.data.layout import encode_pairs
-from rmtrain.data.pairs import DataCounts, Pair, read_pairs
+from rmtrain.data.pairs import DataCounts, Pair
 from rmtrain.data.reading import load_rows
 from rmtrain.errors import RmtrainError
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from rmtrain.data.pairs import Pair, read_pairs
+from rmtrain.data.formats import read_pairs
+from rmtrain.data.pairs import Pair
 from rmtrain.data.reading import load_rows
 from rmtrain.errors import RmtrainError
 from rmtrain.evaluation.metrics import length_metrics, reward_metrics, wilson_interval

@@ -9,8 +9,9 @@ from typing import Any
 from rmtrain.batching.collate import grouping_length
 from rmtrain.config import TrainConfig
 from rmtrain.data.augment import augment_pairs, augmentation_names
+from rmtrain.data.formats import read_pairs
 from rmtrain.data.layout import encode_pairs, uses_chat_template
-from rmtrain.data.pairs import DataCounts, Pair, read_pairs
+from rmtrain.data.pairs import DataCounts, Pair
 from rmtrain.data.reading import load_rows
 from rmtrain.data.splits import (
     mix_weighted,
