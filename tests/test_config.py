@@ -271,3 +271,40 @@ def test_the_option_reference_is_the_config():
     assert docs.read_text() == options_reference()
     names = [n for g in GROUPS.values() for n in g]
     assert len(names) == len(set(names)) == len(dataclasses.fields(TrainConfig))
+
+
+def _demo_file(tmp_path):
+    from tests.helpers import write_demo
+
+    return write_demo(tmp_path / "d.jsonl", 30, seed=2)
+
+
+@pytest.mark.parametrize(
+    "case,expect",
+    [
+        ("config_not_utf8", "config file {tmp}/c.yaml is not UTF-8 text; save it as UTF-8"),
+        ("weight_inf", "mixing weight in '{tmp}/d.jsonl:inf' must be a positive finite number"),
+        ("lora_target", "--lora-target nothing_here matches no module of this model"),
+        ("hpo_storage", "--storage garbage://x: cannot open it (NoSuchModuleError"),
+    ],
+)
+def test_more_user_errors_are_one_line_naming_the_fix(tmp_path, capsys, case, expect):
+    data = _demo_file(tmp_path)
+    train = ["train", "--model", "builtin:tiny-qwen3", "--report-to", "none", "--max-steps", "1"]
+    train += ["--output", str(tmp_path / "out")]
+    if case == "config_not_utf8":
+        (tmp_path / "c.yaml").write_bytes(b"lr: 1\n\xff\n")
+        argv = [*train, "--dataset", str(data), "--config", str(tmp_path / "c.yaml")]
+    elif case == "weight_inf":
+        argv = [*train, "--dataset", f"{data}:inf"]
+    elif case == "lora_target":
+        argv = [*train, "--dataset", str(data), "--lora-r", "4", "--lora-target", "nothing_here"]
+    else:
+        space = tmp_path / "space.yaml"
+        space.write_text("lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}\n")
+        argv = ["hpo", "--space", str(space), "--output", str(tmp_path / "h")]
+        argv += ["--storage", "garbage://x", "--n-trials", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rmtrain: error: " + expect.format(tmp=tmp_path)), err
+    assert err.count("\n") == 1 and "Traceback" not in err

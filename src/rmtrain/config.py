@@ -393,9 +393,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
             f"config file {p} does not exist; pass an existing YAML file to --config"
         )
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise RmtrainError(f"config file {p} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise RmtrainError(f"config file {p} is not UTF-8 text; save it as UTF-8") from None
     if not isinstance(data, dict):
         raise RmtrainError(f"config file {p} must hold a mapping of option: value")
     return flatten_groups({str(k).replace("-", "_"): v for k, v in data.items()}, str(p))

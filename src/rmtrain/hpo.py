@@ -181,16 +181,13 @@ def run_hpo(cfg: HpoConfig, worker: bool = False) -> dict[str, Any]:
     if metric not in HPO_METRICS:
         raise RmtrainError(f"--metric {metric!r} is not a held-out metric; use {HPO_METRICS}")
     _claim_study_folder(out, study_name, [p for p in (config, space_path) if p])
-    storage = cfg.storage or f"sqlite:///{out / 'study.db'}"
-    study = optuna.create_study(
-        study_name=study_name,
-        storage=storage,
-        load_if_exists=True,
-        direction=direction,
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=1)
+    prune = (
+        optuna.pruners.MedianPruner(n_startup_trials=1)
         if pruner == "median"
-        else optuna.pruners.NopPruner(),
+        else optuna.pruners.NopPruner()
     )
+    storage = cfg.storage or f"sqlite:///{out / 'study.db'}"
+    study = _open_study(storage, study_name, direction, prune)
     if not worker:  # the launcher starts alone: a RUNNING trial now is a killed run's
         _fail_orphans(study)
     helpers = [] if worker or jobs <= 1 else _spawn_workers(jobs - 1)
@@ -215,6 +212,28 @@ def run_hpo(cfg: HpoConfig, worker: bool = False) -> dict[str, Any]:
         best = out / f"trial-{summary['best_trial']:04d}"
         log_output_folder(best, register_model, model_alias, f"{study_name}-best")
     return summary
+
+
+def _open_study(storage: str, study_name: str, direction: str, pruner: Any) -> Any:
+    """The study in `storage` (created or continued); a storage optuna cannot open is one
+    line naming the form it takes."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return optuna.create_study(
+            study_name=study_name,
+            storage=storage,
+            load_if_exists=True,
+            direction=direction,
+            pruner=pruner,
+        )
+    except (SQLAlchemyError, ValueError, ImportError) as exc:
+        raise RmtrainError(
+            f"--storage {storage}: cannot open it ({exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0][:200]}); pass an SQLAlchemy URL such as "
+            "sqlite:///path/study.db, or leave it out for study.db in --output"
+        ) from None
 
 
 def _claim_study_folder(out: Path, study_name: str, inputs: list[str]) -> None:

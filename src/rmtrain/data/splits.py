@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 
@@ -73,8 +74,8 @@ def parse_dataset_spec(spec: str) -> tuple[str, float | None]:
             weight = float(tail)
         except ValueError:
             return spec, None
-        if not weight > 0:
-            raise RmtrainError(f"mixing weight in {spec!r} must be positive")
+        if not 0 < weight < math.inf:
+            raise RmtrainError(f"mixing weight in {spec!r} must be a positive finite number")
         return head, weight
     return spec, None
 

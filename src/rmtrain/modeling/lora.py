@@ -36,7 +36,18 @@ def apply_lora(
         target_modules=target or "all-linear",
         modules_to_save=[head_name(model)],
     )
-    return get_peft_model(model, config)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:  # peft's NoMatchingPeftModuleError is one
+        if not target:
+            raise
+        linear = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ == "Linear"}
+        )
+        raise RmtrainError(
+            f"--lora-target {','.join(target)} matches no module of this model "
+            f"({exc.__class__.__name__}); its linear layers are {', '.join(linear)}"
+        ) from None
 
 
 def quantization_config(load_in_4bit: bool) -> Any:
