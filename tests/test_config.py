@@ -286,6 +286,12 @@ def _demo_file(tmp_path):
         ("weight_inf", "mixing weight in '{tmp}/d.jsonl:inf' must be a positive finite number"),
         ("lora_target", "--lora-target nothing_here matches no module of this model"),
         ("hpo_storage", "--storage garbage://x: cannot open it (NoSuchModuleError"),
+        ("model_folder", "--model {tmp}/m is a folder without config.json, not a model folder"),
+        ("dataset_empty", "--dataset is empty; pass a data file, folder or hub data set name"),
+        ("test_size", "--test-size 0.001 of 30 pairs holds out no prompt; raise --test-size"),
+        ("latin1", "{tmp}/l.jsonl is not UTF-8 text (no line decodes); convert it"),
+        ("overwrite_resume", "--overwrite replaces the run in --output, --resume continues it"),
+        ("resume_finished", "--resume: {tmp}/out holds a finished model, nothing to resume"),
     ],
 )
 def test_more_user_errors_are_one_line_naming_the_fix(tmp_path, capsys, case, expect):
@@ -299,6 +305,27 @@ def test_more_user_errors_are_one_line_naming_the_fix(tmp_path, capsys, case, ex
         argv = [*train, "--dataset", f"{data}:inf"]
     elif case == "lora_target":
         argv = [*train, "--dataset", str(data), "--lora-r", "4", "--lora-target", "nothing_here"]
+    elif case in ("model_folder", "test_size", "overwrite_resume", "resume_finished"):
+        (tmp_path / "m").mkdir()
+        (tmp_path / "m" / "notes.txt").write_text("not a model")
+        flags = {
+            "model_folder": ["--model", str(tmp_path / "m")],
+            "test_size": ["--test-size", "0.001"],
+            "overwrite_resume": ["--overwrite", "--resume"],
+            "resume_finished": ["--resume"],
+        }[case]
+        if case == "resume_finished":  # what a finished run leaves
+            from rmtrain.outputs import write_owner
+
+            write_owner(tmp_path / "out", "train")
+            (tmp_path / "out" / "config.json").write_text("{}")
+        argv = [*train, "--dataset", str(data), *flags]
+    elif case == "dataset_empty":
+        argv = [*train, "--dataset", ""]
+    elif case == "latin1":
+        row = '{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}\n'
+        (tmp_path / "l.jsonl").write_bytes(row.encode("latin-1"))
+        argv = [*train, "--dataset", str(tmp_path / "l.jsonl")]
     else:
         space = tmp_path / "space.yaml"
         space.write_text("lr: {type: float, low: 1.0e-5, high: 1.0e-3, log: true}\n")

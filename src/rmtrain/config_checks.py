@@ -98,6 +98,12 @@ def check_ranges(cfg: Any) -> None:
             augmentation_names(cfg.augment)
         except RmtrainError as exc:
             problems.append(str(exc))
+    if any(not str(spec).strip() for spec in cfg.datasets()):
+        problems.append("--dataset is empty; pass a data file, folder or hub data set name")
+    if cfg.overwrite and cfg.resume:
+        problems.append(
+            "--overwrite replaces the run in --output, --resume continues it: pass only one"
+        )
     if cfg.frac is not None and not 0 < cfg.frac <= 1:
         problems.append(f"--frac must be in (0, 1], got {cfg.frac}")
     if not 0 < cfg.test_size < 1:

@@ -108,6 +108,11 @@ def read_json_rows(path: Path) -> list[Any]:
 
 
 def _with_objects(path: Path, rows: Rows) -> Rows:
+    if rows and all(getattr(r, "reason", None) == "invalid_utf8" for r in rows):
+        raise RmtrainError(
+            f"{path} is not UTF-8 text (no line decodes); convert it, e.g. "
+            f"iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}"
+        )
     if not any(isinstance(r, dict) for r in rows):
         raise RmtrainError(
             f"{path} holds no JSON objects ({len(rows)} rows, none a {{...}} row): not a "

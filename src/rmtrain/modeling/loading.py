@@ -60,6 +60,12 @@ def _split_gguf(model_id: str) -> tuple[str, dict[str, Any]]:
         if not path.is_file():
             raise RmtrainError(f"model file {model_id} does not exist; pass an existing .gguf file")
         return str(path.parent), {"gguf_file": path.name}
+    folder = Path(model_id).expanduser()
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise RmtrainError(
+            f"--model {model_id} is a folder without config.json, not a model folder; pass a "
+            "folder saved by save_pretrained (config.json + weights), a .gguf file or a hub name"
+        )
     return model_id, {}
 
 

@@ -36,6 +36,11 @@ def check_output_dir(
     """The output rule (`rmtrain.outputs`) for a training run, checked before anything loads,
     and a write test (an unwritable path fails at once, not after training)."""
     check_output_folder(output, "train", inputs, overwrite or resume, _has_run_state)
+    if resume and _has_model(output):
+        raise RmtrainError(
+            f"--resume: {output} holds a finished model, nothing to resume; train into another "
+            "--output, or replace it with --overwrite instead of --resume"
+        )
     try:
         output.mkdir(parents=True, exist_ok=True)
         probe = output / ".rmtrain-write-test"

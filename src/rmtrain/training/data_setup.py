@@ -159,6 +159,11 @@ def prepare_data(cfg: TrainConfig, tokenizer: Any) -> PreparedData:
     test.sort(key=lambda f: -f["length"])  # order is free (metrics follow pair_index)
     counts = _merge(per)
     counts.shared_prompts = sum(len(s) > 1 for s in seen.values())
+    if train and not test_pairs:  # the split, not the encoding, left none
+        raise RmtrainError(
+            f"--test-size {cfg.test_size} of {len(train)} pairs holds out no prompt; raise "
+            f"--test-size (to {min(0.5, 2 / len(train)):.2g} or more) or use more data"
+        )
     if not train or not test:
         raise RmtrainError(
             f"too few pairs to train and evaluate ({len(train)} train, {len(test)} test); "
