@@ -2,6 +2,7 @@ from rmtrain.data.layout import (
     Encoded,
     encode_batch,
     encode_pairs,
+    encode_text,
     fit_pair,
     fit_single,
     render,
@@ -92,3 +93,46 @@ def test_encode_pairs_counts_truncated_and_dropped(qwen_tokenizer):
     # template_end: the reward is read after the template's closing newline
     feats, _, _ = encode_pairs(qwen_tokenizer, pairs[:1], 64, chat=True, position="template_end")
     assert feats[0]["chosen_ids"][-2:] == qwen_tokenizer("<|im_end|>\n")["input_ids"]
+
+
+class _Recording:
+    """The tokenizer, recording the longest text it is asked to tokenise."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.longest = tokenizer, 0
+
+    def __call__(self, text, **kw):
+        texts = [text] if isinstance(text, str) else text
+        self.longest = max([self.longest, *map(len, texts)])
+        return self.tokenizer(text, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_long_texts_are_tokenised_only_as_far_as_the_cut_reaches(qwen_tokenizer, monkeypatch):
+    """A 300k-character prompt and response give the tokens of the whole texts, from parts of
+    CHARS_PER_TOKEN x (max length + SLACK) characters (a 2 MB request costs as little)."""
+    import rmtrain.data.layout as layout
+
+    words = " ".join(f"w{i % 97}rd, (x{i % 13})" for i in range(30_000))
+    pairs = [
+        Pair(words, words[::-1], words, group="a", row=0),
+        Pair("short prompt", "-" * 300_000, "short answer", group="b", row=1),  # few tokens
+    ]
+    rec = _Recording(qwen_tokenizer)
+    cap = layout.CHARS_PER_TOKEN * (64 + layout.SLACK)
+    capped = encode_pairs(rec, pairs, 64, chat=True)
+    text = qwen_tokenizer.apply_chat_template(
+        [{"role": "user", "content": words}, {"role": "assistant", "content": words[::-1]}],
+        tokenize=False,
+    )
+    one = encode_text(rec, text, chat=True, max_length=64)
+    assert cap * 8 <= rec.longest < cap * 8 + 200  # "---..." (64 per token): a part 8x longer
+    rec.longest = 0
+    encode_pairs(rec, pairs[:1], 64, chat=True)
+    assert 0 < rec.longest <= cap + 200  # the template's words around the part
+    monkeypatch.setattr(layout, "CHARS_PER_TOKEN", 10**9)  # the whole texts
+    whole = encode_pairs(qwen_tokenizer, pairs, 64, chat=True)
+    assert capped == whole and [f["pair_index"] for f in capped[0]] == [0, 1]
+    assert fit_single(one, 64) == fit_single(encode_text(qwen_tokenizer, text, chat=True), 64)

@@ -275,3 +275,24 @@ def test_runs_are_named_after_their_output_and_data(tmp_path):
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     (run,) = [r for r in runs if r.data.params.get("rmtrain.output") == str(out)]
     assert run.info.run_name.startswith("named_rm | prefs.jsonl | ")
+
+
+@pytest.mark.parametrize("store", ["folder", "not_a_database", "missing_folder"])
+def test_a_store_that_cannot_be_written_is_one_line_at_once(tmp_path, monkeypatch, capsys, store):
+    """MLflow would retry such a SQLite store for about two minutes before failing."""
+    path = tmp_path / "mlflow.db"
+    if store == "folder":
+        path.mkdir()
+    elif store == "not_a_database":
+        path.write_text("not sqlite")
+    else:
+        path = tmp_path / "missing" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path}")
+    data = write_demo(tmp_path / "prefs.jsonl", 30, seed=5)
+    argv = tiny_train_args(data, tmp_path / "model", "--max-steps", "1", "--report-to", "mlflow")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rmtrain: error: cannot use the MLflow store {path} (") and (
+        err.count("\n") == 1
+    )
+    assert not (tmp_path / "model" / "config.json").exists()

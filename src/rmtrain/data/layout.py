@@ -102,6 +102,44 @@ def _tokenize_many(
     return [list(table[t]) for t in texts]
 
 
+# A text is tokenised only as far as a cut can reach: a response's first, a prompt's last
+# CHARS_PER_TOKEN x (max_length + SLACK) characters. Where that part holds fewer than
+# max_length + SLACK tokens, a part 8 times longer is tried, up to the whole text: the tokens
+# a cut keeps are always the whole text's (only the tokens at the part's edge can differ, and
+# a cut drops them).
+CHARS_PER_TOKEN = 16
+SLACK = 16
+
+
+def _tokenize_capped(
+    tokenizer: Any,
+    texts: list[str],
+    special: bool,
+    split_special: bool = False,
+    max_tokens: int | None = None,
+    from_end: bool = False,
+) -> list[list[int]]:
+    """`_tokenize_many` of the part of each text a cut to `max_tokens` can keep: its start,
+    or its end (`from_end`, a prompt keeps its latest tokens). A 2 MB text costs about as much
+    as a text of the part's length."""
+    if max_tokens is None:
+        return _tokenize_many(tokenizer, texts, special, split_special)
+    ids: list[list[int]] = [[] for _ in texts]
+    todo, cap = list(range(len(texts))), CHARS_PER_TOKEN * (max_tokens + SLACK)
+    while todo:
+        parts = [texts[i][-cap:] if from_end else texts[i][:cap] for i in todo]
+        short = []
+        for i, x in zip(
+            todo, _tokenize_many(tokenizer, parts, special, split_special), strict=True
+        ):
+            if len(texts[i]) <= cap or len(x) >= max_tokens + SLACK:
+                ids[i] = x
+            else:
+                short.append(i)
+        todo, cap = short, 8 * cap
+    return ids
+
+
 def end_of_turn(tokenizer: Any, tail: list[int]) -> int:
     """Length of the tail up to and including its first special token (all of it if none)."""
     special = set(tokenizer.all_special_ids)
@@ -137,11 +175,14 @@ def encode_batch(
     responses: Sequence[Text],
     chat: bool,
     position: str = "end_of_turn",
+    max_length: int | None = None,
 ) -> list[Encoded]:
-    """Encode prompt/response texts in one batched call per part."""
+    """Encode prompt/response texts in one batched call per part; with `max_length`, only
+    what a cut to it can keep (`_tokenize_capped`)."""
     parts = [render(tokenizer, p, r, chat) for p, r in zip(prompts, responses, strict=True)]
-    head_ids = _tokenize_many(tokenizer, [p[0] for p in parts], special=not chat)
-    body_ids = _tokenize_many(tokenizer, [p[1] for p in parts], special=False, split_special=True)
+    heads, bodies = [p[0] for p in parts], [p[1] for p in parts]
+    head_ids = _tokenize_capped(tokenizer, heads, not chat, False, max_length, from_end=True)
+    body_ids = _tokenize_capped(tokenizer, bodies, False, True, max_length)
     tail_ids = _tokenize_many(tokenizer, [p[2] for p in parts], special=False)
     tails: dict[tuple[int, ...], list[int]] = {}  # one cut per distinct closing, not per text
     for t in tail_ids:
@@ -220,6 +261,7 @@ def encode_text(
     position: str = "end_of_turn",
     prompt: str | None = None,
     frame: Frame | None = None,
+    max_length: int | None = None,
 ) -> Encoded:
     """A full text (prompt and response already rendered, as an RLHF loop sends it) in the
     training layout: a complete or partial closing at its end is completed (only what is
@@ -236,8 +278,12 @@ def encode_text(
             response = frame.opening + response
     elif tokenizer.eos_token and response.endswith(tokenizer.eos_token):
         response = response[: -len(tokenizer.eos_token)]
-    head_ids = tokenizer(head, add_special_tokens=not chat)["input_ids"] if head else []
-    body_ids = tokenizer(response, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    head_ids = (
+        _tokenize_capped(tokenizer, [head], not chat, False, max_length, from_end=True)[0]
+        if head
+        else []
+    )
+    body_ids = _tokenize_capped(tokenizer, [response], False, True, max_length)[0]
     tail = reward_tail(tokenizer, frame.closing, position)
     return _closed(tokenizer, list(head_ids), list(body_ids), tail)
 
@@ -312,8 +358,10 @@ def encode_pairs(
     find the pair's prompt group whatever order batches come in.
     """
     prompts = [p.prompt for p in pairs]
-    chosen = encode_batch(tokenizer, prompts, [p.chosen for p in pairs], chat, position)
-    rejected = encode_batch(tokenizer, prompts, [p.rejected for p in pairs], chat, position)
+    chosen = encode_batch(tokenizer, prompts, [p.chosen for p in pairs], chat, position, max_length)
+    rejected = encode_batch(
+        tokenizer, prompts, [p.rejected for p in pairs], chat, position, max_length
+    )
     features: list[dict[str, Any]] = []
     truncated = 0
     dropped: list[tuple[int, str]] = []

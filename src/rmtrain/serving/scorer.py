@@ -103,7 +103,9 @@ class RewardScorer:
         self, prompts: Sequence[Any], responses: Sequence[Any]
     ) -> list[tuple[list[int], bool] | None]:
         """Token ids (and whether they were cut) of each prompt + response; None: cannot fit."""
-        encoded = encode_batch(self.tokenizer, prompts, responses, self.chat, self.position)
+        encoded = encode_batch(
+            self.tokenizer, prompts, responses, self.chat, self.position, self.max_length
+        )
         return [fit_single(e, self.max_length, self.prompt_floor) for e in encoded]
 
     def encode_full_texts(
@@ -112,7 +114,9 @@ class RewardScorer:
         """As `encode_texts`, for texts that hold prompt and response (see `encode_text`)."""
         return [
             fit_single(
-                encode_text(self.tokenizer, t, self.chat, self.position, p, self.frame),
+                encode_text(
+                    self.tokenizer, t, self.chat, self.position, p, self.frame, self.max_length
+                ),
                 self.max_length,
                 self.prompt_floor,
             )

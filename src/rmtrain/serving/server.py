@@ -140,24 +140,26 @@ async def _rewards(
     normalize: bool,
     items: list[Item],
 ) -> dict[str, Any]:
-    """Encode with the training function, score on the shared batcher, flag cut items."""
+    """Encode with the training function, score on the shared batcher, flag cut items; the
+    request timeout covers both (texts are tokenised only as far as the cut reaches)."""
     if len(items) > limits.max_items:
         raise HTTPException(413, f"at most {limits.max_items} items per request")
     loop = asyncio.get_running_loop()
-    encoded = await loop.run_in_executor(None, encode_items, scorer, items)
-    bad = [i for i, e in enumerate(encoded) if e is None]
-    if bad:
-        raise HTTPException(422, f"items {bad} cannot fit max length {scorer.max_length}")
-    seqs = [e[0] for e in encoded]
-    if not seqs:
+    deadline = loop.time() + limits.request_timeout_s
+    try:
+        encoded = await asyncio.wait_for(
+            loop.run_in_executor(None, encode_items, scorer, items), limits.request_timeout_s
+        )
+        bad = [i for i, e in enumerate(encoded) if e is None]
+        if bad:
+            raise HTTPException(422, f"items {bad} cannot fit max length {scorer.max_length}")
+        seqs = [e[0] for e in encoded]
         rewards = np.zeros(0)
-    else:
-        try:
-            rewards = await asyncio.wait_for(
-                batcher.score(seqs, normalize), limits.request_timeout_s
-            )
-        except (TimeoutError, asyncio.TimeoutError):
-            raise HTTPException(503, "scoring timed out; retry with fewer items") from None
+        if seqs:
+            left = max(0.0, deadline - loop.time())
+            rewards = await asyncio.wait_for(batcher.score(seqs, normalize), left)
+    except (TimeoutError, asyncio.TimeoutError):
+        raise HTTPException(503, "scoring timed out; retry with fewer items") from None
     truncated = [e[1] for e in encoded]
     return {
         "rewards": [float(r) for r in rewards],

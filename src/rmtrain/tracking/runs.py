@@ -68,6 +68,7 @@ def start_mlflow_run(uri: str, run_name: str, params: dict[str, Any], nested: bo
 
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    check_sqlite_store(uri)
     try:
         mlflow.set_tracking_uri(uri)
         _experiment(uri, os.environ.get("MLFLOW_EXPERIMENT_NAME", "rmtrain"))
@@ -80,6 +81,35 @@ def start_mlflow_run(uri: str, run_name: str, params: dict[str, Any], nested: bo
             f"cannot log to MLflow at {uri} ({type(exc).__name__}: {str(exc)[:160]}); start "
             "the tracking server, set MLFLOW_TRACKING_URI, or pass --report-to none"
         ) from None
+
+
+def check_sqlite_store(uri: str) -> None:
+    """A SQLite store that cannot be opened for writing fails here at once (MLflow retries it
+    for about two minutes before its own error)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    import sqlite3
+
+    path = Path(uri.removeprefix("sqlite:///"))
+    problem = None
+    if path.exists():
+        if path.is_dir():
+            problem = "a folder"
+        elif not os.access(path, os.R_OK | os.W_OK):
+            problem = "not writable"
+        else:
+            try:  # read only: no lock taken, whoever else writes the store
+                with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                    db.execute("PRAGMA schema_version").fetchone()
+            except sqlite3.Error as exc:
+                problem = str(exc)
+    elif not path.parent.is_dir() or not os.access(path.parent, os.W_OK | os.X_OK):
+        problem = f"{path.parent} is not a writable folder"
+    if problem:
+        raise RmtrainError(
+            f"cannot use the MLflow store {path} ({problem}); set MLFLOW_TRACKING_URI to a "
+            "writable place (e.g. sqlite:///$HOME/mlflow.db), or pass --report-to none"
+        )
 
 
 def _experiment(uri: str, name: str) -> None:
