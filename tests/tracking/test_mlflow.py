@@ -156,6 +156,14 @@ def test_training_logs_the_model_its_metrics_artifacts_and_registers_it(server, 
 
     folder, served_as = _local_model("models:/demo-rm@candidate")  # what serve's /info says
     assert served_as == "models:/demo-rm/1" and (Path(folder) / "model.safetensors").is_file()
+    # a download lives as long as the process that fetched it
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    args = ["score", "--model", "models:/demo-rm/1", "--input", str(tmp_path / "registry.in.jsonl")]
+    args += ["--output", str(tmp_path / "again.jsonl")]
+    env = {**os.environ, "TMPDIR": str(tmp), "MLFLOW_TRACKING_URI": server}
+    subprocess.run([sys.executable, "-m", "rmtrain", *args], env=env, check=True, timeout=300)
+    assert (tmp_path / "again.jsonl").is_file() and not list(tmp.glob("rmtrain-model-*"))
 
     port = _free_port()
     serve = subprocess.Popen(
@@ -275,6 +283,19 @@ def test_runs_are_named_after_their_output_and_data(tmp_path):
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     (run,) = [r for r in runs if r.data.params.get("rmtrain.output") == str(out)]
     assert run.info.run_name.startswith("named_rm | prefs.jsonl | ")
+
+
+def test_a_models_uri_without_a_server_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps(ROWS[0]) + "\n")
+    argv = ["score", "--model", "models:/x/1", "--input", str(src), "--output", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "rmtrain: error: cannot fetch models:/x/1 from MLflow at http://127.0.0.1:1"
+    )
+    assert err.count("\n") == 1 and not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("store", ["folder", "not_a_database", "missing_folder"])
