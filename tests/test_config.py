@@ -291,7 +291,6 @@ def _demo_file(tmp_path):
         ("test_size", "--test-size 0.001 of 30 pairs holds out no prompt; raise --test-size"),
         ("latin1", "{tmp}/l.jsonl is not UTF-8 text (no line decodes); convert it"),
         ("overwrite_resume", "--overwrite replaces the run in --output, --resume continues it"),
-        ("resume_finished", "--resume: {tmp}/out holds a finished model, nothing to resume"),
     ],
 )
 def test_more_user_errors_are_one_line_naming_the_fix(tmp_path, capsys, case, expect):
@@ -305,20 +304,14 @@ def test_more_user_errors_are_one_line_naming_the_fix(tmp_path, capsys, case, ex
         argv = [*train, "--dataset", f"{data}:inf"]
     elif case == "lora_target":
         argv = [*train, "--dataset", str(data), "--lora-r", "4", "--lora-target", "nothing_here"]
-    elif case in ("model_folder", "test_size", "overwrite_resume", "resume_finished"):
+    elif case in ("model_folder", "test_size", "overwrite_resume"):
         (tmp_path / "m").mkdir()
         (tmp_path / "m" / "notes.txt").write_text("not a model")
         flags = {
             "model_folder": ["--model", str(tmp_path / "m")],
             "test_size": ["--test-size", "0.001"],
             "overwrite_resume": ["--overwrite", "--resume"],
-            "resume_finished": ["--resume"],
         }[case]
-        if case == "resume_finished":  # what a finished run leaves
-            from rmtrain.outputs import write_owner
-
-            write_owner(tmp_path / "out", "train")
-            (tmp_path / "out" / "config.json").write_text("{}")
         argv = [*train, "--dataset", str(data), *flags]
     elif case == "dataset_empty":
         argv = [*train, "--dataset", ""]

@@ -52,7 +52,9 @@ def test_overwrite_clears_old_checkpoints_and_resume_checks_the_run(tmp_path, ca
     assert main(tiny_train_args(data, out, *changed, "--resume", "latest")) == 2
     err = capsys.readouterr().err
     assert "was written by a run with other options (lr: 0.002 -> 0.005)" in err
-    assert main(tiny_train_args(data, out, *new, "--resume", "latest")) == 0
+    assert main(tiny_train_args(data, out, *new, "--resume", "latest")) == 2  # run finished
+    err = capsys.readouterr().err
+    assert f"checkpoint-2 is the last step of the finished model in {out}, nothing to" in err
 
 
 def test_a_failed_run_does_not_block_the_corrected_rerun(tmp_path, capsys):

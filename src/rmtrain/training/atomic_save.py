@@ -20,14 +20,14 @@ MARKER = "config.json"
 MARKERS = (MARKER, "adapter_config.json")  # moved last: what makes a folder look complete
 
 
-def _has_model(output: Path) -> bool:
+def has_model(output: Path) -> bool:
     return any((output / m).exists() for m in MARKERS)
 
 
 def _has_run_state(output: Path) -> bool:
     """A finished model or a checkpoint: what a rerun must not silently replace."""
     ckpts = output / "checkpoints"
-    return _has_model(output) or (ckpts.is_dir() and any(ckpts.iterdir()))
+    return has_model(output) or (ckpts.is_dir() and any(ckpts.iterdir()))
 
 
 def check_output_dir(
@@ -36,11 +36,6 @@ def check_output_dir(
     """The output rule (`rmtrain.outputs`) for a training run, checked before anything loads,
     and a write test (an unwritable path fails at once, not after training)."""
     check_output_folder(output, "train", inputs, overwrite or resume, _has_run_state)
-    if resume and _has_model(output):
-        raise RmtrainError(
-            f"--resume: {output} holds a finished model, nothing to resume; train into another "
-            "--output, or replace it with --overwrite instead of --resume"
-        )
     try:
         output.mkdir(parents=True, exist_ok=True)
         probe = output / ".rmtrain-write-test"
@@ -65,7 +60,7 @@ def reports_dir(output: Path) -> Path:
     """Where a run writes its reports before its model is saved: the folder itself, or beside
     a finished model already there (`--overwrite`), so that a run that fails or is refused
     changes nothing of that model; they move in with the new model."""
-    if not _has_model(output):
+    if not has_model(output):
         return output
     (output / NEXT).mkdir(parents=True, exist_ok=True)
     return output / NEXT
@@ -84,7 +79,7 @@ def claim_output(
             f"--resume: the checkpoints in {output} belong to a run with other options "
             f"({changes}); resume with the same options or start with --overwrite"
         )
-    if resume or not _has_model(output):
+    if resume or not has_model(output):
         write_owner(output, "train", options=options)
 
 

@@ -40,6 +40,7 @@ from rmtrain.training.atomic_save import (
     check_output_dir,
     claim_output,
     clear_previous_run,
+    has_model,
     reports_dir,
 )
 from rmtrain.training.checkpoints import (
@@ -303,4 +304,10 @@ def _resume_path(cfg: TrainConfig, output: Path) -> str | None:
                 "--resume (and with --save-steps N to write checkpoints)"
             )
     check_resume_options(path, cfg.to_dict(), TrainConfig.run_keys())
+    state = json.loads((path / "trainer_state.json").read_text())
+    if has_model(output) and state.get("global_step", 0) >= state.get("max_steps", 0) > 0:
+        raise RmtrainError(
+            f"--resume: {path} is the last step of the finished model in {output}, nothing to "
+            "resume; train into another --output, or replace it with --overwrite"
+        )
     return str(path)
