@@ -3,6 +3,7 @@ reads, one object for the trainer, its scheduler and its metrics (as TRL's `Rewa
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -37,6 +38,13 @@ class RewardTrainingArguments(TrainingArguments):
         if self.warmup_ratio > 0:
             return math.ceil(self.warmup_ratio * num_training_steps)
         return super().get_warmup_steps(num_training_steps)
+
+    @classmethod
+    def reward_options(cls) -> tuple[str, ...]:
+        """The fields this class adds to `TrainingArguments` (a `TrainConfig` option of the
+        same name fills each)."""
+        base = {f.name for f in dataclasses.fields(TrainingArguments)}
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name not in base)
 
     @property
     def visible_gpus(self) -> int:

@@ -37,7 +37,6 @@ def training_arguments(
         per_device_train_batch_size=cfg.batch,
         per_device_eval_batch_size=cfg.eval_batch or 4 * cfg.batch,
         gradient_accumulation_steps=cfg.grad_accum,
-        warmup_ratio=cfg.warmup_ratio,
         lr_scheduler_type=cfg.lr_scheduler,
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
@@ -65,16 +64,20 @@ def training_arguments(
         dataloader_num_workers=0,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         disable_tqdm=False,
-        loss=cfg.loss,
-        center_rewards_coef=cfg.center_rewards_coef,
-        lm_loss_coef=cfg.lm_loss_coef,
-        head_lr_multiplier=cfg.head_lr_multiplier,
-        # augmented pairs train beside their source pair: its prompt is computed once
-        group_by_prompt=cfg.group_by_prompt or bool(cfg.augment),
-        fold_clipping=cfg.speed == "auto",
+        **reward_options(cfg),
     )
     say_one_device(args)
     return args
+
+
+def reward_options(cfg: TrainConfig) -> dict[str, Any]:
+    """`RewardTrainingArguments`' own fields: the options of the same name, and two derived."""
+    names = RewardTrainingArguments.reward_options()
+    options = {k: getattr(cfg, k) for k in names if hasattr(cfg, k)}
+    # augmented pairs train beside their source pair: its prompt is computed once
+    options["group_by_prompt"] = cfg.group_by_prompt or bool(cfg.augment)
+    options["fold_clipping"] = cfg.speed == "auto"
+    return options
 
 
 def say_one_device(args: RewardTrainingArguments) -> None:
