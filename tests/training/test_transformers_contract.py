@@ -32,7 +32,7 @@ def test_private_overrides_are_the_listed_ones_with_the_signatures_relied_on():
         assert list(inspect.signature(getattr(Trainer, name)).parameters) == params, name
 
 
-def _trainer(tmp_path, **options):
+def _trainer(tmp_path, cls=PairwiseRewardTrainer, data=None, **options):
     model, pad = make_model("llama", "sdpa")
     args = RewardTrainingArguments(
         output_dir=str(tmp_path),
@@ -45,8 +45,8 @@ def _trainer(tmp_path, **options):
         save_strategy="no",
         **options,
     )
-    data = [dict(f, pair_index=i) for i, f in enumerate(FEATURES + SHARED)]
-    return PairwiseRewardTrainer(
+    data = data or [dict(f, pair_index=i) for i, f in enumerate(FEATURES + SHARED)]
+    return cls(
         model=model.train(True), args=args, train_dataset=data, data_collator=PairCollator(pad)
     )
 
@@ -68,23 +68,12 @@ def test_each_step_clips_then_reads_that_norm_before_the_optimizer_step(tmp_path
     """The non-finite check sits in `_get_grad_norm`: the Trainer must call it every step,
     after clipping and with the clipped norm (or None without clipping)."""
     for max_norm, expect_clip in ((1e-3, True), (0.0, False)):
-        model, pad = make_model("llama", "sdpa")
-        args = RewardTrainingArguments(
-            output_dir=str(tmp_path / str(max_norm)),
-            use_cpu=True,
-            report_to=[],
-            remove_unused_columns=False,
-            per_device_train_batch_size=2,
-            max_steps=2,
+        trainer = _trainer(
+            tmp_path / str(max_norm),
+            Recording,
+            FEATURES,
             max_grad_norm=max_norm,
-            save_strategy="no",
             fold_clipping=False,
-        )
-        trainer = Recording(
-            model=model.train(True),
-            args=args,
-            train_dataset=FEATURES,
-            data_collator=PairCollator(pad),
         )
         trainer.calls = []
         trainer.train()
