@@ -1,4 +1,4 @@
-"""Each shipped recipe trains end to end (on the tiny model and a local file, two steps), with
+"""Each shipped recipe trains end to end (on the tiny model and a local file, one step), with
 its own training settings in the saved config."""
 
 from pathlib import Path
@@ -23,7 +23,7 @@ def test_recipe_trains_with_its_settings(recipe, tmp_path):
     data = write_demo(tmp_path / "d.jsonl", 40, seed=4)
     out = tmp_path / "out"
     small = ["--model", "builtin:tiny-qwen3", "--dataset", str(data), "--output", str(out)]
-    small += ["--max-steps", "2", "--max-length", "96", "--batch", "4", "--grad-accum", "1"]
+    small += ["--max-steps", "1", "--max-length", "96", "--batch", "4", "--grad-accum", "1"]
     small += ["--frac", "1.0", "--eval-steps", "0", "--report-to", "none"]
     assert main(["train", "--config", str(recipe), *small]) == 0
     want = flatten_groups(yaml.safe_load(recipe.read_text()))

@@ -31,9 +31,11 @@ from rmtrain.modeling.rewards import attach_length_head, attention_cost_ratio
 from rmtrain.outputs import REPORT_DIR, output_lock
 from rmtrain.tracking.runs import (
     MlflowMetrics,
+    check_sqlite_store,
     finish_tracking,
     log_final,
     start_tracking,
+    tracking_uri,
     trainer_report_to,
 )
 from rmtrain.training.atomic_save import (
@@ -123,6 +125,8 @@ def setup(
 ) -> Run:
     """Everything before the first step: the output claimed, data and model ready, trackers
     open. Fails early and in one line on what a user can fix."""
+    if main and "mlflow" in cfg.report_to:  # before data and model: a bad store fails at once
+        check_sqlite_store(mlflow_uri or tracking_uri())
     if main and not cfg.resume:
         clear_previous_run(output)
     resume = _resume_path(cfg, output)
