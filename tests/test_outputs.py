@@ -197,3 +197,16 @@ def test_score_reads_gzip_and_prepare_writes_what_its_name_says(trained, tmp_pat
     assert main([*base, "--output", str(tmp_path / "se.jsonl.gz")]) == 2
     assert "write .jsonl or .parquet" in _error(capsys)
     assert not (tmp_path / "se.jsonl.gz").exists()
+
+
+def test_an_output_that_cannot_be_written_is_one_error_naming_it(tmp_path):
+    from rmtrain.errors import RmtrainError
+    from rmtrain.outputs import atomic_writer
+
+    target = tmp_path / "missing" / "pairs.jsonl"
+    with pytest.raises(RmtrainError) as err, atomic_writer(target) as fh:
+        fh.write("never")
+    assert str(err.value) == f"cannot write {target} (No such file or directory); " + (
+        "choose a writable output path"
+    )
+    assert not (tmp_path / "missing").exists()

@@ -152,8 +152,14 @@ def write_owner(output: Path, kind: str, **fields: Any) -> None:
 
 @contextmanager
 def atomic_writer(path: Path, mode: str = "w") -> Iterator[IO]:
-    """A file handle whose content replaces `path` only when the block ends without error."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    """A file handle whose content replaces `path` only when the block ends without error; a
+    place that cannot be written is one line."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as exc:
+        raise RmtrainError(
+            f"cannot write {path} ({exc.strerror}); choose a writable output path"
+        ) from None
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
             yield fh
