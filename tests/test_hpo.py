@@ -28,9 +28,9 @@ def setup(tmp_path_factory):
         "dataset": str(data),
         "frac": 1.0,
         "max_length": 96,
-        "max_steps": 4,
-        "eval_steps": 2,
-        "logging_steps": 2,
+        "max_steps": 2,
+        "eval_steps": 1,
+        "logging_steps": 1,
         "report_to": ["mlflow"],
         "seed": 1,
     }
