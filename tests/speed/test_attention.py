@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from rmtrain.batching.collate import PackedCollator, PrefixTreeCollator, block_mask, row_blocks
 from rmtrain.modeling.losses import pairwise_loss
 from rmtrain.modeling.rewards import pair_rewards, token_values
 from rmtrain.speed import attention
-from rmtrain.speed import flash as flash_module
 from tests.helpers import FEATURES, count_calls, prepared, tiny_llama
 from tests.helpers import prepared_model as make_model
 
@@ -58,8 +58,7 @@ def test_forked_blocks_equal_dense_masked_sdpa(gathered, monkeypatch):
     the dense masked call."""
 
     if not gathered:
-        monkeypatch.setattr(attention, "_gathers", lambda *_: False)
-    flash_calls = _count_flash_calls(monkeypatch)
+        monkeypatch.setattr(attention, "GATHER_ON_CPU", False)
     torch.manual_seed(0)
     rows = [[[0, 0, 1, 1, 2, 2, 2], [1, 2, 2]], [[0, 0, 0, 1, 1], [0, 0, 0, 2, 2]]]
     forks = [_forks(r) for r in rows]
@@ -69,9 +68,10 @@ def test_forked_blocks_equal_dense_masked_sdpa(gathered, monkeypatch):
     mask = block_mask(seg, branch)
     blocks = attention.block_sizes(row_blocks([[7, 3], [5, 5]], forks))
     assert blocks == (((7, 2, 4), (3, 0, 1)), ((5, 3, 5), (5, 3, 5)))
-    _assert_equals_dense(2, 10, mask, blocks)
+    with _Calls() as calls:
+        _assert_equals_dense(2, 10, mask, blocks)
     # two blocks with a tail (the other two are plain causal runs): two flash calls each
-    assert len(flash_calls) == (4 if gathered else 0)
+    assert len(calls.flash) == (4 if gathered else 0)
 
 
 def _assert_equals_dense(rows: int, length: int, mask, blocks) -> None:
@@ -92,19 +92,29 @@ def _assert_equals_dense(rows: int, length: int, mask, blocks) -> None:
         assert (a - b).abs().max().item() < 1e-5
 
 
-def _counting(calls: list[int], real):
-    def call(*args, **kwargs):
-        calls.append(args[0].shape[2])  # query length of the call
-        return real(*args, **kwargs)
-
-    return call
+FLASH = "_scaled_dot_product_flash_attention_for_cpu"  # the CPU flash kernel, as an op
 
 
-def _count_flash_calls(monkeypatch) -> list[int]:
-    """Query lengths of the flash kernel's calls that forked blocks make directly on CPU."""
-    calls: list[int] = []
-    monkeypatch.setattr(flash_module, "_flash", _counting(calls, flash_module._flash))
-    return calls
+class _Calls(TorchFunctionMode):
+    """Query lengths of the attention calls while active, seen through torch's public
+    function-mode hook: `every` SDPA call and direct call of the CPU flash kernel (which
+    forked blocks make on CPU), `flash` the latter only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.every: list[int] = []
+        self.flash: list[int] = []
+        self.masks: list[torch.Tensor] = []  # the attention masks passed, in call order
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in (FLASH, "scaled_dot_product_attention"):
+            self.every.append(args[0].shape[2])
+            if name == FLASH:
+                self.flash.append(args[0].shape[2])
+            if (kwargs or {}).get("attn_mask") is not None:
+                self.masks.append(kwargs["attn_mask"])
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("mode", ["prefix_sharing", "padding_free"])
@@ -147,31 +157,22 @@ def test_arguments_it_does_not_apply_send_it_to_the_dense_call():
     assert torch.equal(a, b)
 
 
-def _count_sdpa_calls(monkeypatch) -> list[int]:
-    """Query lengths of the attention calls: SDPA's, and the flash kernel's that forked blocks
-    call directly on CPU."""
-    calls = _count_flash_calls(monkeypatch)
-    sdpa = _counting(calls, attention.F.scaled_dot_product_attention)
-    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", sdpa)
-    return calls
-
-
 @pytest.mark.parametrize("arch", ["qwen3", "llama"])
 @pytest.mark.parametrize("mode", ["prefix_sharing", "padding_free"])
 def test_packed_forward_runs_one_attention_per_block_with_the_same_rewards(arch, mode, monkeypatch):
     model, pad = make_model(arch, "sdpa")
     batch = PackedCollator(pad, mode, 64)(FEATURES)
     dense = [r.detach() for r in pair_rewards(model, {**batch, "attention_blocks": None})]
-    calls = _count_sdpa_calls(monkeypatch)
     model.zero_grad()
-    chosen, rejected = pair_rewards(model, batch)
-    pairwise_loss(chosen, rejected).backward()
+    with _Calls() as calls:
+        chosen, rejected = pair_rewards(model, batch)
+        pairwise_loss(chosen, rejected).backward()
     blocks = [b for row in batch["attention_blocks"].tolist() for b in row if b[0]]
     assert len(blocks) == len(FEATURES) * (1 if mode == "prefix_sharing" else 2)
     # a pair: its causal run [prompt][chosen], then its rejected tokens; padding-free: one run
     per_layer = [x for n, _, c in blocks for x in ([c] if c == n else [c, n - c])]
     assert len(per_layer) == len(FEATURES) * 2
-    assert calls == per_layer * model.config.num_hidden_layers
+    assert calls.every == per_layer * model.config.num_hidden_layers
     assert torch.allclose(chosen, dense[0], atol=1e-5)
     assert torch.allclose(rejected, dense[1], atol=1e-5)
 
@@ -185,11 +186,11 @@ def test_block_attention_setting_picks_the_path(when, per_block, monkeypatch):
     batch = PackedCollator(pad, "prefix_sharing", 64)(FEATURES)
     dense = [r.detach() for r in pair_rewards(model, {**batch, "attention_blocks": None})]
     prepared(model, block_attention=when)
-    calls = _count_sdpa_calls(monkeypatch)
-    chosen, rejected = pair_rewards(model, batch)
+    with _Calls() as calls:
+        chosen, rejected = pair_rewards(model, batch)
     # per block: two calls per pair (its causal run, its rejected tail); else one per row
     per_layer = len(FEATURES) * 2 if per_block else batch["input_ids"].shape[0]
-    assert len(calls) == per_layer * model.config.num_hidden_layers
+    assert len(calls.every) == per_layer * model.config.num_hidden_layers
     assert torch.allclose(chosen, dense[0], atol=1e-5)
     assert torch.allclose(rejected, dense[1], atol=1e-5)
 
@@ -227,13 +228,13 @@ def test_tree_batches_carry_their_tree_sizes(monkeypatch):
     args = (model, batch["input_ids"], batch["attention_mask"], batch["position_ids"])
     with torch.no_grad():
         want = token_values(*args)
-        calls = _count_sdpa_calls(monkeypatch)
-        splits = count_calls(monkeypatch, attention, "_split")
-        got = token_values(*args, blocks=batch["attention_blocks"])
+        splits = count_calls(monkeypatch, attention, "tree_segments")
+        with _Calls() as calls:
+            got = token_values(*args, blocks=batch["attention_blocks"])
     assert len(splits) == 2  # each tree's segments found once per batch, not once per layer
     # row 0 holds 5 6 7 4 | 8 8 | 9 (the root run [prompt][chosen 4], then chosen 8 8 and the
     # shared rejected 9, each after the prompt); row 1 holds 3 1 1 | 2: one call per segment
-    assert calls == [4, 2, 1, 3, 1] * model.config.num_hidden_layers
+    assert calls.every == [4, 2, 1, 3, 1] * model.config.num_hidden_layers
     assert torch.allclose(got[0], want[0], atol=1e-5)
     assert torch.allclose(got[1, :4], want[1, :4], atol=1e-5)  # then 3 pad columns
 
@@ -247,27 +248,10 @@ def test_every_layer_gets_the_same_tail_mask_in_the_dtype_sdpa_runs_in(
     (the CPU flash path): over the prefix's keys and the tail's only."""
     model, pad = make_model("llama", "sdpa")
     batch = PackedCollator(pad, "prefix_sharing", 64)(FEATURES)
-    masks: list[torch.Tensor] = []
-    real = attention.F.scaled_dot_product_attention
-
-    def recording(*args, attn_mask=None, **kwargs):
-        if attn_mask is not None:
-            masks.append(attn_mask)
-        return real(*args, attn_mask=attn_mask, **kwargs)
-
-    def flash(q, k, v, causal, mask, scale):
-        if mask is not None:
-            masks.append(mask)
-        return real_flash(q, k, v, causal, mask, scale)
-
-    real_flash = flash_module._flash
-    if gathered:
-        monkeypatch.setattr(flash_module, "_flash", flash)
-    else:
-        monkeypatch.setattr(attention, "_gathers", lambda *_: False)
-        monkeypatch.setattr(attention.F, "scaled_dot_product_attention", recording)
-    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+    monkeypatch.setattr(attention, "GATHER_ON_CPU", gathered)
+    with _Calls() as calls, torch.autocast("cpu", torch.bfloat16, enabled=autocast):
         pair_rewards(model, batch)
+    masks = calls.masks
     tails = [(n - c, p, c) for row in batch["attention_blocks"].tolist() for n, p, c in row]
     tails = [t for t in tails if t[0] > 0]
     assert len(masks) == len(tails) * model.config.num_hidden_layers
@@ -317,9 +301,9 @@ def test_flex_setting_scores_with_one_call_per_layer_and_one_block_mask(arch, mo
         prepared(model, block_attention="flex")
         flex = count_calls(monkeypatch, attention, "flex_rows")
         built = count_calls(monkeypatch, flex_module, "create_block_mask")
-        sdpa = _count_sdpa_calls(monkeypatch)
-        chosen, rejected = pair_rewards(model, batch)
-    assert len(flex) == model.config.num_hidden_layers and sdpa == [] and len(built) == 1
+        with _Calls() as calls:
+            chosen, rejected = pair_rewards(model, batch)
+    assert len(flex) == model.config.num_hidden_layers and calls.every == [] and len(built) == 1
     assert (chosen - dense[0]).abs().max().item() < 1e-5
     assert (rejected - dense[1]).abs().max().item() < 1e-5
 
@@ -349,7 +333,7 @@ def test_flex_setting_scores_tree_batches_as_the_dense_path():
 
 def test_tree_segments_by_hand_and_a_mask_they_cannot_give_back():
     allowed = _tree_mask(TREE)
-    got = attention._split(allowed)
+    got = attention.tree_segments(allowed)
     assert [(a, b, None if c is None else c.tolist()) for a, b, c in got] == [
         (0, 3, None),
         (3, 5, [0, 1, 3, 4]),
@@ -357,10 +341,10 @@ def test_tree_segments_by_hand_and_a_mask_they_cannot_give_back():
     ]
     ahead = allowed.clone()
     ahead[2, 4] = True  # a token that sees a later one: no causal segment gives that back
-    assert attention._split(ahead) is None
+    assert attention.tree_segments(ahead) is None
     blind = allowed.clone()
     blind[4, 4] = False  # a token that does not see itself
-    assert attention._split(blind) is None
+    assert attention.tree_segments(blind) is None
 
 
 def test_tree_blocks_without_gradients_equal_the_dense_masked_call():
@@ -387,11 +371,11 @@ def test_tree_blocks_with_gradients_equal_the_dense_masked_call(gathered, monkey
     the dense masked call's output and q / k / v gradients either way."""
 
     if not gathered:
-        monkeypatch.setattr(attention, "_gathers", lambda *_: False)
-    flash_calls = _count_flash_calls(monkeypatch)
+        monkeypatch.setattr(attention, "GATHER_ON_CPU", False)
     torch.manual_seed(0)
     allowed = _tree_mask(TREE + [[6], [6, 7]])[None, None]  # the tree, then a causal run of 2
     mask = attention.additive_mask(allowed, torch.float32)
-    _assert_equals_dense(1, 8, mask, ((6, 2),))
+    with _Calls() as calls:
+        _assert_equals_dense(1, 8, mask, ((6, 2),))
     # the tree's three segments (3, 2 and 1 queries), then the causal run of 2
-    assert flash_calls == ([3, 2, 1, 2] if gathered else [])
+    assert calls.flash == ([3, 2, 1, 2] if gathered else [])

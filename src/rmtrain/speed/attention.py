@@ -31,9 +31,22 @@ import torch.nn.functional as F
 from rmtrain.speed.flash import ForkedFlash, TreeFlash, additive_mask, lower_right
 from rmtrain.speed.lean import autocast_dtype
 
-__all__ = ["NAME", "additive_mask", "block_sdpa", "block_sizes", "deselect", "flex_rows", "select"]
+__all__ = [
+    "GATHER_ON_CPU",
+    "NAME",
+    "additive_mask",
+    "block_sdpa",
+    "block_sizes",
+    "deselect",
+    "flex_rows",
+    "select",
+    "tree_segments",
+]
 
 NAME = "rmtrain_sdpa"  # the attention implementation a prepared model selects
+# Forked and tree blocks on CPU run through `speed.flash` (keys gathered per run); False runs
+# them as masked SDPA calls, the path every other device takes (read at every call).
+GATHER_ON_CPU = True
 
 # Per row, its blocks from column 0: a size n (any mask within the block), or (n, p, c) for a
 # forked block: its first c tokens are one causal sequence and the n - c after them see the
@@ -175,7 +188,8 @@ def _gathers(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) 
     """Whether forked blocks run as `speed.flash.ForkedFlash` (and, training, tree blocks as
     `TreeFlash`): on CPU (its flash kernel is the one SDPA picks there), one dtype, no
     dropout."""
-    return q.device.type == "cpu" and not dropout and q.dtype == k.dtype == v.dtype
+    on_cpu = GATHER_ON_CPU and q.device.type == "cpu"
+    return on_cpu and not dropout and q.dtype == k.dtype == v.dtype
 
 
 def _tail_masks(blocks: Blocks, device: torch.device, dtype: torch.dtype, gathered: bool) -> dict:
@@ -228,11 +242,11 @@ def _segments(block: torch.Tensor, cache: dict) -> list | None:
     found = cache.setdefault("segments", {})
     where = (block.storage_offset(), tuple(block.shape), block.stride())  # the slice of the mask
     if where not in found:
-        found[where] = _split(_allowed(block)[0, 0])
+        found[where] = tree_segments(_allowed(block)[0, 0])
     return found[where]
 
 
-def _split(allowed: torch.Tensor) -> list | None:
+def tree_segments(allowed: torch.Tensor) -> list | None:
     """Segments of an [n, n] tree mask (see `_segments`), None if they do not give it back."""
     n = allowed.shape[0]
     steps = torch.arange(1, n, device=allowed.device)
