@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rmtrain.config import TrainConfig, build_config, config_from_args
-from rmtrain.errors import RmtrainError
+from rmtrain.errors import Interrupted, RmtrainError
 from rmtrain.flags import add_config_arguments
 from rmtrain.options import (
     AverageConfig,
@@ -287,7 +287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except RmtrainError as exc:
         print(f"rmtrain: error: {exc}", file=sys.stderr)
-        return 2
+        return 130 if isinstance(exc, Interrupted) else 2
+    except KeyboardInterrupt:
+        print("rmtrain: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

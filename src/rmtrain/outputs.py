@@ -10,6 +10,7 @@ killed run leaves the old file (or none), never a partial one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -148,6 +149,29 @@ def write_owner(output: Path, kind: str, **fields: Any) -> None:
         (output / OWNER).write_text(json.dumps(record, default=str))
     except OSError as exc:
         raise RmtrainError(f"cannot write to --output {output}: {exc}") from None
+
+
+# A full disk, a quota or the file-size limit (`ulimit -f`): OSError from Python, a message
+# with the OS error from safetensors (Rust) and torch.save (its zip writer's position check).
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NO_ROOM_WORDS = (
+    "os error 27",
+    "os error 28",
+    "os error 122",
+    "file too large",
+    "no space left",
+    "pytorchstreamwriter failed writing",
+    "unexpected pos",
+)
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """What ran out when a write failed for lack of room (disk, quota, file-size limit), in a
+    few words; None for any other error."""
+    if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+        return f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
+    text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+    return text if any(w in text.lower() for w in _NO_ROOM_WORDS) else None
 
 
 @contextmanager

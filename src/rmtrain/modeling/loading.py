@@ -4,6 +4,7 @@ built-in), dtype choice, and the LM head for the auxiliary loss."""
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +200,12 @@ def load_reward_model(
             )
         except (OSError, ValueError) as exc:
             raise _hub_error(model_id, exc) from None
+        except pickle.UnpicklingError:
+            raise RmtrainError(
+                f"--model {model_id}: its pickled weights hold Python objects that torch loads "
+                "only by running code from the file; from a trusted copy, save it as "
+                "safetensors (model.save_pretrained(DIR)) and pass that folder"
+            ) from None
         if extra:
             _drop_gguf_quantizer(model)
     model.config.pad_token_id = pad_token_id

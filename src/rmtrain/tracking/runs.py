@@ -24,6 +24,9 @@ DEFAULT_STORE = "mlflow.db"  # MLflow's own default store name, in the working d
 # Fail fast against an unreachable server (MLflow's defaults retry for minutes); a user's
 # own settings win.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+# W&B online waits this long for its server before the run fails in one line (its own default
+# is 90 s); WANDB_INIT_TIMEOUT wins.
+WANDB_INIT_TIMEOUT = 20.0
 
 
 def tracking_uri() -> str:
@@ -47,20 +50,41 @@ def start_tracking(
     for name in chosen:
         if importlib.util.find_spec(name) is None:
             raise RmtrainError(f"--report-to {name} needs the {name} package: pip install {name}")
-    if "mlflow" in chosen:
-        start_mlflow_run(mlflow_uri or tracking_uri(), run_name, params, nested)
     if "wandb" in chosen:
-        import wandb
+        start_wandb_run(run_name, params)
+    if "mlflow" in chosen:
+        try:
+            start_mlflow_run(mlflow_uri or tracking_uri(), run_name, params, nested)
+        except BaseException:
+            finish_tracking(["wandb"] if "wandb" in chosen else [], failed=True)
+            raise
+    return chosen or ["none"]
 
+
+def start_wandb_run(run_name: str, params: dict[str, Any]) -> None:
+    """A W&B run, offline unless WANDB_MODE says otherwise; one that cannot start (no key, no
+    network) is one line naming the offline mode."""
+    import wandb
+
+    mode = os.environ.get("WANDB_MODE", "offline")
+    timeout = float(os.environ.get("WANDB_INIT_TIMEOUT") or WANDB_INIT_TIMEOUT)
+    try:
         wandb.init(  # its files go to $WANDB_DIR or ./wandb, never into the model folder
             project=os.environ.get("WANDB_PROJECT", "rmtrain"),
             name=run_name,
             dir=os.environ.get("WANDB_DIR") or None,
-            mode=os.environ.get("WANDB_MODE", "offline"),
+            mode=mode,
             config=params,
             reinit="finish_previous",
+            settings=wandb.Settings(init_timeout=timeout),
         )
-    return chosen or ["none"]
+    except Exception as exc:  # noqa: BLE001 - wandb's errors, and its network stack's
+        words = str(exc).strip().splitlines()
+        raise RmtrainError(
+            f"W&B could not start a run (WANDB_MODE={mode}): "
+            f"{words[0] if words else type(exc).__name__}; train with WANDB_MODE=offline "
+            "(and `wandb sync` later) or --report-to without wandb"
+        ) from None
 
 
 def start_mlflow_run(uri: str, run_name: str, params: dict[str, Any], nested: bool) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,29 @@ def save_model_folder(
     if pad is not None:  # the stock head then reads the end-of-turn token (see layout)
         model.config.pad_token_id = pad
     detach_length_head(model)  # the saved folder is the stock class with its value head
+    try:
+        _write(trainer, tokenizer, cfg, result, stage, pad, adapter_only)
+    except BaseException:
+        if main:  # a full disk stays full with a half-written copy of the model on it
+            shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if main:
+        publish(stage, output, cfg.to_dict())
+
+
+def _write(
+    trainer: Any,
+    tokenizer: Any,
+    cfg: TrainConfig,
+    result: dict[str, Any],
+    stage: Path,
+    pad: int | None,
+    adapter_only: bool,
+) -> None:
+    """Every file of the finished folder into `stage`."""
     trainer.save_model(str(stage))
     trainer.accelerator.wait_for_everyone()
-    if not main:
+    if not trainer.is_world_process_zero():
         return
     if pad is not None:  # a copy: the run's own tokenizer keeps its pad token
         tokenizer = copy.deepcopy(tokenizer)
@@ -62,7 +83,6 @@ def save_model_folder(
     (stage / "metrics.json").write_text(json.dumps(result, indent=2))
     card = render_model_card(cfg.to_dict(), result, REPORT_DIR, adapter=adapter_only)
     (stage / "README.md").write_text(card)
-    publish(stage, output, cfg.to_dict())
 
 
 def replayable(cfg: TrainConfig) -> TrainConfig:

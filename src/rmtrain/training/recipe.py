@@ -23,12 +23,12 @@ from rmtrain.batching.collate import make_eval_collator
 from rmtrain.config import TrainConfig
 from rmtrain.data.splits import parse_dataset_spec
 from rmtrain.data.validation import check_bad_rows, write_data_report
-from rmtrain.errors import RmtrainError
+from rmtrain.errors import Interrupted, RmtrainError
 from rmtrain.evaluation.evaluate import write_report
 from rmtrain.modeling.loading import lm_head_weight, load_reward_model, load_tokenizer
 from rmtrain.modeling.lora import apply_lora, quantization_config
 from rmtrain.modeling.rewards import attach_length_head, attention_cost_ratio
-from rmtrain.outputs import REPORT_DIR, output_lock
+from rmtrain.outputs import REPORT_DIR, output_lock, write_failure
 from rmtrain.tracking.runs import (
     MlflowMetrics,
     check_sqlite_store,
@@ -199,6 +199,18 @@ def train_and_publish(run: Run) -> dict[str, Any]:
         if cfg.robustness and trainer.is_world_process_zero():
             probe_held_out(output, data)
         failed = False
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; {output} holds no new model: {_go_on(output)}") from None
+    except Exception as exc:
+        room = write_failure(exc)
+        if room is None:
+            raise
+        if run.main:  # a checkpoint cut off by the failure would only take more room
+            remove_unsealed(output / CHECKPOINT_DIR, None)
+        raise RmtrainError(
+            f"writing to {output} failed: {room}. Free disk space or raise the file-size limit "
+            f"(ulimit -f); {_go_on(output)}"
+        ) from None
     finally:
         log_final(run.trackers, result["metrics"], result["data"], step)
         problem = None if failed or not run.main else log_to_trackers(run.trackers, cfg, output)
@@ -209,6 +221,14 @@ def train_and_publish(run: Run) -> dict[str, Any]:
     if problem:
         raise RmtrainError(problem)
     return result
+
+
+def _go_on(output: Path) -> str:
+    """How a stopped run goes on: from its newest sealed checkpoint, or from the start."""
+    last = latest_checkpoint(output / CHECKPOINT_DIR)
+    if last is None:
+        return "no checkpoint was saved, run it again"
+    return f"the same command with --resume continues from {last.name}"
 
 
 def _make_trainer(run: Run, sink: dict[str, Any]) -> PairwiseRewardTrainer:
