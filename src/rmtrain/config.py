@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from rmtrain.coerce import coerce_all
-from rmtrain.config_checks import bound_problems, check_ranges
+from rmtrain.config_checks import check_ranges, value_problems
 from rmtrain.data.layout import REWARD_POSITIONS
 from rmtrain.data.splits import ORIGINAL_DATASET
 from rmtrain.errors import RmtrainError
@@ -441,7 +441,7 @@ def build_config(overrides: dict[str, Any], cls: type = TrainConfig) -> Any:
         built = cls(**values)
     except TypeError as exc:
         raise RmtrainError(f"bad config value: {exc}") from None
-    problems = [] if cls is TrainConfig else bound_problems(built)  # TrainConfig checks its own
+    problems = [] if cls is TrainConfig else value_problems(built)  # TrainConfig checks its own
     if problems:
         raise RmtrainError("; ".join(problems))
     return built

@@ -74,6 +74,14 @@ def bound_problems(cfg: Any) -> list[str]:
     return problems
 
 
+def value_problems(cfg: Any) -> list[str]:
+    """Every config's declared bounds, and registry names where it has them."""
+    from rmtrain.tracking.names import registry_name_problems
+
+    name, alias = getattr(cfg, "register_model", None), getattr(cfg, "model_alias", None)
+    return bound_problems(cfg) + registry_name_problems(name, alias)
+
+
 def _choice_problems(cfg: Any) -> list[str]:
     """Options declared with `choices` (YAML bypasses argparse's own check)."""
     problems = []
@@ -114,7 +122,7 @@ def check_ranges(cfg: Any) -> None:
         problems.append(f"--max-length must be at least 8, got {cfg.max_length}")
     if not 0 <= cfg.max_bad_fraction <= 1:
         problems.append(f"--max-bad-fraction must be in [0, 1], got {cfg.max_bad_fraction}")
-    problems += _choice_problems(cfg) + bound_problems(cfg)
+    problems += _choice_problems(cfg) + value_problems(cfg)
     if cfg.checkpoint_every < 1:
         problems.append(f"--checkpoint-every must be at least 1, got {cfg.checkpoint_every}")
     if cfg.save_steps is not None and cfg.save_steps < 1:

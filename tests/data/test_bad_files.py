@@ -100,3 +100,33 @@ def test_parquet_and_csv_report_row_indices(tmp_path, name):
     report = json.loads((tmp_path / "r.json").read_text())
     assert code == 2 and report["position"] == "row: row index (0-based)"
     assert report["rows"] == [{"row": 1, "reason": "missing_field"}]
+
+
+@pytest.mark.parametrize("name", ["locked.jsonl", "locked.jsonl.gz", "locked.parquet"])
+def test_a_file_this_user_cannot_read_says_so(tmp_path, capsys, name):
+    """Not "incomplete, re-download": the file is whole, its permissions are the fix. As root
+    (who reads anything) the read runs with the effective user id of `nobody`."""
+    import os
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="rmtrain-locked-")  # a folder any user can enter
+    os.chmod(folder, 0o755)
+    path = os.path.join(folder, name)
+    with open(path, "wb") as fh:
+        fh.write(gzip.compress(LINE) if name.endswith(".gz") else LINE)
+    os.chmod(path, 0)
+    root = os.geteuid() == 0
+    try:
+        if root:
+            os.seteuid(65534)
+        code = main(["validate", "--dataset", path])
+    finally:
+        if root:
+            os.seteuid(0)
+        os.chmod(path, 0o600)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == (
+        f"rmtrain: error: cannot read {path}: Permission denied; make it readable by this user "
+        "(chmod / chown) or pass a copy that is\n"
+    )

@@ -64,14 +64,34 @@ def _open_binary(path: Path) -> Any:
 
 def _read_bytes(path: Path) -> bytes:
     try:
-        with _open_binary(path) as fh:
+        fh = _open_binary(path)
+    except OSError as exc:  # the file, not its content: permissions, a folder, gone
+        raise RmtrainError(f"cannot read {path}: {exc.strerror or exc}; {_fix(exc)}") from None
+    try:
+        with fh:
             return fh.read()
-    except (EOFError, gzip.BadGzipFile, OSError, ValueError) as exc:
-        kind = path.suffix.lstrip(".")
-        raise RmtrainError(
-            f"{path}: not a complete {kind} file ({type(exc).__name__}: {exc}); re-download or "
-            "re-compress it"
-        ) from None
+    except OSError as exc:
+        if exc.errno is not None:  # the disk or the file system failed, not the content
+            raise RmtrainError(f"cannot read {path}: {exc.strerror}") from None
+        raise _incomplete(path, exc) from None
+    except (EOFError, ValueError) as exc:
+        raise _incomplete(path, exc) from None
+
+
+def _fix(exc: OSError) -> str:
+    if isinstance(exc, PermissionError):
+        return "make it readable by this user (chmod / chown) or pass a copy that is"
+    if isinstance(exc, IsADirectoryError):
+        return "pass a file (a folder of data files is not read as one data set)"
+    return "pass a file that exists and can be read"
+
+
+def _incomplete(path: Path, exc: BaseException) -> RmtrainError:
+    kind = path.suffix.lstrip(".")
+    return RmtrainError(
+        f"{path}: not a complete {kind} file ({type(exc).__name__}: {exc}); re-download or "
+        "re-compress it"
+    )
 
 
 def read_json_rows(path: Path) -> list[Any]:
@@ -155,6 +175,10 @@ def _load_local(path: Path, split: str) -> Sequence[Any]:
             return datasets.load_from_disk(str(path))[split]
         except Exception:
             return _guarded(path, lambda: datasets.load_dataset(str(path), split=split))
+    try:  # a file this user cannot open is not a broken file
+        path.open("rb").close()
+    except OSError as exc:
+        raise RmtrainError(f"cannot read {path}: {exc.strerror or exc}; {_fix(exc)}") from None
     kind = _local_kind(path)
     if kind is None:
         raise RmtrainError(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -121,13 +122,13 @@ def log_to_trackers(trackers: list[str], cfg: TrainConfig, output: Path) -> str 
             version = register(uri, cfg.register_model, cfg.model_alias, output)
             print(f"[rmtrain] registered models:/{version}")
     except Exception as exc:  # noqa: BLE001 - the model is saved; only the tracking failed
-        retry = f"rmtrain log-model {output}"
+        retry = ["rmtrain", "log-model", str(output)]
         if cfg.register_model:
-            retry += f" --register-model {cfg.register_model}"
+            retry += ["--register-model", cfg.register_model]
         if cfg.model_alias:
-            retry += f" --model-alias {cfg.model_alias}"
+            retry += ["--model-alias", cfg.model_alias]
         return (
             f"the model is saved in {output}, but logging it to MLflow failed "
-            f"({type(exc).__name__}: {str(exc)[:160]}); to log it later: {retry}"
+            f"({type(exc).__name__}: {str(exc)[:160]}); to log it later: {shlex.join(retry)}"
         )
     return None
