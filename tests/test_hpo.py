@@ -144,6 +144,20 @@ def test_the_best_trial_is_registered(setup, tmp_path):
     best = f"trial-{summary['best_trial']:04d}"
     metrics = json.loads((out / best / "metrics.json").read_text())["metrics"]
     assert float(version.tags["win_rate"]) == pytest.approx(metrics["win_rate"], abs=1e-4)
+    # the study's own run: the best value, the best trial's parameters, its files and plots
+    (parent,) = client.search_runs(  # the newest study run: this test's
+        [client.get_run(version.run_id).info.experiment_id],
+        "attributes.run_name = 'rmtrain-hpo'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    assert parent.data.metrics["best_win_rate"] == pytest.approx(summary["best_value"])
+    assert parent.data.tags["best_trial"] == str(summary["best_trial"])
+    assert parent.data.tags["best.lr"] == str(summary["best_params"]["lr"])
+    files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"trials.csv", "summary.yaml", "best_config.yaml"} <= files
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {f"plots/{p}" for p in summary["plots"]} <= plots
 
 
 def test_a_trial_left_running_by_a_kill_is_failed_and_replaced(setup, tmp_path, capsys):

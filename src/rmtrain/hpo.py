@@ -192,13 +192,16 @@ def run_hpo(cfg: HpoConfig, worker: bool = False) -> dict[str, Any]:
         _fail_orphans(study)
     helpers = [] if worker or jobs <= 1 else _spawn_workers(jobs - 1)
     remaining = n_trials - _finished(study)
-    if remaining > 0:
-        _optimize(study, base, space, out, metric, n_trials)
+    parent = _optimize(study, base, space, out, metric, n_trials) if remaining > 0 else None
     for proc in helpers:
         proc.wait()
     if worker:
         return {}
     summary = write_results(study, base, out, metric)
+    if parent:  # the study's run shows its outcome beside its trials
+        from rmtrain.tracking.models import log_study
+
+        log_study(parent, out, summary, metric)
     if summary["complete"] == 0 and summary["pruned"] == 0:
         first = next(
             (t.user_attrs.get("error") for t in study.trials if t.user_attrs.get("error")), ""
@@ -292,11 +295,16 @@ class _StopAfter:
             study.stop()
 
 
-def _optimize(study: Any, base: dict, space: dict, out: Path, metric: str, n: int) -> None:
-
+def _optimize(study: Any, base: dict, space: dict, out: Path, metric: str, n: int) -> str | None:
+    """Run the trials; returns the study's MLflow run id (None without MLflow)."""
     parent = _start_parent_run(out, study.study_name, base)
+    run_id = None
     stop = _StopAfter(n)
     try:
+        if parent:
+            import mlflow
+
+            run_id = mlflow.active_run().info.run_id
         study.optimize(
             make_objective(base, space, out, metric, parent),
             callbacks=[stop],
@@ -308,6 +316,7 @@ def _optimize(study: Any, base: dict, space: dict, out: Path, metric: str, n: in
             import mlflow
 
             mlflow.end_run()
+    return run_id
 
 
 def _start_parent_run(out: Path, name: str, base: dict[str, Any]) -> str | None:

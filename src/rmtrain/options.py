@@ -12,7 +12,7 @@ from rmtrain.config import option
 
 MODEL_HELP = (
     "Model folder saved by rmtrain train, or an MLflow model: models:/NAME/VERSION, "
-    "models:/NAME@ALIAS or runs:/RUN_ID/model (from MLFLOW_TRACKING_URI, else ./mlflow.db)."
+    "models:/NAME@ALIAS or runs:/RUN_ID/NAME (from MLFLOW_TRACKING_URI, else ./mlflow.db)."
 )
 SPEED_HELP = (
     "auto: rmtrain's exact speed-ups (prefix trees, per-block attention); off: the plain "

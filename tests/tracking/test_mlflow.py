@@ -122,6 +122,16 @@ def test_training_logs_the_model_its_metrics_artifacts_and_registers_it(server, 
     assert final == pytest.approx(
         json.loads((out / "metrics.json").read_text())["metrics"]["win_rate"]
     )
+    # the data set as the run's input; the logged model named after the output, with the
+    # held-out metrics linked to it
+    (used,) = client.get_run(rid).inputs.dataset_inputs
+    assert used.dataset.name == "prefs.jsonl"
+    assert json.loads(used.dataset.source) == {"uri": str(data.resolve())}
+    assert [t.value for t in used.tags if t.key == "mlflow.data.context"] == ["training"]
+    (logged,) = client.search_logged_models(experiment_ids=[run.info.experiment_id])
+    assert logged.name == out.name and logged.source_run_id == rid
+    linked = {m.key: m.value for m in logged.metrics}
+    assert linked["held_out_win_rate"] == pytest.approx(final) and "held_out_kendall_tau" in linked
     files = {a.path for a in client.list_artifacts(rid)}
     assert {"metrics.json", "data_report.json", "rmtrain_config.yaml", "README.md"} <= files
     report = {a.path for a in client.list_artifacts(rid, "eval_report")}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -24,7 +25,9 @@ from rmtrain import __version__
 from rmtrain.errors import RmtrainError
 from rmtrain.outputs import REPORT_DIR
 
-MODEL_NAME = "model"  # the logged model's name in its run: runs:/<run>/model
+# The held-out metrics linked to the logged model (MLflow's Models tab shows them), logged as
+# held_out_<name>: the run's own `loss` and `eval_*` are step series.
+LINKED_METRICS = ("win_rate", "kendall_tau", "loss", "margin_mean", "num_pairs")
 ARTIFACT_FILES = ("metrics.json", "data_report.json", "rmtrain_config.yaml", "README.md")
 EXAMPLE = pd.DataFrame({"prompt": ["How do I keep bread fresh?"], "response": ["Wrap it."]})
 
@@ -118,7 +121,7 @@ def log_run_outputs(output: Path, report_dir: str) -> str:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp:
         info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME,
+            name=logged_model_name(output),
             python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
             artifacts={"model_dir": str(_model_files(output, Path(tmp) / "hf_model"))},
             signature=_signature(),
@@ -126,7 +129,39 @@ def log_run_outputs(output: Path, report_dir: str) -> str:
             pip_requirements=_requirements(),
             metadata={"rmtrain_version": __version__},
         )
-    return info.model_uri  # models:/<logged model id>; runs:/<run>/model names it too
+    held_out = json.loads((output / "metrics.json").read_text()).get("metrics", {})
+    linked = {f"held_out_{k}": float(v) for k, v in held_out.items() if k in LINKED_METRICS}
+    if linked:  # shown with the model in the Models tab
+        mlflow.log_metrics(linked, model_id=info.model_id)
+    return info.model_uri  # models:/<logged model id>; runs:/<run>/<name> names it too
+
+
+def logged_model_name(output: Path) -> str:
+    """The logged model's name: the output folder's (the run's `runs:/<run>/<name>`)."""
+    return re.sub(r"[^\w.\-]", "_", output.name).strip(".") or "model"
+
+
+def log_study(run_id: str, out: Path, summary: dict[str, Any], metric: str) -> None:
+    """An HPO study's outcome into its own (parent) run: the best value as a metric, the best
+    trial and parameters as tags, trials.csv, summary.yaml and best_config.yaml as files and
+    the study's plots as images; a failing store costs a warning (the results are on disk)."""
+    try:
+        with mlflow.start_run(run_id=run_id):
+            if "best_value" in summary:
+                mlflow.log_metric(f"best_{metric}", float(summary["best_value"]))
+                mlflow.set_tags(
+                    {
+                        "best_trial": str(summary["best_trial"]),
+                        **{f"best.{k}": str(v) for k, v in summary["best_params"].items()},
+                    }
+                )
+            for name in ("trials.csv", "summary.yaml", "best_config.yaml"):
+                if (out / name).is_file():
+                    mlflow.log_artifact(str(out / name))
+            for name in summary.get("plots", []):
+                mlflow.log_image(_image(out / name), artifact_file=f"plots/{name}")
+    except Exception as exc:  # noqa: BLE001 - the study's files are written
+        print(f"[rmtrain] warning: logging the study to MLflow failed: {exc}")
 
 
 def _model_files(output: Path, folder: Path) -> Path:

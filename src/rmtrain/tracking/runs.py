@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -100,11 +101,40 @@ def start_mlflow_run(uri: str, run_name: str, params: dict[str, Any], nested: bo
             mlflow.end_run()
         mlflow.start_run(run_name=run_name, nested=nested and mlflow.active_run() is not None)
         mlflow.log_params({f"rmtrain.{k}": str(v)[:250] for k, v in params.items()})
+        specs = params.get("dataset") or []
+        log_datasets([specs] if isinstance(specs, str) else specs, params.get("dataset_split"))
     except Exception as exc:  # noqa: BLE001 - any store failure: one line, before training
         raise RmtrainError(
             f"cannot log to MLflow at {uri} ({type(exc).__name__}: {str(exc)[:160]}); start "
             "the tracking server, set MLFLOW_TRACKING_URI, or pass --report-to none"
         ) from None
+
+
+def log_datasets(specs: list[str], split: str | None) -> None:
+    """The data sets as the active run's dataset inputs (the Datasets column of MLflow's run
+    list): a local file by its absolute path, a hub data set by name and split, a builtin by
+    name; a mixing weight as a tag. No data is read or copied."""
+    import mlflow
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    from rmtrain.data.splits import parse_dataset_spec
+
+    for spec in specs:
+        name, weight = parse_dataset_spec(str(spec))
+        local = Path(name).expanduser()
+        if name.startswith("builtin:"):
+            source: Any = CodeDatasetSource({"rmtrain.builtin": name})
+        elif local.exists():
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways": a file
+                warnings.simplefilter("ignore")
+                source, name = resolve_dataset_source(str(local.resolve())), local.name
+        else:
+            source = HuggingFaceDatasetSource(name, split=split or "train")
+        tags = {"weight": f"{weight:g}"} if weight is not None else None
+        mlflow.log_input(MetaDataset(source, name=name), context="training", tags=tags)
 
 
 def check_sqlite_store(uri: str) -> None:
