@@ -56,6 +56,15 @@ class TrainConfig:
     dataset_split: str = option(
         "train", "Split to read from a hub data set.", run=True, group="data"
     )
+    dataset_dir: str | None = option(
+        None,
+        "A folder of a parquet data set's repository (hub or a local copy laid out like it) "
+        "to read, from its first file, only as far as --frac needs: the first rows, for a set "
+        "shuffled once. Default for lvwerra/stack-exchange-paired: data/reward, its "
+        "reward-modelling part (as StackLLaMA); other data sets are read whole.",
+        run=True,
+        group="data",
+    )
     output: str = option(
         "./outputs/reward_model", "Output folder for model, config and metrics.", group="output"
     )

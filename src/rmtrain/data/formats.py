@@ -16,7 +16,7 @@ from typing import Any
 
 from rmtrain.data.pairs import DataCounts, Messages, Pair, Text
 from rmtrain.data.reading import InvalidRow, columns
-from rmtrain.data.splits import sample_indices
+from rmtrain.data.splits import sample_indices, sample_size
 from rmtrain.errors import RmtrainError
 
 
@@ -202,12 +202,17 @@ def read_pairs(
     rows: Sequence[Any], frac: float, seed: int, margin_column: str = "margin"
 ) -> tuple[list[Pair], DataCounts]:
     """Sample rows and normalise them, counting every malformed row by reason."""
-    fmt = detect_format(columns(rows))
-    indices = sample_indices(len(rows), frac, seed)
-    if hasattr(rows, "select"):
-        picked = rows.select(indices).to_list()
+    if hasattr(rows, "head"):  # read from the start only: its first rows are the sample
+        indices = list(range(sample_size(len(rows), frac)))
+        picked = rows.head(len(indices))
+        fmt = detect_format(columns(picked))
     else:
-        picked = [rows[i] for i in indices]
+        fmt = detect_format(columns(rows))
+        indices = sample_indices(len(rows), frac, seed)
+        if hasattr(rows, "select"):
+            picked = rows.select(indices).to_list()
+        else:
+            picked = [rows[i] for i in indices]
     counts = DataCounts(
         rows_read=len(picked),
         rows_in_source=len(rows),

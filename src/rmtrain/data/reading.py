@@ -148,8 +148,14 @@ class InvalidRow:
         self.reason = reason
 
 
-def load_rows(source: str, split: str = "train") -> Sequence[Any]:
-    """Rows from a builtin set, a local file or folder, or the Hugging Face Hub."""
+def load_rows(source: str, split: str = "train", data_dir: str | None = None) -> Sequence[Any]:
+    """Rows from a builtin set, a local file or folder, or the Hugging Face Hub; with
+    `data_dir`, that folder's parquet files of a hub repository (or a local copy laid out like
+    one), read from the start only as far as needed (`parquet_head`)."""
+    if data_dir:
+        from rmtrain.data.parquet_head import ParquetHead
+
+        return ParquetHead(source, data_dir, split)  # type: ignore[return-value]
     if source.startswith("builtin:"):
         from rmtrain.data.builtin import builtin_dataset
 

@@ -13,6 +13,14 @@ from rmtrain.errors import RmtrainError
 # whole unless --frac says otherwise (1% of a user's 500-row file would be 5 rows).
 ORIGINAL_DATASET = "lvwerra/stack-exchange-paired"
 ORIGINAL_FRAC = 0.01
+ORIGINAL_DIR = "data/reward"  # the original data set's reward-modelling part
+
+
+def resolve_data_dir(data_dir: str | None, source: str) -> str | None:
+    """`--dataset-dir` as given, else the reward-modelling part for the original data set."""
+    if data_dir is not None:
+        return data_dir or None
+    return ORIGINAL_DIR if source == ORIGINAL_DATASET else None
 
 
 def resolve_frac(frac: float | None, source: str) -> float:
@@ -28,12 +36,16 @@ def seeded_sample(n: int, k: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n), k))
 
 
-def sample_indices(n: int, frac: float, seed: int) -> list[int]:
-    """A deterministic sample of round(frac * n) rows (at least one), in source order."""
+def sample_size(n: int, frac: float) -> int:
+    """How many of `n` rows `--frac` takes: round(frac * n), at least one."""
     if n == 0:
         raise RmtrainError("the data set is empty; pass a file with preference rows")
-    k = max(1, round(frac * n))
-    return seeded_sample(n, k, seed)
+    return max(1, round(frac * n))
+
+
+def sample_indices(n: int, frac: float, seed: int) -> list[int]:
+    """A deterministic sample of `sample_size` rows, in source order."""
+    return seeded_sample(n, sample_size(n, frac), seed)
 
 
 def split_by_group(

@@ -16,6 +16,7 @@ from rmtrain.data.reading import load_rows
 from rmtrain.data.splits import (
     mix_weighted,
     parse_dataset_spec,
+    resolve_data_dir,
     resolve_frac,
     seeded_sample,
     split_by_group,
@@ -44,7 +45,7 @@ class NoUsablePairs(RmtrainError):
 
 
 def _read(source: str, cfg: TrainConfig) -> tuple[list[Pair], DataCounts]:
-    rows = load_rows(source, cfg.dataset_split)
+    rows = load_rows(source, cfg.dataset_split, resolve_data_dir(cfg.dataset_dir, source))
     try:
         frac = resolve_frac(cfg.frac, source)
         pairs, counts = read_pairs(rows, frac, cfg.seed, cfg.margin_column)
