@@ -257,8 +257,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if cfg.benchmark:
         from rmtrain.evaluation.benchmarks import run_benchmark
 
-        run_benchmark(
-            _local_model(cfg.model)[0],
+        folder, version = _local_model(cfg.model)
+        result = run_benchmark(
+            folder,
             cfg.benchmark,
             cfg.benchmark_data,
             cfg.output,
@@ -267,6 +268,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             cfg.overwrite,
             cfg.model,
         )
+        if cfg.report_to == "mlflow":
+            from rmtrain.tracking.models import log_benchmark
+
+            log_benchmark(result, Path(cfg.output), cfg.model, version)
         return 0
     run_eval(
         model_dir=_local_model(cfg.model)[0],

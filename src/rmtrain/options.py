@@ -41,6 +41,12 @@ class EvalConfig:
     benchmark_data: str | None = option(
         None, "A local copy of the benchmark in its hub schema (default: the hub data set)."
     )
+    report_to: str = option(
+        "none",
+        "With --benchmark, mlflow logs the scores as a run (one metric per section) and, for a "
+        "models:/NAME/VERSION model, as tags of that version.",
+        choices=("none", "mlflow"),
+    )
     max_length: int | None = option(
         None, "Tokens per sequence (default: the training value).", low=8
     )

@@ -242,3 +242,33 @@ def test_benchmark_errors_are_one_line(trained, tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse: the choices
         main([*base, "--benchmark", "helm"])
     assert "invalid choice: 'helm'" in capsys.readouterr().err
+
+
+def test_scores_go_to_mlflow_and_the_registered_version(trained, tmp_path):
+    """`--report-to mlflow` on a registered model: a run with one metric per section and the
+    score as a tag of the version (the suite's SQLite store)."""
+    import os
+
+    from mlflow import MlflowClient
+
+    model, _ = trained
+    assert main(["log-model", str(model), "--register-model", "bench-rm"]) == 0
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    (version,) = client.search_model_versions("name='bench-rm'")
+    uri = f"models:/bench-rm/{version.version}"
+    data = write(tmp_path / "rmb.jsonl", rmb_rows())
+    out = tmp_path / "report"
+    args = ["eval", "--model", uri, "--benchmark", "rmbench", "--benchmark-data", str(data)]
+    assert main([*args, "--output", str(out), "--report-to", "mlflow"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    experiment = client.get_run(version.run_id).info.experiment_id
+    (run,) = client.search_runs([experiment], f"attributes.run_name = 'rmbench | {uri}'")
+    metrics = run.data.metrics
+    assert metrics["rmbench"] == pytest.approx(report["score"])
+    assert metrics["rmbench/levels/hard"] == pytest.approx(report["levels"]["hard"])
+    assert metrics["rmbench/domains/code"] == pytest.approx(report["domains"]["code"]["score"])
+    assert run.data.tags["benchmark_prompts"] == "5"
+    tags = client.get_model_version("bench-rm", version.version).tags
+    assert tags["rmbench_score"] == f"{report['score']:.4f}"
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "benchmark")}
+    assert "benchmark/report.json" in files

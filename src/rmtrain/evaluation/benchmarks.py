@@ -163,7 +163,7 @@ def write_benchmark_report(result: dict[str, Any], output: Path, model: str) -> 
     output.mkdir(parents=True, exist_ok=True)
     plt = _plt()
     plots = []
-    for title, values in _sections(result).items():
+    for title, values in section_scores(result).items():
         fig, ax = plt.subplots(figsize=(max(4, 0.7 * len(values) + 2), 3.2))
         ax.bar(list(values), [100 * v for v in values.values()], color="#4c72b0")
         ax.set_ylim(0, 100)
@@ -183,7 +183,7 @@ def write_benchmark_report(result: dict[str, Any], output: Path, model: str) -> 
     return plots
 
 
-def _sections(result: dict[str, Any]) -> dict[str, dict[str, float]]:
+def section_scores(result: dict[str, Any]) -> dict[str, dict[str, float]]:
     """What each bar chart shows: name -> {bar: accuracy}."""
     if result["benchmark"] == "rewardbench":
         return {"sections": result["sections"], "subsets": result["subsets"]}
@@ -203,7 +203,7 @@ def _markdown(report: dict[str, Any]) -> str:
         f"{report['unscored_rows']} not scored (too long, counted wrong).",
         "",
     ]
-    for title, values in _sections(report).items():
+    for title, values in section_scores(report).items():
         lines += [f"## {title.capitalize()}", "", "| | accuracy (%) |", "|---|---:|"]
         lines += [f"| {k} | {100 * v:.1f} |" for k, v in values.items()]
         lines.append("")
@@ -232,9 +232,8 @@ def run_benchmark(
     result = score_benchmark(scorer, name, rows)
     write_owner(out, "eval", model=model_name or model_dir)
     write_benchmark_report(result, out, model_name or model_dir)
-    parts = ", ".join(
-        f"{k} {100 * v:.1f}" for values in _sections(result).values() for k, v in values.items()
-    )
+    shown = [(k, v) for values in section_scores(result).values() for k, v in values.items()]
+    parts = ", ".join(f"{k} {100 * v:.1f}" for k, v in shown)
     print(f"[rmtrain] {name}: {100 * result['score']:.1f} ({parts}); {len(rows)} prompts")
     print(f"[rmtrain] report written to {out}/report.md")
     return result

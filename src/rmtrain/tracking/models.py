@@ -164,6 +164,36 @@ def log_study(run_id: str, out: Path, summary: dict[str, Any], metric: str) -> N
         print(f"[rmtrain] warning: logging the study to MLflow failed: {exc}")
 
 
+def log_benchmark(result: dict[str, Any], report: Path, model: str, version: str | None) -> None:
+    """A benchmark's scores as an MLflow run named after it and the model (`<benchmark>` and
+    `<benchmark>/<section>` metrics, the report as artifacts, the benchmark's version and
+    prompt count as tags) and, for a registered model (`version` 'models:/NAME/VERSION'), as
+    tags of that version, so the registry compares versions on it."""
+    from rmtrain.evaluation.benchmarks import section_scores
+    from rmtrain.tracking.runs import finish_tracking, start_mlflow_run, tracking_uri
+
+    name = result["benchmark"]
+    start_mlflow_run(tracking_uri(), f"{name} | {model}", {"model": model}, nested=False)
+    try:
+        metrics = {name: result["score"]}
+        for title, values in section_scores(result).items():
+            metrics.update({f"{name}/{title}/{k}": v for k, v in values.items()})
+        mlflow.log_metrics(metrics)
+        mlflow.set_tags(
+            {"benchmark": name, "benchmark_version": result["version"],
+             "benchmark_prompts": str(result["prompts"])}
+        )  # fmt: skip
+        mlflow.log_artifacts(str(report), artifact_path="benchmark")
+    finally:
+        finish_tracking(["mlflow"])
+    if version:
+        registered, number = version.removeprefix("models:/").rsplit("/", 1)
+        client = mlflow.MlflowClient()
+        client.set_model_version_tag(registered, number, f"{name}_score", f"{result['score']:.4f}")
+        client.set_model_version_tag(registered, number, f"{name}_version", result["version"])
+    print(f"[rmtrain] {name} scores logged to MLflow ({tracking_uri()})")
+
+
 def _model_files(output: Path, folder: Path) -> Path:
     """The model's own files (weights, config, tokenizer, card: the folder's top level) linked
     into `folder`; not what a run writes beside them (checkpoints, trackers' logs, reports)."""
