@@ -210,3 +210,26 @@ def test_a_bad_metric_and_options_named_like_groups(setup, tmp_path, capsys):
     )
     assert "--metric 'bogus' is not a held-out metric" in capsys.readouterr().err
     assert main([*args, "--n-trials", "1", "--output", str(tmp_path / "m")]) == 0
+
+
+def test_training_options_after_the_double_dash_override_the_base(setup, tmp_path, capsys):
+    """No YAML needed for a small study: training flags after `--` make (or override) the
+    base config of every trial, and land in best_config.yaml."""
+    import yaml as _yaml
+
+    out = tmp_path / "study"
+    argv = ["hpo", "--space", str(setup / "space.yaml"), "--n-trials", "1", "--output", str(out)]
+    argv += ["--", "--model", "builtin:tiny-qwen3", "--dataset", str(setup / "prefs.jsonl")]
+    argv += ["--frac", "1.0", "--max-length", "64", "--max-steps", "1", "--report-to", "none"]
+    assert main(argv) == 0
+    (trial,) = sorted(out.glob("trial-*"))
+    saved = _yaml.safe_load((trial / "rmtrain_config.yaml").read_text())
+    flat = {k: v for group in saved.values() if isinstance(group, dict) for k, v in group.items()}
+    assert flat["max_steps"] == 1 and flat["max_length"] == 64
+    assert flat["dataset"] == [str((setup / "prefs.jsonl").resolve())]
+    best = _yaml.safe_load((out / "best_config.yaml").read_text())
+    best_flat = {k: v for g in best.values() if isinstance(g, dict) for k, v in g.items()}
+    assert best_flat["max_steps"] == 1 and best_flat["report_to"] == ["none"]
+    capsys.readouterr()
+    assert main([*argv, "--config", str(setup / "base.yaml")]) == 2
+    assert "hpo's own --config, before the --" in capsys.readouterr().err

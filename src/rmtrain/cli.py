@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     average.add_argument("models", nargs="+", help="model folders fine-tuned from one base")
     hpo = _subcommand(sub, "hpo", "hyperparameter search with Optuna", HpoConfig, _cmd_hpo)
     hpo.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    hpo.add_argument(
+        "train_flags",
+        nargs=argparse.REMAINDER,
+        help="after --: training options over --config for every trial "
+        "(rmtrain hpo ... -- --dataset d.jsonl --max-steps 200)",
+    )
     return parser
 
 
@@ -134,7 +140,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_hpo(args: argparse.Namespace) -> int:
     from rmtrain.hpo import run_hpo
 
-    run_hpo(options_from_args(args), worker=args.worker)
+    flags = args.train_flags
+    flags = flags[1:] if flags[:1] == ["--"] else flags
+    given = vars(build_parser().parse_args(["train", *flags]))
+    if given.get("config"):
+        raise RmtrainError("the base training config is hpo's own --config, before the --")
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    overrides = {k: v for k, v in given.items() if k in names}
+    run_hpo(options_from_args(args), worker=args.worker, overrides=overrides)
     return 0
 
 

@@ -166,8 +166,12 @@ def make_objective(
     return objective
 
 
-def run_hpo(cfg: HpoConfig, worker: bool = False) -> dict[str, Any]:
-    """The study `cfg` describes (one process of it with `worker`); returns its summary."""
+def run_hpo(
+    cfg: HpoConfig, worker: bool = False, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The study `cfg` describes (one process of it with `worker`), its base training config
+    from `cfg.config` with the command line's training `overrides` over it; returns its
+    summary."""
     import optuna
 
     config, space_path, n_trials, metric = cfg.config, cfg.space, cfg.n_trials, cfg.metric
@@ -175,7 +179,7 @@ def run_hpo(cfg: HpoConfig, worker: bool = False) -> dict[str, Any]:
     register_model, model_alias = cfg.register_model, cfg.model_alias
     direction = cfg.direction or ("minimize" if metric == "loss" else "maximize")
     out = Path(cfg.output).expanduser().resolve()
-    base = load_yaml(config) if config else {}
+    base = {**(load_yaml(config) if config else {}), **(overrides or {})}
     build_config(base)  # validates the base config before any trial starts
     space = load_space(space_path, base)
     if metric not in HPO_METRICS:
@@ -332,8 +336,9 @@ def _start_parent_run(out: Path, name: str, base: dict[str, Any]) -> str | None:
 
 
 def _spawn_workers(n: int) -> list[subprocess.Popen]:
-    argv = [a for a in sys.argv[1:]]
-    cmd = [sys.executable, "-m", "rmtrain", *argv, "--jobs", "1", "--worker"]
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)  # training flags stay last
+    cmd = [sys.executable, "-m", "rmtrain", *argv[:cut], "--jobs", "1", "--worker", *argv[cut:]]
     return [subprocess.Popen(cmd) for _ in range(n)]
 
 
