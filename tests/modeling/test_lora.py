@@ -78,3 +78,35 @@ def test_head_survives_reload_and_merged_equals_adapter(runs):
     assert np.allclose(adapter.rejected, merged.rejected, atol=1e-4)
     assert (tmp / "merged" / "config.json").is_file()
     assert not (tmp / "merged" / "adapter_config.json").exists()
+
+
+def test_normalize_uses_the_adapters_own_statistics(runs, tmp_path):
+    """An unmerged adapter's config is its base's: --normalize takes the adapter run's own
+    held-out mean and std (metrics.json), as the merged folder's config carries them."""
+    tmp, _ = runs
+    metrics = json.loads((tmp / "adapter" / "metrics.json").read_text())["metrics"]
+    scorer = load_scorer(str(tmp / "adapter"))
+    assert (scorer.reward_mean, scorer.reward_std) == (
+        metrics["reward_mean"],
+        metrics["reward_std"],
+    )
+    merged = json.loads((tmp / "merged" / "config.json").read_text())
+    assert load_scorer(str(tmp / "merged")).reward_mean == merged["reward_mean"]
+    rows = tmp_path / "in.jsonl"
+    rows.write_text(json.dumps({"prompt": "How do I boil an egg?", "response": "Ten minutes."}))
+    outs = {}
+    for flag in ([], ["--normalize"]):
+        out = tmp_path / f"out{len(flag)}.jsonl"
+        argv = [
+            "score",
+            "--model",
+            str(tmp / "adapter"),
+            "--input",
+            str(rows),
+            "--output",
+            str(out),
+        ]
+        assert main([*argv, *flag]) == 0
+        outs[bool(flag)] = json.loads(out.read_text())["reward"]
+    want = (outs[False] - metrics["reward_mean"]) / metrics["reward_std"]
+    assert outs[True] == pytest.approx(want, abs=1e-5)

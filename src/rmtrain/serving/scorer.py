@@ -8,6 +8,7 @@ gradients.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -153,6 +154,14 @@ class RewardScorer:
         return (rewards - self.reward_mean) / self.reward_std
 
 
+def _saved_stat(folder: Path, key: str) -> float | None:
+    """A held-out statistic from the folder's metrics.json (None without one)."""
+    metrics = folder / "metrics.json"
+    if not metrics.is_file():
+        return None
+    return json.loads(metrics.read_text()).get("metrics", {}).get(key)
+
+
 def _settings_from_yaml(folder: Path) -> dict[str, Any]:
     """Adapter folders carry no config.json: read the layout from rmtrain_config.yaml."""
     cfg = saved_options(folder)
@@ -212,6 +221,13 @@ def load_scorer(
     if settings.get("diverged"):
         print(f"[rmtrain] warning: {model_dir} is marked diverged: {settings['diverged']}")
     max_length = max_length or int(settings.get("max_length", 512))
+    # an adapter folder's config is its base's (which may be another reward model): its own
+    # held-out statistics are in its metrics.json
+    keys = ("reward_mean", "reward_std")
+    if adapter:
+        mean, std = (_saved_stat(path, k) for k in keys)
+    else:
+        mean, std = (getattr(model.config, k, None) for k in keys)
     return RewardScorer(
         model=model,
         tokenizer=tok,
@@ -219,8 +235,8 @@ def load_scorer(
         chat=uses_chat_template(tok, settings.get("chat_template", "auto")),
         prompt_floor=settings.get("prompt_floor"),
         token_budget=max(token_budget, tree_cap(max_length)),  # a tree fits one forward
-        reward_mean=getattr(model.config, "reward_mean", None),
-        reward_std=getattr(model.config, "reward_std", None),
+        reward_mean=mean,
+        reward_std=std,
         # models saved without it were trained (and stock heads read) at the template's end
         position=settings.get("reward_position", "template_end"),
     )
