@@ -268,24 +268,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if cfg.benchmark_data and not cfg.benchmark:
         raise RmtrainError("--benchmark-data is a local copy for --benchmark NAME: pass both")
     if cfg.benchmark:
-        from rmtrain.evaluation.benchmarks import run_benchmark
-
-        folder, version = _local_model(cfg.model)
-        result = run_benchmark(
-            folder,
-            cfg.benchmark,
-            cfg.benchmark_data,
-            cfg.output,
-            cfg.max_length,
-            cfg.speed,
-            cfg.overwrite,
-            cfg.model,
-        )
-        if cfg.report_to == "mlflow":
-            from rmtrain.tracking.models import log_benchmark
-
-            log_benchmark(result, Path(cfg.output), cfg.model, version)
-        return 0
+        return _eval_benchmark(cfg)
     run_eval(
         model_dir=_local_model(cfg.model)[0],
         datasets=cfg.dataset,
@@ -299,6 +282,31 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         overwrite=cfg.overwrite,
         model_name=cfg.model,
     )
+    return 0
+
+
+def _eval_benchmark(cfg: EvalConfig) -> int:
+    from rmtrain.evaluation.benchmarks import add_to_card, check_card, run_benchmark
+
+    if cfg.card:  # before any download or scoring
+        check_card(Path(cfg.model))
+    folder, version = _local_model(cfg.model)
+    result = run_benchmark(
+        folder,
+        cfg.benchmark,
+        cfg.benchmark_data,
+        cfg.output,
+        cfg.max_length,
+        cfg.speed,
+        cfg.overwrite,
+        cfg.model,
+    )
+    if cfg.card:
+        add_to_card(result, Path(folder))
+    if cfg.report_to == "mlflow":
+        from rmtrain.tracking.models import log_benchmark
+
+        log_benchmark(result, Path(cfg.output), cfg.model, version)
     return 0
 
 

@@ -41,6 +41,11 @@ class EvalConfig:
     benchmark_data: str | None = option(
         None, "A local copy of the benchmark in its hub schema (default: the hub data set)."
     )
+    card: bool = option(
+        False,
+        "With --benchmark and a model folder rmtrain trained: put the scores in its model card "
+        "(README.md; the only file of the model folder eval ever writes).",
+    )
     report_to: str = option(
         "none",
         "With --benchmark, mlflow logs the scores as a run (one metric per section) and, for a "

@@ -272,3 +272,45 @@ def test_scores_go_to_mlflow_and_the_registered_version(trained, tmp_path):
     assert tags["rmbench_score"] == f"{report['score']:.4f}"
     files = {a.path for a in client.list_artifacts(run.info.run_id, "benchmark")}
     assert "benchmark/report.json" in files
+
+
+def test_card_section_is_added_then_replaced():
+    from rmtrain.evaluation.model_card import with_benchmark
+
+    card = "# RM\n\n## Held-out metrics\n\nwin\n\n## Training command\n\nx\n"
+    once = with_benchmark(card, "rmbench", {"score": 0.5, "hard": 0.25}, "v1; 5 prompts.")
+    assert once == (
+        "# RM\n\n## Held-out metrics\n\nwin\n\n## rmbench\n\nv1; 5 prompts.\n\n"
+        "| | score (%) |\n|---|---:|\n| score | 50.0 |\n| hard | 25.0 |\n\n"
+        "## Training command\n\nx\n"
+    )
+    twice = with_benchmark(once, "rmbench", {"score": 0.75}, "v1; 5 prompts.")
+    assert twice.count("## rmbench") == 1 and "| score | 75.0 |" in twice
+    assert "| hard |" not in twice and twice.endswith("## Training command\n\nx\n")
+
+
+def test_card_flag_writes_only_into_a_folder_rmtrain_trained(trained, tmp_path, capsys):
+    import shutil
+
+    model, _ = trained
+    folder = tmp_path / "rm"
+    shutil.copytree(model, folder)  # the session's model stays as it is
+    data = write(tmp_path / "rmb.jsonl", rmb_rows())
+    args = ["eval", "--model", str(folder), "--benchmark", "rmbench", "--benchmark-data", str(data)]
+    assert main([*args, "--output", str(tmp_path / "r1"), "--card", "true"]) == 0
+    report = json.loads((tmp_path / "r1" / "report.json").read_text())
+    card = (folder / "README.md").read_text()
+    assert card.count("## rmbench") == 1
+    assert f"| score | {100 * report['score']:.1f} |" in card
+    assert card.index("## rmbench") < card.index("## Training command")
+    assert main([*args, "--output", str(tmp_path / "r2"), "--card", "true"]) == 0
+    assert (folder / "README.md").read_text().count("## rmbench") == 1  # replaced
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "README.md").write_text("my notes")
+    capsys.readouterr()
+    argv = [*args, "--output", str(tmp_path / "r3"), "--card", "true"]
+    argv[argv.index(str(folder))] = str(other)
+    assert main(argv) == 2
+    assert "--card writes into a model folder rmtrain trained" in capsys.readouterr().err
+    assert (other / "README.md").read_text() == "my notes" and not (tmp_path / "r3").exists()

@@ -239,5 +239,33 @@ def run_benchmark(
     return result
 
 
+def check_card(folder: Path) -> None:
+    """`--card` writes only into a model folder rmtrain trained (its marker says so)."""
+    from rmtrain.outputs import read_owner
+
+    owner = read_owner(folder) if folder.is_dir() else None
+    if not owner or owner.get("kind", "train") != "train" or not (folder / "README.md").is_file():
+        raise RmtrainError(
+            f"--card writes into a model folder rmtrain trained; {folder} is not one (a "
+            "models:/ model or another tool's folder keeps its card)"
+        )
+
+
+def add_to_card(result: dict[str, Any], folder: Path) -> None:
+    """The scores as a section of the model card of `folder`, which rmtrain trained (its
+    marker says so); one line for any other folder."""
+    from rmtrain.evaluation.model_card import with_benchmark
+    from rmtrain.outputs import atomic_writer
+
+    check_card(folder)
+    rows = {"score": result["score"]}
+    rows.update({k: v for values in section_scores(result).values() for k, v in values.items()})
+    note = f"{result['version']}; {result['prompts']} prompts, scored by `rmtrain eval`."
+    card = with_benchmark((folder / "README.md").read_text(), result["benchmark"], rows, note)
+    with atomic_writer(folder / "README.md") as fh:
+        fh.write(card)
+    print(f"[rmtrain] {result['benchmark']} scores added to {folder / 'README.md'}")
+
+
 def benchmark_names() -> Sequence[str]:
     return tuple(BENCHMARKS)

@@ -147,3 +147,19 @@ def render_model_card(
     lines += ["", "## Training command", "", "```bash", training_command(), "```", ""]
     lines += ["## Getting a reward", "", *_loading_lines(cfg, adapter), ""]
     return "\n".join(lines)
+
+
+def with_benchmark(card: str, title: str, rows: dict[str, float], note: str) -> str:
+    """`card` with a `## <title>` section of scores (in %), replacing that section when the
+    card has it, else placed before the training command."""
+    body = [f"## {title}", "", note, "", "| | score (%) |", "|---|---:|"]
+    body += [f"| {k} | {100 * v:.1f} |" for k, v in rows.items()]
+    section = "\n".join(body) + "\n"
+    lines = card.splitlines(keepends=True)
+    heads = [i for i, line in enumerate(lines) if line.startswith("## ")]
+    start = next((i for i in heads if lines[i].rstrip("\n") == f"## {title}"), None)
+    if start is not None:
+        end = next((i for i in heads if i > start), len(lines))
+        return "".join(lines[:start]) + section + "\n" + "".join(lines[end:])
+    where = next((i for i in heads if lines[i].startswith("## Training command")), len(lines))
+    return "".join(lines[:where]) + section + "\n" + "".join(lines[where:])
