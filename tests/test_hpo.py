@@ -233,3 +233,21 @@ def test_training_options_after_the_double_dash_override_the_base(setup, tmp_pat
     capsys.readouterr()
     assert main([*argv, "--config", str(setup / "base.yaml")]) == 2
     assert "hpo's own --config, before the --" in capsys.readouterr().err
+
+
+def test_continuing_a_study_in_the_other_direction_is_one_line(setup, tmp_path, capsys):
+    """optuna would continue the stored study in its own direction and ignore the metric's:
+    refused before any trial."""
+    from rmtrain.outputs import write_owner
+
+    out = tmp_path / "study"
+    write_owner(out, "hpo", study="rmtrain-hpo")
+    storage = f"sqlite:///{out / 'study.db'}"
+    optuna.create_study(study_name="rmtrain-hpo", storage=storage, direction="maximize")
+    assert hpo(setup, out, 1, "--metric", "loss") == 2  # loss is minimised
+    assert capsys.readouterr().err == (
+        f"rmtrain: error: the study 'rmtrain-hpo' in {storage} was started to maximize its "
+        "metric; continue it with --direction maximize (and the same --metric), or pass a new "
+        "--study-name\n"
+    )
+    assert not list(out.glob("trial-*"))

@@ -228,7 +228,7 @@ def _open_study(storage: str, study_name: str, direction: str, pruner: Any) -> A
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
-        return optuna.create_study(
+        study = optuna.create_study(
             study_name=study_name,
             storage=storage,
             load_if_exists=True,
@@ -241,6 +241,13 @@ def _open_study(storage: str, study_name: str, direction: str, pruner: Any) -> A
             f"{str(exc).splitlines()[0][:200]}); pass an SQLAlchemy URL such as "
             "sqlite:///path/study.db, or leave it out for study.db in --output"
         ) from None
+    kept = study.direction.name.lower()  # optuna continues a study in its own direction
+    if kept != direction:
+        raise RmtrainError(
+            f"the study {study_name!r} in {storage} was started to {kept} its metric; continue "
+            f"it with --direction {kept} (and the same --metric), or pass a new --study-name"
+        )
+    return study
 
 
 def _claim_study_folder(out: Path, study_name: str, inputs: list[str]) -> None:
