@@ -23,6 +23,10 @@ os.environ.setdefault("WANDB_DIR", tempfile.mkdtemp(prefix="rmtrain-tests-wandb-
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(THREADS, torch.get_num_threads()))  # a lower OMP_NUM_THREADS wins
 
+# datasets imported here, not first inside a test: its log handler binds the stderr of the
+# moment, and a test's capsys stream is closed when that test ends ("--- Logging error ---")
+import datasets  # noqa: E402, F401
+
 from tests.helpers import SHARED_DATA, tiny_qwen3, tiny_train_args, write_demo  # noqa: E402
 
 

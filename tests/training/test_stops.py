@@ -28,7 +28,11 @@ def data_file(tmp_path_factory):
 
 def _cli(args: list[str], file_limit: int | None = None) -> subprocess.Popen:
     def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+        # a test worker may ignore SIGINT (xdist's do), and a child inherits that: as a
+        # terminal's child, the run gets Ctrl-C
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if file_limit:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(
@@ -38,7 +42,7 @@ def _cli(args: list[str], file_limit: int | None = None) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=limit if file_limit else None,
+        preexec_fn=limit,
     )
 
 
