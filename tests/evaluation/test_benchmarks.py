@@ -225,12 +225,17 @@ def test_benchmark_errors_are_one_line(trained, tmp_path, capsys):
     base = ["eval", "--model", str(model), "--output", str(tmp_path / "o")]
     missing = write(tmp_path / "rb.jsonl", [r for r in rb_rows() if r["subset"] != "donotanswer"])
     wrong = write(tmp_path / "rb2.jsonl", rb_rows())  # RewardBench rows for RewardBench 2
+    ties = rb2_rows()
+    ties[10]["id"] = "7"  # the first Ties row
+    bad_ties = write(tmp_path / "ties.jsonl", ties)
     cases = [
         (["--benchmark", "rewardbench", "--benchmark-data", str(missing)],
          f"{missing}: rewardbench needs every subset; missing: donotanswer"),
         (["--benchmark", "rewardbench2", "--benchmark-data", str(wrong)],
          f"{wrong}: row 0 has no list 'chosen': not rewardbench2's schema "
          "(columns prompt, chosen, rejected, subset)"),
+        (["--benchmark", "rewardbench2", "--benchmark-data", str(bad_ties)],
+         f"{bad_ties}: row 10 (Ties) needs an id 'ref:N' or 'tied:N', got '7'"),
         (["--benchmark-data", str(wrong), "--dataset", str(wrong)],
          "--benchmark-data is a local copy for --benchmark NAME: pass both"),
         (["--benchmark", "rmbench", "--dataset", str(wrong)],

@@ -10,6 +10,7 @@ benchmark is one entry in BENCHMARKS.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,11 @@ def load_benchmark(name: str, data: str | None) -> list[dict[str, Any]]:
             raise RmtrainError(f"{where}: row {i} needs 3 chosen and 3 rejected answers")
         if name == "rewardbench2" and not (row["chosen"] and row["rejected"]):
             raise RmtrainError(f"{where}: row {i} needs chosen and rejected answers")
+        ties_id = re.fullmatch(r"(ref|tied):\d+", str(row.get("id", "")))
+        if name == "rewardbench2" and row["subset"] == "Ties" and not ties_id:
+            raise RmtrainError(
+                f"{where}: row {i} (Ties) needs an id 'ref:N' or 'tied:N', got {row.get('id')!r}"
+            )
     present = {str(r[bench.group]).split("-")[0] if name == "rmbench" else r[bench.group]
                for r in rows}  # fmt: skip
     missing = [g for g in bench.groups if g not in present]
