@@ -107,3 +107,13 @@ def test_a_part_without_the_split_is_one_line(tmp_path):
         ParquetHead(str(hub), "data/reward", "validation")
     with pytest.raises(RmtrainError, match=r"\(0 parquet files there\)"):
         ParquetHead(str(hub), "data/nothing", "train")
+
+
+def test_the_hub_offline_and_a_broken_footer_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RmtrainError, match="is not a local file and the Hugging Face Hub cannot"):
+        ParquetHead(ORIGINAL_DATASET, "data/reward", "train")
+    hub = hub_layout(tmp_path / "hub")
+    (hub / "data" / "rl" / "train-00000-of-00001.parquet").write_bytes(b"PAR1 not parquet")
+    with pytest.raises(RmtrainError, match="cannot read the parquet footers under .*data/rl"):
+        ParquetHead(str(hub), "data/rl", "train")

@@ -58,11 +58,17 @@ class ParquetHead:
         else:
             from huggingface_hub import HfFileSystem
 
+            from rmtrain.data.reading import hub_offline, offline_hint
+
+            if hub_offline():
+                raise RmtrainError(offline_hint(source))
             self.fs, root = HfFileSystem(), f"datasets/{source}/{data_dir.strip('/')}"
         try:
             found = sorted(self.fs.glob(f"{root}/**/*.parquet"))
-        except (OSError, ValueError) as exc:
-            raise RmtrainError(f"cannot list {source} {data_dir}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - the hub client's network errors vary
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            hint = offline_hint(source) if not local.is_dir() else f"cannot list {root}"
+            raise RmtrainError(f"{hint} [{type(exc).__name__}: {first}]") from None
         named = [f for f in found if _split_of(f[len(root) :]) == split]
         unnamed = not any(_split_of(f[len(root) :]) for f in found)
         self.files = named or (found if unnamed and split == "train" else [])
@@ -72,7 +78,14 @@ class ParquetHead:
                 f"({len(found)} parquet files there); check --dataset-dir and --dataset-split"
             )
         self.bytes_read = [0]
-        self._meta = [pq.ParquetFile(self._open(f)).metadata for f in self.files]
+        try:
+            self._meta = [pq.ParquetFile(self._open(f)).metadata for f in self.files]
+        except Exception as exc:  # noqa: BLE001 - a broken file or a dropped connection
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise RmtrainError(
+                f"cannot read the parquet footers under {root}: {type(exc).__name__}: {first}; "
+                "check the files (or the connection) and retry"
+            ) from None
         self.rows_per_file = [m.num_rows for m in self._meta]
 
     def _open(self, path: str) -> Any:

@@ -214,20 +214,28 @@ def _guarded(path: Path, load: Any) -> Any:
         ) from None
 
 
-def _load_hub(name: str, split: str) -> Sequence[Any]:
-    offline_hint = (
+def offline_hint(name: str) -> str:
+    """What to do when a hub data set cannot be reached."""
+    return (
         f"data set {name!r} is not a local file and the Hugging Face Hub cannot be reached "
         "(offline). Pass a local .jsonl/.parquet/.csv file, or connect and unset HF_HUB_OFFLINE "
         "/ HF_DATASETS_OFFLINE"
     )
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        raise RmtrainError(offline_hint)
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+
+
+def _load_hub(name: str, split: str) -> Sequence[Any]:
+    if hub_offline():
+        raise RmtrainError(offline_hint(name))
     import datasets
 
     try:
         return datasets.load_dataset(name, split=split)
     except (ConnectionError, OSError, TimeoutError) as exc:
-        raise RmtrainError(f"{offline_hint} [{type(exc).__name__}: {exc}]") from None
+        raise RmtrainError(f"{offline_hint(name)} [{type(exc).__name__}: {exc}]") from None
     except ValueError as exc:
         raise RmtrainError(f"cannot load data set {name!r} split {split!r}: {exc}") from None
 
