@@ -199,18 +199,11 @@ def train_and_publish(run: Run) -> dict[str, Any]:
         if cfg.robustness and trainer.is_world_process_zero():
             probe_held_out(output, data)
         failed = False
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted; {output} holds no new model: {_go_on(output)}") from None
-    except Exception as exc:
-        room = write_failure(exc)
-        if room is None:
+    except (KeyboardInterrupt, Exception) as exc:
+        stop = _stopped(exc, run)
+        if stop is None:
             raise
-        if run.main:  # a checkpoint cut off by the failure would only take more room
-            remove_unsealed(output / CHECKPOINT_DIR, None)
-        raise RmtrainError(
-            f"writing to {output} failed: {room}. Free disk space or raise the file-size limit "
-            f"(ulimit -f); {_go_on(output)}"
-        ) from None
+        raise stop from None
     finally:
         log_final(run.trackers, result["metrics"], result["data"], step)
         problem = None if failed or not run.main else log_to_trackers(run.trackers, cfg, output)
@@ -221,6 +214,22 @@ def train_and_publish(run: Run) -> dict[str, Any]:
     if problem:
         raise RmtrainError(problem)
     return result
+
+
+def _stopped(exc: BaseException, run: Run) -> RmtrainError | None:
+    """A run stopped from outside, as one line: Ctrl-C, or a disk, quota or file-size limit
+    that ran out while writing; None for anything else."""
+    if isinstance(exc, KeyboardInterrupt):
+        return Interrupted(f"interrupted; {run.output} holds no new model: {_go_on(run.output)}")
+    room = write_failure(exc)
+    if room is None:
+        return None
+    if run.main:  # a checkpoint cut off by the failure would only take more room
+        remove_unsealed(run.output / CHECKPOINT_DIR, None)
+    return RmtrainError(
+        f"writing to {run.output} failed: {room}. Free disk space or raise the file-size limit "
+        f"(ulimit -f); {_go_on(run.output)}"
+    )
 
 
 def _go_on(output: Path) -> str:
