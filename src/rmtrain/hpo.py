@@ -308,38 +308,35 @@ class _StopAfter:
 
 def _optimize(study: Any, base: dict, space: dict, out: Path, metric: str, n: int) -> str | None:
     """Run the trials; returns the study's MLflow run id (None without MLflow)."""
-    parent = _start_parent_run(out, study.study_name, base)
-    run_id = None
-    stop = _StopAfter(n)
+    parent = _start_parent_run(study.study_name, base)
+    uri, run_id = parent or (None, None)
     try:
-        if parent:
-            import mlflow
-
-            run_id = mlflow.active_run().info.run_id
         study.optimize(
-            make_objective(base, space, out, metric, parent),
-            callbacks=[stop],
+            make_objective(base, space, out, metric, uri),
+            callbacks=[_StopAfter(n)],
             catch=(Exception,),
             gc_after_trial=True,
         )
     finally:
         if parent:
-            import mlflow
+            from rmtrain.tracking.runs import finish_tracking
 
-            mlflow.end_run()
+            finish_tracking(["mlflow"])
     return run_id
 
 
-def _start_parent_run(out: Path, name: str, base: dict[str, Any]) -> str | None:
-    """The study's MLflow run; returns its store URI (trials log there as children)."""
+def _start_parent_run(name: str, base: dict[str, Any]) -> tuple[str, str] | None:
+    """The study's MLflow run: its store URI (trials log there as children) and run id."""
     report_to = base.get("report_to", TrainConfig().report_to)
     if "mlflow" not in (report_to if isinstance(report_to, list) else [report_to]):
         return None
+    import mlflow
+
     from rmtrain.tracking.runs import start_mlflow_run, tracking_uri
 
     uri = tracking_uri()
     start_mlflow_run(uri, name, base, nested=False)
-    return uri
+    return uri, mlflow.active_run().info.run_id
 
 
 def _spawn_workers(n: int) -> list[subprocess.Popen]:
