@@ -82,6 +82,26 @@ def test_concurrent_requests_are_batched_and_correct(open_url, scorer):
     assert [r.json()["rewards"][0] for r in responses] == pytest.approx(expected, abs=1e-5)
 
 
+def test_encoding_from_many_threads_gives_each_its_own_tokens(scorer):
+    """The server encodes requests on a thread pool; the fast tokenizer keeps per-call state
+    on its backend (special tokens split or not), so unguarded threads got each other's
+    setting (123 of 2,000 encodings wrong here): the same token ids as one at a time."""
+    import concurrent.futures as cf
+
+    items = [Item(PROMPT, f"answer number {i} about the flour") for i in range(12)]
+    for i in range(4):  # full texts too (OpenRLHF's form)
+        chat = [{"role": "user", "content": PROMPT}, {"role": "assistant", "content": f"{i}."}]
+        items.append(Item(text=scorer.tokenizer.apply_chat_template(chat, tokenize=False)))
+    want = encode_items(scorer, items)
+
+    def one(i):
+        return encode_items(scorer, [items[i % len(items)]])[0] == want[i % len(items)]
+
+    with cf.ThreadPoolExecutor(8) as pool:
+        same = list(pool.map(one, range(2000)))
+    assert same.count(False) == 0
+
+
 def test_limits(open_url):
     item = {"prompt": PROMPT, "response": GOOD}
     assert httpx.post(f"{open_url}/score", json={"items": [item] * 5}).status_code == 413

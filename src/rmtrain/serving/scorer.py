@@ -9,9 +9,10 @@ gradients.
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,10 @@ class RewardScorer:
     reward_std: float | None = None
     position: str = "end_of_turn"
     _frame: Frame | None = None
+    # A fast tokenizer sets state on its backend at every call (`encode_special_tokens`,
+    # truncation): two threads encoding at once (the server's requests) would give one the
+    # other's setting, e.g. a template's turn markers split into plain text. One at a time.
+    _encoding: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def frame(self) -> Frame:
@@ -94,9 +99,10 @@ class RewardScorer:
         return rewards[0::2], rewards[1::2]
 
     def score_pairs(self, pairs: Sequence[Any], progress: Progress | None = None) -> ScoredPairs:
-        feats, truncated, dropped = encode_pairs(
-            self.tokenizer, pairs, self.max_length, self.chat, self.prompt_floor, self.position
-        )
+        with self._encoding:
+            feats, truncated, dropped = encode_pairs(
+                self.tokenizer, pairs, self.max_length, self.chat, self.prompt_floor, self.position
+            )
         chosen, rejected = self.score_features(feats, progress)
         return ScoredPairs(feats, chosen, rejected, truncated, Counter(r for _, r in dropped))
 
@@ -104,25 +110,23 @@ class RewardScorer:
         self, prompts: Sequence[Any], responses: Sequence[Any]
     ) -> list[tuple[list[int], bool] | None]:
         """Token ids (and whether they were cut) of each prompt + response; None: cannot fit."""
-        encoded = encode_batch(
-            self.tokenizer, prompts, responses, self.chat, self.position, self.max_length
-        )
+        with self._encoding:
+            encoded = encode_batch(
+                self.tokenizer, prompts, responses, self.chat, self.position, self.max_length
+            )
         return [fit_single(e, self.max_length, self.prompt_floor) for e in encoded]
 
     def encode_full_texts(
         self, texts: Sequence[str], prompts: Sequence[str | None]
     ) -> list[tuple[list[int], bool] | None]:
         """As `encode_texts`, for texts that hold prompt and response (see `encode_text`)."""
-        return [
-            fit_single(
-                encode_text(
-                    self.tokenizer, t, self.chat, self.position, p, self.frame, self.max_length
-                ),
-                self.max_length,
-                self.prompt_floor,
-            )
-            for t, p in zip(texts, prompts, strict=True)
-        ]
+        with self._encoding:
+            frame = self.frame  # built on first use, with the tokenizer
+            encoded = [
+                encode_text(self.tokenizer, t, self.chat, self.position, p, frame, self.max_length)
+                for t, p in zip(texts, prompts, strict=True)
+            ]
+        return [fit_single(e, self.max_length, self.prompt_floor) for e in encoded]
 
     def score_ids(self, seqs: Sequence[list[int]], normalize: bool = False) -> np.ndarray:
         """Rewards of token sequences, returned in order."""
