@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from rmtrain.errors import RmtrainError
+from rmtrain.errors import RmtrainError, first_line
 
 REPORT_DIR = "eval_report"  # in a trained model's folder: the held-out evaluation report
 
@@ -170,7 +170,7 @@ def write_failure(exc: BaseException) -> str | None:
     few words; None for any other error."""
     if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
         return f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
-    text = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+    text = first_line(exc, limit=160)
     return text if any(w in text.lower() for w in _NO_ROOM_WORDS) else None
 
 

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from rmtrain.errors import RmtrainError
+from rmtrain.errors import RmtrainError, first_line
 
 SPLIT_WORDS = ("train", "test", "validation", "valid", "dev", "eval", "evaluation")
 
@@ -66,9 +66,8 @@ class ParquetHead:
         try:
             found = sorted(self.fs.glob(f"{root}/**/*.parquet"))
         except Exception as exc:  # noqa: BLE001 - the hub client's network errors vary
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             hint = offline_hint(source) if not local.is_dir() else f"cannot list {root}"
-            raise RmtrainError(f"{hint} [{type(exc).__name__}: {first}]") from None
+            raise RmtrainError(f"{hint} [{type(exc).__name__}: {first_line(exc)}]") from None
         named = [f for f in found if _split_of(f[len(root) :]) == split]
         unnamed = not any(_split_of(f[len(root) :]) for f in found)
         self.files = named or (found if unnamed and split == "train" else [])
@@ -81,9 +80,9 @@ class ParquetHead:
         try:
             self._meta = [pq.ParquetFile(self._open(f)).metadata for f in self.files]
         except Exception as exc:  # noqa: BLE001 - a broken file or a dropped connection
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise RmtrainError(
-                f"cannot read the parquet footers under {root}: {type(exc).__name__}: {first}; "
+                f"cannot read the parquet footers under {root}: {type(exc).__name__}: "
+                f"{first_line(exc)}; "
                 "check the files (or the connection) and retry"
             ) from None
         self.rows_per_file = [m.num_rows for m in self._meta]

@@ -19,7 +19,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from rmtrain.errors import RmtrainError
+from rmtrain.errors import RmtrainError, first_line
 
 DEFAULT_STORE = "mlflow.db"  # MLflow's own default store name, in the working directory
 # Fail fast against an unreachable server (MLflow's defaults retry for minutes); a user's
@@ -80,10 +80,9 @@ def start_wandb_run(run_name: str, params: dict[str, Any]) -> None:
             settings=wandb.Settings(init_timeout=timeout),
         )
     except Exception as exc:  # noqa: BLE001 - wandb's errors, and its network stack's
-        words = str(exc).strip().splitlines()
         raise RmtrainError(
             f"W&B could not start a run (WANDB_MODE={mode}): "
-            f"{words[0] if words else type(exc).__name__}; train with WANDB_MODE=offline "
+            f"{first_line(exc, limit=1000)}; train with WANDB_MODE=offline "
             "(and `wandb sync` later) or --report-to without wandb"
         ) from None
 
