@@ -30,6 +30,9 @@ class Benchmark:
     groups: tuple[str, ...]  # every one of them must be present
     responses: Callable[[dict[str, Any]], list[str]]  # in the order the arithmetic reads them
     score: Callable[[list[dict[str, Any]], list[list[float]]], dict[str, Any]]
+    sections: Callable[[dict[str, Any]], dict[str, dict[str, float]]]  # a chart each
+    row_problem: Callable[[dict[str, Any]], str | None] = lambda row: None  # beyond columns
+    group_of: Callable[[str], str] = lambda value: value  # a group value -> its group
 
 
 def _rb(rows: list[dict[str, Any]], rewards: list[list[float]]) -> dict[str, Any]:
@@ -55,6 +58,20 @@ def _rmb(rows: list[dict[str, Any]], rewards: list[list[float]]) -> dict[str, An
     return arithmetic.rmbench(domains, [x[:3] for x in rewards], [x[3:] for x in rewards])
 
 
+def _rb2_row(row: dict[str, Any]) -> str | None:
+    if not (row["chosen"] and row["rejected"]):
+        return "needs chosen and rejected answers"
+    if row["subset"] == "Ties" and not re.fullmatch(r"(ref|tied):\d+", str(row.get("id", ""))):
+        return f"(Ties) needs an id 'ref:N' or 'tied:N', got {row.get('id')!r}"
+    return None
+
+
+def _rmb_row(row: dict[str, Any]) -> str | None:
+    if not len(row["chosen"]) == len(row["rejected"]) == 3:
+        return "needs 3 chosen and 3 rejected answers"
+    return None
+
+
 BENCHMARKS: dict[str, Benchmark] = {
     "rewardbench": Benchmark(
         hub="allenai/reward-bench",
@@ -65,6 +82,7 @@ BENCHMARKS: dict[str, Benchmark] = {
         groups=tuple(t for tests in arithmetic.SUBSET_MAPPING.values() for t in tests),
         responses=lambda row: [row["chosen"], row["rejected"]],
         score=_rb,
+        sections=lambda r: {"sections": r["sections"], "subsets": r["subsets"]},
     ),
     "rewardbench2": Benchmark(
         hub="allenai/reward-bench-2",
@@ -75,6 +93,8 @@ BENCHMARKS: dict[str, Benchmark] = {
         groups=arithmetic.RB2_SUBSETS,
         responses=lambda row: [*row["chosen"], *row["rejected"]],
         score=_rb2,
+        sections=lambda r: {"subsets": r["subsets"]},
+        row_problem=_rb2_row,
     ),
     "rmbench": Benchmark(
         hub="THU-KEG/RM-Bench",
@@ -85,6 +105,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         groups=arithmetic.RMBENCH_DOMAINS,
         responses=lambda row: [*row["chosen"], *row["rejected"]],
         score=_rmb,
+        sections=lambda r: {
+            "levels": r["levels"],
+            "domains": {d: v["score"] for d, v in r["domains"].items()},
+        },
+        row_problem=_rmb_row,
+        group_of=lambda domain: domain.split("-")[0],  # safety-refuse, safety-response: safety
     ),
 }
 
@@ -95,8 +121,8 @@ def load_benchmark(name: str, data: str | None) -> list[dict[str, Any]]:
     from rmtrain.data.reading import load_rows
 
     bench = _get(name)
-    rows = [dict(r) for r in load_rows(data or bench.hub, bench.split)]
     where = data or bench.hub
+    rows = [dict(r) for r in load_rows(where, bench.split)]
     for i, row in enumerate(rows):
         for col, kind in bench.columns.items():
             if not isinstance(row.get(col), kind):
@@ -104,17 +130,10 @@ def load_benchmark(name: str, data: str | None) -> list[dict[str, Any]]:
                     f"{where}: row {i} has no {kind.__name__} {col!r}: not {name}'s schema "
                     f"(columns {', '.join(bench.columns)})"
                 )
-        if name == "rmbench" and not len(row["chosen"]) == len(row["rejected"]) == 3:
-            raise RmtrainError(f"{where}: row {i} needs 3 chosen and 3 rejected answers")
-        if name == "rewardbench2" and not (row["chosen"] and row["rejected"]):
-            raise RmtrainError(f"{where}: row {i} needs chosen and rejected answers")
-        ties_id = re.fullmatch(r"(ref|tied):\d+", str(row.get("id", "")))
-        if name == "rewardbench2" and row["subset"] == "Ties" and not ties_id:
-            raise RmtrainError(
-                f"{where}: row {i} (Ties) needs an id 'ref:N' or 'tied:N', got {row.get('id')!r}"
-            )
-    present = {str(r[bench.group]).split("-")[0] if name == "rmbench" else r[bench.group]
-               for r in rows}  # fmt: skip
+        problem = bench.row_problem(row)
+        if problem:
+            raise RmtrainError(f"{where}: row {i} {problem}")
+    present = {bench.group_of(str(r[bench.group])) for r in rows}
     missing = [g for g in bench.groups if g not in present]
     if missing:
         raise RmtrainError(
@@ -191,14 +210,7 @@ def write_benchmark_report(result: dict[str, Any], output: Path, model: str) -> 
 
 def section_scores(result: dict[str, Any]) -> dict[str, dict[str, float]]:
     """What each bar chart shows: name -> {bar: accuracy}."""
-    if result["benchmark"] == "rewardbench":
-        return {"sections": result["sections"], "subsets": result["subsets"]}
-    if result["benchmark"] == "rewardbench2":
-        return {"subsets": result["subsets"]}
-    return {
-        "levels": result["levels"],
-        "domains": {d: v["score"] for d, v in result["domains"].items()},
-    }
+    return _get(result["benchmark"]).sections(result)
 
 
 def _markdown(report: dict[str, Any]) -> str:
