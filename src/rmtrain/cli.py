@@ -7,7 +7,6 @@ traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -15,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rmtrain.config import TrainConfig, build_config, config_from_args
+from rmtrain.config import TrainConfig, build_config, config_from_args, given_options
 from rmtrain.errors import Interrupted, RmtrainError
 from rmtrain.flags import add_config_arguments
 from rmtrain.options import (
@@ -95,9 +94,7 @@ def _subcommand(sub: Any, name: str, help_text: str, cls: type, func: Any) -> An
 
 def options_from_args(args: argparse.Namespace) -> Any:
     """The subcommand's typed options from the flags given (defaults for the rest)."""
-    cls = args.options
-    names = {f.name for f in dataclasses.fields(cls)}
-    return build_config({k: v for k, v in vars(args).items() if k in names}, cls)
+    return build_config(given_options(args, args.options), args.options)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -142,12 +139,10 @@ def _cmd_hpo(args: argparse.Namespace) -> int:
 
     flags = args.train_flags
     flags = flags[1:] if flags[:1] == ["--"] else flags
-    given = vars(build_parser().parse_args(["train", *flags]))
-    if given.get("config"):
+    given = build_parser().parse_args(["train", *flags])
+    if given.config:
         raise RmtrainError("the base training config is hpo's own --config, before the --")
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    overrides = {k: v for k, v in given.items() if k in names}
-    run_hpo(options_from_args(args), worker=args.worker, overrides=overrides)
+    run_hpo(options_from_args(args), worker=args.worker, overrides=given_options(given))
     return 0
 
 

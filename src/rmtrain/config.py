@@ -462,9 +462,14 @@ def config_from_args(args: argparse.Namespace, cls: type = TrainConfig) -> Any:
     config_path = getattr(args, "config", None)
     if config_path:
         values.update(load_yaml(config_path))
-    names = {f.name for f in dataclasses.fields(cls)}  # the parser's own entries left out
-    values.update({k: v for k, v in vars(args).items() if k in names})
+    values.update(given_options(args, cls))
     return build_config(values, cls)
+
+
+def given_options(args: argparse.Namespace, cls: type = TrainConfig) -> dict[str, Any]:
+    """The options of `cls` given as flags (the parser's own entries left out)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
