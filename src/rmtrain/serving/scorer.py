@@ -158,12 +158,12 @@ class RewardScorer:
         return (rewards - self.reward_mean) / self.reward_std
 
 
-def _saved_stat(folder: Path, key: str) -> float | None:
-    """A held-out statistic from the folder's metrics.json (None without one)."""
+def _held_out(folder: Path) -> dict[str, Any]:
+    """The held-out metrics of the folder's metrics.json (empty without one)."""
     metrics = folder / "metrics.json"
     if not metrics.is_file():
-        return None
-    return json.loads(metrics.read_text()).get("metrics", {}).get(key)
+        return {}
+    return json.loads(metrics.read_text()).get("metrics", {})
 
 
 def _settings_from_yaml(folder: Path) -> dict[str, Any]:
@@ -228,10 +228,8 @@ def load_scorer(
     # an adapter folder's config is its base's (which may be another reward model): its own
     # held-out statistics are in its metrics.json
     keys = ("reward_mean", "reward_std")
-    if adapter:
-        mean, std = (_saved_stat(path, k) for k in keys)
-    else:
-        mean, std = (getattr(model.config, k, None) for k in keys)
+    held_out = _held_out(path) if adapter else {}
+    mean, std = (held_out.get(k) if adapter else getattr(model.config, k, None) for k in keys)
     return RewardScorer(
         model=model,
         tokenizer=tok,
