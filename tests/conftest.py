@@ -75,7 +75,7 @@ def trained(tmp_path_factory):
 _REAL_DATA_SKIPS: list[str] = []
 
 
-def pytest_collection_modifyitems(session, config, items):
+def pytest_collection_modifyitems(items):
     """Files holding a slow test first (file order kept otherwise): with a file per worker
     (`make test`: --dist loadfile --no-loadscope-reorder) the long files start early and the
     short ones fill in, so the workers finish together."""

@@ -137,6 +137,31 @@ def assert_trains_the_same(results: list, folders: list, loss_tol=1e-5, weight_t
     assert moved > 10 * loss_tol, "the runs did not train: losses did not move"
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rmtrain_process(args: list[str], setup: Any = None) -> subprocess.Popen:
+    """`python -m rmtrain ARGS` in its own process, as a terminal starts it (one thread, the
+    hub offline, SIGINT back to its default: a test worker may ignore it, and a child inherits
+    that); stderr piped. `setup` runs in the child before it starts (e.g. a resource limit)."""
+
+    def child() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if setup is not None:
+            setup()
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "rmtrain", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=child,
+    )
+
+
 @contextlib.contextmanager
 def live_serve(model_dir: Any, *flags: str, env: dict[str, str] | None = None) -> Any:
     """`rmtrain serve` as a user runs it, on a free port; yields its URL, killed by its pid."""

@@ -299,7 +299,7 @@ def test_card_flag_writes_only_into_a_folder_rmtrain_trained(trained, tmp_path, 
 
     model, _ = trained
     folder = tmp_path / "rm"
-    shutil.copytree(model, folder)  # the session's model stays as it is
+    shutil.copytree(model, folder)  # the shared trained model stays as it is
     data = write(tmp_path / "rmb.jsonl", rmb_rows())
     args = ["eval", "--model", str(folder), "--benchmark", "rmbench", "--benchmark-data", str(data)]
     assert main([*args, "--output", str(tmp_path / "r1"), "--card", "true"]) == 0

@@ -1,10 +1,7 @@
 """Resume after a crash, atomic checkpoints, data validation and numeric guards."""
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,9 +15,8 @@ from rmtrain.data.builtin import demo_rows
 from rmtrain.errors import RmtrainError
 from rmtrain.training.checkpoints import RUN_FILE
 from rmtrain.training.recipe import run_train
-from tests.helpers import count_calls, tiny_train_args, write_demo
+from tests.helpers import count_calls, rmtrain_process, tiny_train_args, write_demo
 
-ROOT = Path(__file__).resolve().parents[2]
 EVAL_KEYS = ("win_rate", "kendall_tau", "loss", "reward_mean", "reward_std", "margin_mean")
 
 
@@ -32,19 +28,6 @@ def data_file(tmp_path_factory):
 def train_args(data, out, *extra):
     steps = ["--lr", "1e-3", "--max-steps", "8", "--save-steps", "2", "--seed", "7"]
     return tiny_train_args(data, out, *steps, "--logging-steps", "1", *extra)
-
-
-def cli(args, **kw):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "rmtrain", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
-    )
 
 
 def same_model(a: Path, b: Path) -> None:
@@ -65,7 +48,7 @@ SEVERAL += ("--max-steps", "-1", "--epochs", "2")
 def _killed_after(args: list[str], seal: Path) -> None:
     """Run `rmtrain` and SIGKILL it once `seal` exists: that checkpoint is written whole, and
     the kill lands somewhere in the steps after it."""
-    proc = cli(args)
+    proc = rmtrain_process(args)
     deadline = time.time() + 300
     while not seal.exists():
         assert proc.poll() is None and time.time() < deadline, "run ended before the kill"
@@ -79,7 +62,7 @@ def test_sigkill_then_resume_equals_uninterrupted(data_file, tmp_path):
     """A grouped, accumulating two-epoch run killed after checkpoint 2 (epoch 1) and, resumed,
     killed again after checkpoint 6 (epoch 2): the end equals an uninterrupted run."""
     kills, extra = (2, 6), SEVERAL
-    ref = cli(train_args(data_file, tmp_path / "ref", *extra))
+    ref = rmtrain_process(train_args(data_file, tmp_path / "ref", *extra))
     assert ref.wait(300) == 0, ref.stderr.read()
     steps = json.loads((tmp_path / "ref" / "metrics.json").read_text())["metrics"]["train_steps"]
     assert steps == 8
@@ -88,7 +71,7 @@ def test_sigkill_then_resume_equals_uninterrupted(data_file, tmp_path):
         args = train_args(data_file, out, *extra, *(["--resume"] if i else []))
         _killed_after(args, out / "checkpoints" / f"checkpoint-{step}" / RUN_FILE)
         assert not (out / "config.json").exists()  # no finished model after the kill
-    resumed = cli(train_args(data_file, out, *extra, "--resume"))
+    resumed = rmtrain_process(train_args(data_file, out, *extra, "--resume"))
     assert resumed.wait(300) == 0, resumed.stderr.read()
     same_model(tmp_path / "ref", out)
 

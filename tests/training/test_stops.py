@@ -2,22 +2,18 @@
 start, weights that cannot be loaded safely) ends in one line that says how to go on, and
 leaves nothing half-written behind."""
 
-import os
 import re
 import resource
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from rmtrain.cli import main
 from rmtrain.training.checkpoints import RUN_FILE
-from tests.helpers import tiny_train_args, write_demo
+from tests.helpers import rmtrain_process, tiny_train_args, write_demo
 
-ROOT = Path(__file__).resolve().parents[2]
 WEIGHTS_LIMIT = 20 * 2**20  # below the tiny model's 39 MB of weights, above every other file
 
 
@@ -28,22 +24,9 @@ def data_file(tmp_path_factory):
 
 def _cli(args: list[str], file_limit: int | None = None) -> subprocess.Popen:
     def limit() -> None:
-        # a test worker may ignore SIGINT (xdist's do), and a child inherits that: as a
-        # terminal's child, the run gets Ctrl-C
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        if file_limit:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "rmtrain", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=limit,
-    )
+    return rmtrain_process(args, limit if file_limit else None)
 
 
 def _one_line(err: str) -> str:
