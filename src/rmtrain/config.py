@@ -26,7 +26,8 @@ def option(default: Any, help: str, run: bool = False, **extra: Any) -> Any:
     """A dataclass field: everything about an option is declared here. `help` feeds the CLI;
     `group` (TrainConfig) its heading in `--help`, YAML and the saved config; `choices`, `low`,
     `high`, `above` the checks run before any work; `run`: a checkpoint belongs to the run only
-    while this option is unchanged (`--resume` refuses another value)."""
+    while this option is unchanged (`--resume` refuses another value); `trainer`: the reward
+    trainer reads it (a `RewardTrainingArguments` field of the same name)."""
     extra = {**extra, "run": True} if run else extra
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
@@ -165,7 +166,11 @@ class TrainConfig:
         ["mlflow", "wandb"], "Trackers: any of mlflow, wandb, or none.", nargs="+", group="tracking"
     )
     warmup_ratio: float = option(
-        0.0, "Share of steps with linear learning-rate warmup.", run=True, group="training"
+        0.0,
+        "Share of steps with linear learning-rate warmup.",
+        run=True,
+        group="training",
+        trainer=True,
     )
     lr_scheduler: str = option(
         "linear",
@@ -182,6 +187,7 @@ class TrainConfig:
         above=0,
         high=1e6,
         group="training",
+        trainer=True,
     )
     weight_decay: float = option(0.0, "AdamW weight decay.", run=True, group="training")
     max_grad_norm: float = option(
@@ -219,12 +225,14 @@ class TrainConfig:
         choices=tuple(LOSSES),
         run=True,
         group="training",
+        trainer=True,
     )
     center_rewards_coef: float = option(
         0.0,
         "Weight of the reward-centering term mean((r_c + r_r)^2); 0 turns it off.",
         run=True,
         group="training",
+        trainer=True,
     )
     lm_loss_coef: float = option(
         0.0,
@@ -232,6 +240,7 @@ class TrainConfig:
         "et al. 2024); 0 turns it off. The saved model stays sequence classification.",
         run=True,
         group="training",
+        trainer=True,
     )
     margin_column: str = option(
         "margin", "Optional per-row margin column used when present.", run=True, group="data"

@@ -78,3 +78,30 @@ def test_prompt_grouped_sampler_keeps_a_prompts_pairs_together():
         sampler.set_epoch(epoch)
         orders.add(tuple(sampler))
     assert len(orders) > 1  # reshuffled per epoch
+
+
+def test_options_the_trainer_reads_are_declared_once_and_reach_its_arguments(tmp_path):
+    """A `TrainConfig` option marked `trainer=True` is a `RewardTrainingArguments` field of the
+    same name and default, and `rmtrain train`'s arguments carry the value it was given."""
+    import dataclasses
+
+    from rmtrain.config import TrainConfig
+    from rmtrain.training.arguments import RewardTrainingArguments
+    from rmtrain.training.settings import training_arguments
+
+    marked = {f.name: f for f in dataclasses.fields(TrainConfig) if f.metadata.get("trainer")}
+    assert set(marked) == {
+        "warmup_ratio", "head_lr_multiplier", "loss", "center_rewards_coef", "lm_loss_coef"
+    }  # fmt: skip
+    fields = {f.name: f for f in dataclasses.fields(RewardTrainingArguments)}
+    assert set(RewardTrainingArguments.reward_options()) == {
+        *marked, "group_by_prompt", "fold_clipping"
+    }  # fmt: skip
+    for name, f in marked.items():
+        assert fields[name].default == f.default and fields[name].type == f.type, name
+    given = {"warmup_ratio": 0.25, "head_lr_multiplier": 3.0, "loss": "hinge",
+             "center_rewards_coef": 0.01, "lm_loss_coef": 0.5}  # fmt: skip
+    cfg = TrainConfig(model="builtin:tiny-qwen3", dataset=["builtin:demo"], **given)
+    args = training_arguments(cfg, tmp_path, report_to=[])
+    assert {name: getattr(args, name) for name in given} == given
+    assert args.get_warmup_steps(10) == 3  # ceil(0.25 x 10)

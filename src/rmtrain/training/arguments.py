@@ -1,5 +1,9 @@
 """`RewardTrainingArguments`: transformers' `TrainingArguments` plus what the reward trainer
-reads, one object for the trainer, its scheduler and its metrics (as TRL's `RewardConfig`)."""
+reads, one object for the trainer, its scheduler and its metrics (as TRL's `RewardConfig`).
+
+The options the trainer reads are declared once, in `TrainConfig`, with `trainer=True`: each
+becomes a field here with the same name, type, default and help, and `rmtrain train` fills it.
+A new such option is its `TrainConfig` field and the line of the trainer that reads it."""
 
 from __future__ import annotations
 
@@ -9,22 +13,25 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from rmtrain.config import TrainConfig
+
+
+def _trainer_options() -> list[tuple[str, str, dataclasses.Field]]:
+    """`TrainConfig`'s options marked `trainer=True`, as dataclass fields."""
+    return [
+        (f.name, f.type, field(default=f.default, metadata={"help": f.metadata["help"]}))
+        for f in dataclasses.fields(TrainConfig)
+        if f.metadata.get("trainer")
+    ]
+
+
+_TrainerOptions = dataclasses.make_dataclass(
+    "_TrainerOptions", _trainer_options(), bases=(TrainingArguments,)
+)
+
 
 @dataclass
-class RewardTrainingArguments(TrainingArguments):
-    loss: str = field(default="bt", metadata={"help": "pairwise loss (`modeling.losses`)"})
-    center_rewards_coef: float = field(
-        default=0.0, metadata={"help": "weight of mean((r_c + r_r)^2): rewards centred on 0"}
-    )
-    lm_loss_coef: float = field(
-        default=0.0, metadata={"help": "weight of a causal LM loss on the chosen responses"}
-    )
-    head_lr_multiplier: float = field(
-        default=1.0, metadata={"help": "the value head's learning rate over the body's"}
-    )
-    warmup_ratio: float = field(
-        default=0.0, metadata={"help": "warmup as a share of the run's steps (1.0: all)"}
-    )
+class RewardTrainingArguments(_TrainerOptions):
     group_by_prompt: bool = field(
         default=False, metadata={"help": "a prompt's pairs in the same steps (prefix trees)"}
     )
