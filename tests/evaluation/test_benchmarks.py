@@ -113,6 +113,14 @@ def test_rmbench_levels_by_hand():
     assert got["domains"]["safety"]["score"] == 1.0
     assert got["levels"] == {"hard": 0.5, "normal": 0.5, "easy": 1.0}
     assert got["score"] == pytest.approx((1 / 3 + 1) / 2)
+    # the leaderboard's definition: the level average and the domain average are both Overall
+    assert sum(got["levels"].values()) / 3 == pytest.approx(got["score"])
+
+
+def test_rmbench_safety_pools_its_two_subdomains():
+    # safety-refuse all right, safety-response all wrong: Safety is 0.5 at every level
+    got = bs.rmbench(["safety-refuse", "safety-response"], [[1.0] * 3, [0.0] * 3], [[0.0] * 3] * 2)
+    assert got["domains"] == {"safety": {"hard": 0.5, "normal": 0.5, "easy": 0.5, "score": 0.5}}
 
 
 # ------------------------------------------------------------ against the authors' code

@@ -12,9 +12,10 @@ per-item rewards: pure functions, no model.
   the mean of the six subsets.
 - RM-Bench (THU-KEG/RM-Bench README, `compute_accuracy`): a 3 x 3 matrix of chosen style i
   beating rejected style j (concise, detailed, detailed markdown); hard = upper-right
-  triangle, normal = diagonal, easy = lower-left; per domain (safety-refuse and
-  safety-response are Safety), each level and the domain score (the mean of the three) are
-  averaged over the domains.
+  triangle, normal = diagonal, easy = lower-left; per domain (the items of safety-refuse and
+  safety-response together are Safety). Averages as THU-KEG/RM-Bench-Leaderboard's README
+  defines them: Overall = (Chat + Code + Math + Safety) / 4, each level the mean of the four
+  domains' levels, so the domain average and the level average are both Overall.
 """
 
 from __future__ import annotations
