@@ -16,10 +16,11 @@ import yaml
 
 from rmtrain.coerce import coerce_all
 from rmtrain.config_checks import check_ranges, value_problems
+from rmtrain.data.augment import AUGMENTATIONS
 from rmtrain.data.layout import REWARD_POSITIONS
 from rmtrain.data.splits import ORIGINAL_DATASET
 from rmtrain.errors import RmtrainError
-from rmtrain.modeling.losses import LOSSES
+from rmtrain.modeling.losses import LOSSES, loss_formula
 
 
 def option(default: Any, help: str, run: bool = False, **extra: Any) -> Any:
@@ -195,10 +196,9 @@ class TrainConfig:
     )
     augment: str | None = option(
         None,
-        "Augmentations that add training pairs, comma-separated (or all): relevance (another "
-        "prompt's answer loses), truncation (an answer cut off loses), filler (appended "
-        "content-free or repeated text does not win), whitespace and layout (ties: the same "
-        "answer re-spaced or re-laid-out scores the same). Never in the held-out split.",
+        "Augmentations that add training pairs, comma-separated (or all): "
+        + "; ".join(f"{a.name} ({a.doc})" for a in AUGMENTATIONS.values())
+        + ". Never in the held-out split.",
         run=True,
         group="training",
     )
@@ -220,8 +220,9 @@ class TrainConfig:
     )
     loss: str = option(
         "bt",
-        "Pairwise loss: bt (Bradley-Terry, -log sigmoid(r_c - r_r)) or hinge (max(0, 1 - "
-        "(r_c - r_r))); see rmtrain.modeling.losses.",
+        "Pairwise loss of d = r_c - r_r - margin: "
+        + "; ".join(f"{name} ({loss_formula(name)})" for name in LOSSES)
+        + "; see rmtrain.modeling.losses.",
         choices=tuple(LOSSES),
         run=True,
         group="training",

@@ -93,3 +93,21 @@ def test_length_terms_by_hand():
     r = pearson(torch.tensor([1.0, 2.0, 4.0]), torch.tensor([1.0, 3.0, 2.0]))
     assert r.item() == pytest.approx(0.327327, abs=1e-6)
     assert pearson(torch.ones(3), lengths[:3]).item() == 0.0  # constant: no correlation
+
+
+def test_the_options_help_lists_every_registered_loss_and_augmentation():
+    """`--loss` and `--augment` describe themselves from their registries: a new loss or
+    augmentation appears in `--help` and docs/options.md without another edit."""
+    import dataclasses
+
+    from rmtrain.config import TrainConfig
+    from rmtrain.data.augment import AUGMENTATIONS
+    from rmtrain.modeling.losses import LOSSES, loss_formula
+
+    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}
+    assert loss_formula("bt") == "-log sigmoid(d)" and loss_formula("hinge") == "max(0, 1 - d)"
+    assert "bt (-log sigmoid(d)); hinge (max(0, 1 - d))" in helps["loss"]
+    for name in LOSSES:
+        assert f"{name} ({loss_formula(name)})" in helps["loss"]
+    for name, aug in AUGMENTATIONS.items():
+        assert f"{name} ({aug.doc})" in helps["augment"]

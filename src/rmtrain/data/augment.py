@@ -133,7 +133,7 @@ def _filler(pair: Pair, pool: Sequence[Pair], rng: random.Random) -> list[Pair]:
 _EDGES = ("", " ", "\n", "\t", "  \n", "\n\n", " \n \n", "\r\n")
 
 
-@augmentation("whitespace", "whitespace at the edges of the answer changes nothing (a tie)")
+@augmentation("whitespace", "a tie: whitespace at the edges of the answer changes nothing")
 def _whitespace(pair: Pair, pool: Sequence[Pair], rng: random.Random) -> list[Pair]:
     text = text_of(pair.chosen)
     lead, trail = rng.choice(_EDGES[:4]), rng.choice(_EDGES[1:])
@@ -153,7 +153,7 @@ def _relayout(sentences: list[str], rng: random.Random) -> str:
     return f"### {head}\n" + " ".join(rest) if rest else f"### {head}"
 
 
-@augmentation("layout", "the same sentences laid out as a list or paragraphs change nothing")
+@augmentation("layout", "a tie: the same sentences laid out as a list or paragraphs change nothing")
 def _layout(pair: Pair, pool: Sequence[Pair], rng: random.Random) -> list[Pair]:
     sentences = [s.strip() for s in _SENTENCE_END.split(text_of(pair.chosen).strip()) if s]
     if len(sentences) < 2:

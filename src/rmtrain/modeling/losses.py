@@ -35,6 +35,11 @@ def hinge(diff: torch.Tensor) -> torch.Tensor:
     return F.relu(1.0 - diff)
 
 
+def loss_formula(name: str) -> str:
+    """The formula a registered loss's docstring opens with (before its first colon)."""
+    return (LOSSES[name].__doc__ or name).split(":")[0].strip()
+
+
 def pairwise_loss(
     chosen: torch.Tensor,
     rejected: torch.Tensor,
