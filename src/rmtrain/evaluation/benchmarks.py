@@ -72,6 +72,9 @@ def _rmb_row(row: dict[str, Any]) -> str | None:
     return None
 
 
+# Hub names and splits as the authors' code loads them: rewardbench 0.1.4 `utils.py`
+# (`load_dataset(CORE_EVAL_SET, split="filtered")`, `load_dataset(CORE_EVAL_SET_V2,
+# split="test")`); RM-Bench's hub copy is one `total_dataset.json`, read as split "train".
 BENCHMARKS: dict[str, Benchmark] = {
     "rewardbench": Benchmark(
         hub="allenai/reward-bench",
@@ -99,7 +102,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     "rmbench": Benchmark(
         hub="THU-KEG/RM-Bench",
         split="train",
-        version="RM-Bench (3 x 3 style matrix as its README's compute_accuracy)",
+        version="RM-Bench (3 x 3 style matrix as its README's compute_accuracy; averages as "
+        "its leaderboard)",
         columns={"prompt": str, "chosen": list, "rejected": list, "domain": str},
         group="domain",
         groups=arithmetic.RMBENCH_DOMAINS,
