@@ -4,13 +4,15 @@ the quality benchmark's splits, side by side in one run.
     python benchmarks/quality_data.py                          # the splits (once)
     python benchmarks/robust.py --set hh --variants plain augment
     python benchmarks/robust.py --set se --variants plain augment relevance
+    python benchmarks/robust.py --set hh --variants warm          # after plain
 
 Each variant trains SmolLM2-135M with the recipe's settings (`RECIPES`, the settings of the
 quality benchmark's searched runs) plus its own options, through the quality benchmark's worker
 (`quality.py`: same pairs, same validation part, same seed). Augmented variants keep the
 original pairs per step of the plain run: the batch grows by the share of pairs the
 augmentations add (the added pairs share their source pair's prompt in the prefix tree), so the
-step count is the plain run's. Every model is then scored on both test sets (in-domain and
+step count is the plain run's. `warm` averages the plain run's model with models of the same
+recipe trained with other seeds (`WARM_SEEDS`; `rmtrain average`). Every model is then scored on both test sets (in-domain and
 cross-domain win rate with a Wilson interval, both length baselines), and `rmtrain eval
 --robustness` on its own set's test pairs gives every probe and the length numbers
 (reward-length Spearman, win rate when the chosen answer is the shorter / the longer,
@@ -56,7 +58,9 @@ VARIANTS: dict[str, list[str]] = {
     "length_head": ["--length-head"],
     "augment_length_head": ["--augment", "all", "--augment-rate", str(AUGMENT_RATE),
                             "--length-head"],
+    "warm": [],  # the plain model averaged with models of other seeds (`train_warm`)
 }  # fmt: skip
+WARM_SEEDS = (1,)
 PROBE_KEYS = ("mean_change", "mean_change_ci95", "share_higher", "flags")
 
 
@@ -89,14 +93,12 @@ def probe_sample(name: str, n: int | None) -> Path:
     return file
 
 
-def run_variant(
-    name: str, variant: str, settings: dict[str, Any], args: argparse.Namespace
-) -> dict[str, Any]:
-    extra = VARIANTS[variant]
+def _spec(name: str, variant: str, settings: dict[str, Any], extra: list[str]) -> dict[str, Any]:
     share = added_share(name, extra, settings)
-    spec = {
+    return {
         **settings,
         "batch": round(settings["batch"] * (1 + share)),
+        "added_share": share,
         "eval_every": 10,
         "tool": "rmtrain",
         "set": name,
@@ -106,17 +108,48 @@ def run_variant(
         "extra": extra,
         "steps": None,
     }
-    result = _run(spec)
+
+
+def train_warm(name: str, settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """WARM: the plain run's model and one more per seed in `WARM_SEEDS` (same recipe, another
+    seed: its own initialisation, order and validation part), averaged by `rmtrain average`."""
+    from rmtrain.cli import main as rmtrain
+
+    plain = WORK / f"robust_{name}_plain"
+    if not (plain / "model.safetensors").is_file():
+        raise SystemExit(
+            f"warm averages with the plain model: run --variants plain first ({plain})"
+        )
+    spec = _spec(name, "warm", settings, [])
+    members, seconds = [plain], 0.0
+    for seed in WARM_SEEDS:
+        member = {**spec, "out": f"{spec['out']}_seed{seed}", "extra": ["--seed", str(seed)]}
+        seconds += _run(member)["train_seconds"]
+        members.append(Path(member["out"]))
+    if rmtrain(["average", spec["out"], *map(str, members), "--overwrite"]) != 0:
+        raise SystemExit("rmtrain average failed")
+    result = {"train_seconds": seconds, "steps": None, "members": [m.name for m in members]}
+    return spec, result
+
+
+def run_variant(
+    name: str, variant: str, settings: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    if variant == "warm":
+        spec, result = train_warm(name, settings)
+    else:
+        spec = _spec(name, variant, settings, VARIANTS[variant])
+        result = _run(spec)
     other = "se" if name == "hh" else "hh"
     result["eval"] = evaluate(spec["out"], [name, other] if args.cross_domain else [name])
     sample = probe_sample(name, args.probe_pairs)
     section = probe(Path(spec["out"]), sample, WORK / f"robust_{name}_{variant}_eval", args.probes)
     return {
         "variant": variant,
-        "options": extra,
+        "options": spec["extra"],
         "probe_pairs": section["counts"]["scored_pairs"],
         "batch": spec["batch"],
-        "added_pairs_per_pair": share,
+        "added_pairs_per_pair": spec["added_share"],
         **result,
         "length": section["length"],
         "probes": {k: {f: v[f] for f in PROBE_KEYS} for k, v in section["robustness"].items()},
@@ -141,7 +174,7 @@ def markdown(record: dict[str, Any]) -> str:
             f"{ln['length_controlled_win_rate']:.3f}",
             f"{ln['reward_length_spearman']:+.3f}",
             f"{run['train_seconds']:.0f}",
-            str(run["steps"]),
+            str(run["steps"] or f"{len(run['members'])} x"),
         ]
         for p in probes:
             lo, hi = run["probes"][p]["mean_change_ci95"]
