@@ -12,8 +12,9 @@ quality benchmark's searched runs) plus its own options, through the quality ben
 original pairs per step of the plain run: the batch grows by the share of pairs the
 augmentations add (the added pairs share their source pair's prompt in the prefix tree), so the
 step count is the plain run's. `warm` averages the plain run's model with models of the same
-recipe trained with other seeds (`WARM_SEEDS`; `rmtrain average`). Every model is then scored on both test sets (in-domain and
-cross-domain win rate with a Wilson interval, both length baselines), and `rmtrain eval
+recipe trained with other seeds (`WARM_SEEDS`; `rmtrain average`). Every model is then scored
+on both test sets (in-domain and cross-domain win rate with a Wilson interval, both length
+baselines), and `rmtrain eval
 --robustness` on its own set's test pairs gives every probe and the length numbers
 (reward-length Spearman, win rate when the chosen answer is the shorter / the longer,
 length-controlled win rate). Results: benchmarks/results/robust_<set>.json and .md, written
