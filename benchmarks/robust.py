@@ -14,11 +14,10 @@ augmentations add (the added pairs share their source pair's prompt in the prefi
 step count is the plain run's. `warm` averages the plain run's model with models of the same
 recipe trained with other seeds (`WARM_SEEDS`; `rmtrain average`). Every model is then scored
 on both test sets (in-domain and cross-domain win rate with a Wilson interval, both length
-baselines), and `rmtrain eval
---robustness` on its own set's test pairs gives every probe and the length numbers
-(reward-length Spearman, win rate when the chosen answer is the shorter / the longer,
-length-controlled win rate). Results: benchmarks/results/robust_<set>.json and .md, written
-after every variant.
+baselines), and `rmtrain eval --robustness` on its own set's test pairs gives every probe and
+the length numbers (reward-length Spearman, win rate when the chosen answer is the shorter /
+the longer, length-controlled win rate). Results: benchmarks/results/robust_<set>.json and
+.md, written after every variant.
 """
 
 from __future__ import annotations
@@ -48,8 +47,8 @@ AUGMENT_RATE = 0.25
 VARIANTS: dict[str, list[str]] = {
     "plain": [],
     "augment": ["--augment", "all", "--augment-rate", str(AUGMENT_RATE)],
-    # the rewrites aimed at what a longer-is-better set pays for (no truncation), at a rate
-    # whose added tokens keep a step within 1.5x the plain one's time (robust_cost.py)
+    # the rewrites aimed at what a longer-is-better set pays for (no truncation), at a lower
+    # rate: fewer added tokens per step (its cost per step: robust_cost.py)
     "augment_light": ["--augment", "relevance,filler,layout,whitespace", "--augment-rate",
                       "0.1"],
     "relevance": ["--augment", "relevance", "--augment-rate", str(AUGMENT_RATE)],
@@ -94,7 +93,11 @@ def probe_sample(name: str, n: int | None) -> Path:
     return file
 
 
-def _spec(name: str, variant: str, settings: dict[str, Any], extra: list[str]) -> dict[str, Any]:
+def variant_spec(
+    name: str, variant: str, settings: dict[str, Any], extra: list[str]
+) -> dict[str, Any]:
+    """The quality worker's spec for one variant: the recipe, the batch grown by the share of
+    pairs its augmentations add, its options."""
     share = added_share(name, extra, settings)
     return {
         **settings,
@@ -121,7 +124,7 @@ def train_warm(name: str, settings: dict[str, Any]) -> tuple[dict[str, Any], dic
         raise SystemExit(
             f"warm averages with the plain model: run --variants plain first ({plain})"
         )
-    spec = _spec(name, "warm", settings, [])
+    spec = variant_spec(name, "warm", settings, [])
     members, seconds = [plain], 0.0
     for seed in WARM_SEEDS:
         member = {**spec, "out": f"{spec['out']}_seed{seed}", "extra": ["--seed", str(seed)]}
@@ -139,7 +142,7 @@ def run_variant(
     if variant == "warm":
         spec, result = train_warm(name, settings)
     else:
-        spec = _spec(name, variant, settings, VARIANTS[variant])
+        spec = variant_spec(name, variant, settings, VARIANTS[variant])
         result = _run(spec)
     other = "se" if name == "hh" else "hh"
     result["eval"] = evaluate(spec["out"], [name, other] if args.cross_domain else [name])

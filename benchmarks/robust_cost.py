@@ -23,21 +23,17 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import model_id, setup_record  # noqa: E402
+from harness import setup_record  # noqa: E402
 from quality import RESULTS, WORK, _run  # noqa: E402
-from quality_data import DATA, path  # noqa: E402
-from robust import RECIPES, VARIANTS, added_share  # noqa: E402
+from quality_data import DATA  # noqa: E402
+from robust import RECIPES, VARIANTS, variant_spec  # noqa: E402
 
 
 def time_variant(name: str, variant: str, steps: int) -> dict[str, Any]:
-    settings = RECIPES[name]
     extra = [*VARIANTS[variant], "--max-steps", str(steps)]
-    share = added_share(name, extra, settings)
-    out = WORK / f"cost_{name}_{variant}"
-    spec = {**settings, "batch": round(settings["batch"] * (1 + share)), "eval_every": 0,
-            "tool": "rmtrain", "set": f"cost_{name}", "model": model_id("smollm2"),
-            "train_file": str(path(name, "train")), "out": str(out), "extra": extra,
-            "steps": steps}  # fmt: skip
+    spec = {**variant_spec(name, variant, RECIPES[name], extra), "eval_every": 0, "steps": steps,
+            "set": f"cost_{name}", "out": str(WORK / f"cost_{name}_{variant}")}  # fmt: skip
+    out = Path(spec["out"])
     result = _run(spec)
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     return {

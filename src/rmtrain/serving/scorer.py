@@ -228,8 +228,8 @@ def load_scorer(
     # an adapter folder's config is its base's (which may be another reward model): its own
     # held-out statistics are in its metrics.json
     keys = ("reward_mean", "reward_std")
-    held_out = _held_out(path) if adapter else {}
-    mean, std = (held_out.get(k) if adapter else getattr(model.config, k, None) for k in keys)
+    stats = _held_out(path) if adapter else {k: getattr(model.config, k, None) for k in keys}
+    mean, std = (stats.get(k) for k in keys)
     return RewardScorer(
         model=model,
         tokenizer=tok,
