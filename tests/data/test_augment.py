@@ -63,15 +63,27 @@ def test_truncation_cuts_the_answer_at_a_word_end():
     assert rewrite("truncation", pair=short) == []
 
 
-def test_filler_appends_repetition_or_content_free_text():
-    # random 0.3 < 0.5: repeat sentences from index 1, randint 2 of them, joined by "\n\n"
-    (new,) = rewrite("filler", floats=[0.3], ints=[1, 2], picks=[2])
-    assert new.rejected == ANSWER + "\n\nThen add the pasta and stir. Drain it after ten minutes."
-    # random 0.9: generic text, lead 0, subject 1, verb 2, object 3; 0.1 < 0.4: one sentence
-    (generic,) = rewrite("filler", floats=[0.9, 0.1], picks=[0, 1, 2, 3, 0])
+def test_filler_inserts_repetition_or_content_free_text_after_an_early_sentence():
+    # ANSWER has 3 sentences: the places are after the 1st, after the 2nd, or the end.
+    # randint 2: after "stir."; random 0.3 < 0.5: repeat the sentences said so far, from index 1
+    # (randrange), randint 2 of them (one is left), joined by "\n\n" (pick 2)
+    (new,) = rewrite("filler", floats=[0.3], ints=[2, 1, 2], picks=[2])
+    assert new.rejected == (
+        "Boil the water first. Then add the pasta and stir.\n\nThen add the pasta and stir."
+        " Drain it after ten minutes."
+    )
+    # randint 3: at the end; random 0.9: generic text, lead 0, subject 1, verb 2, object 3;
+    # 0.1 < 0.4: one sentence; separator pick 0 (a space)
+    (generic,) = rewrite("filler", floats=[0.9, 0.1], ints=[3], picks=[0, 1, 2, 3, 0])
     assert generic.rejected == (
         ANSWER + " Overall, the point above is shaped by the situation at hand."
     )
+    # a long answer: never later than after its third sentence, so a right cut keeps it
+    long = Pair("q", " ".join(f"Step {i} is done." for i in range(40)), "no", "g4", 3)
+    rng = random.Random(0)
+    for _ in range(50):
+        (padded,) = AUGMENTATIONS["filler"].rewrite(long, [long], rng)
+        assert padded.rejected.endswith(long.chosen.split("Step 3 is done.")[1])
 
 
 def test_whitespace_and_layout_are_ties_in_both_orders():

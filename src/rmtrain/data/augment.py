@@ -7,7 +7,7 @@ pairs) returning the pairs it adds, or none where it does not apply:
     def _name(pair, pool, rng): ...
 
 Two kinds of pairs come out: *preferences* (the first response must win: another prompt's
-answer, an answer cut off mid-way, an answer with content-free text appended all lose to the
+answer, an answer cut off mid-way, an answer with content-free text inserted all lose to the
 answer) and *ties* (the same answer with other whitespace or layout): a tie is added in both
 orders, so the Bradley-Terry loss of the two is smallest when the rewards are equal. Pairs keep
 the source pair's prompt (and group): they land beside it in training and share its prompt in
@@ -117,17 +117,22 @@ def _truncation(pair: Pair, pool: Sequence[Pair], rng: random.Random) -> list[Pa
     return [_pair(pair, pair.chosen, with_text(pair.chosen, text[:cut]), "truncation")]
 
 
-@augmentation("filler", "content-free text or a repeated part appended does not win")
+@augmentation("filler", "content-free text or a repeated part inserted does not win")
 def _filler(pair: Pair, pool: Sequence[Pair], rng: random.Random) -> list[Pair]:
     text = text_of(pair.chosen).rstrip()
-    parts = [s for s in _SENTENCE_END.split(text) if s]
-    if rng.random() < 0.5 and parts:
-        start = rng.randrange(len(parts))
-        extra = " ".join(parts[start : start + rng.randint(1, 3)])
+    # After one of the first three sentences (the end of a shorter answer): inside what a right
+    # cut at --max-length keeps, where text appended to a long answer would never be seen.
+    ends = ([m.start() for m in _SENTENCE_END.finditer(text)] + [len(text)])[:3]
+    at = ends[rng.randint(1, len(ends)) - 1]
+    said = [s for s in _SENTENCE_END.split(text[:at]) if s]
+    if rng.random() < 0.5 and said:
+        start = rng.randrange(len(said))
+        extra = " ".join(said[start : start + rng.randint(1, 3)])
     else:
         extra = generic_text(rng)
     sep = rng.choice((" ", "\n", "\n\n"))
-    return [_pair(pair, pair.chosen, with_text(pair.chosen, f"{text}{sep}{extra}"), "filler")]
+    padded = f"{text[:at]}{sep}{extra}{text[at:]}"
+    return [_pair(pair, pair.chosen, with_text(pair.chosen, padded), "filler")]
 
 
 _EDGES = ("", " ", "\n", "\t", "  \n", "\n\n", " \n \n", "\r\n")
