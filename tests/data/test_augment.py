@@ -65,16 +65,16 @@ def test_truncation_cuts_the_answer_at_a_word_end():
 
 def test_filler_inserts_repetition_or_content_free_text_after_an_early_sentence():
     # ANSWER has 3 sentences: the places are after the 1st, after the 2nd, or the end.
-    # randint 2: after "stir."; random 0.3 < 0.5: repeat the sentences said so far, from index 1
+    # pick 1: after "stir."; random 0.3 < 0.5: repeat the sentences said so far, from index 1
     # (randrange), randint 2 of them (one is left), joined by "\n\n" (pick 2)
-    (new,) = rewrite("filler", floats=[0.3], ints=[2, 1, 2], picks=[2])
+    (new,) = rewrite("filler", floats=[0.3], ints=[1, 2], picks=[1, 2])
     assert new.rejected == (
         "Boil the water first. Then add the pasta and stir.\n\nThen add the pasta and stir."
         " Drain it after ten minutes."
     )
-    # randint 3: at the end; random 0.9: generic text, lead 0, subject 1, verb 2, object 3;
+    # pick 2: at the end; random 0.9: generic text, lead 0, subject 1, verb 2, object 3;
     # 0.1 < 0.4: one sentence; separator pick 0 (a space)
-    (generic,) = rewrite("filler", floats=[0.9, 0.1], ints=[3], picks=[0, 1, 2, 3, 0])
+    (generic,) = rewrite("filler", floats=[0.9, 0.1], picks=[2, 0, 1, 2, 3, 0])
     assert generic.rejected == (
         ANSWER + " Overall, the point above is shaped by the situation at hand."
     )

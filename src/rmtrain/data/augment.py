@@ -123,7 +123,7 @@ def _filler(pair: Pair, pool: Sequence[Pair], rng: random.Random) -> list[Pair]:
     # After one of the first three sentences (the end of a shorter answer): inside what a right
     # cut at --max-length keeps, where text appended to a long answer would never be seen.
     ends = ([m.start() for m in _SENTENCE_END.finditer(text)] + [len(text)])[:3]
-    at = ends[rng.randint(1, len(ends)) - 1]
+    at = rng.choice(ends)
     said = [s for s in _SENTENCE_END.split(text[:at]) if s]
     if rng.random() < 0.5 and said:
         start = rng.randrange(len(said))
